@@ -1,0 +1,31 @@
+//! handover: zero-downtime restarts for any server under systemd.
+//!
+//! # Theory of operation
+//!
+//! The listening sockets belong to systemd (a `.socket` unit) or to handover itself
+//! (`--listen`), never to a worker, so they stay open across every restart. handover is
+//! the service's main process; it never accepts a connection (it is not in the data path).
+//! It forks N workers of the user's command, each getting the sockets at fds 3, 4, … with
+//! the same LISTEN_FDS protocol systemd uses, and its own NOTIFY_SOCKET pointing at
+//! handover: to the worker, handover looks exactly like systemd.
+//!
+//! A reload starts a *candidate* generation beside the serving one. Only when every new
+//! worker has said READY=1 do the old ones get the stop signal and drain; if a new worker
+//! exits or times out first, the candidate is drained instead and the old generation
+//! never noticed. Connections waiting in the kernel's accept queue are taken by whichever
+//! worker accepts next, so none is refused while generations change.
+//!
+//! Modules: [`sockets`] (intake and binding), [`spawn`] (fork/exec with the fds),
+//! [`notify`] (sd_notify both ways), [`supervisor`] (pure state machine + the task that
+//! executes it), [`config`] and [`cli`] (flags), [`logging`], [`demo_worker`] (the
+//! reference worker).
+
+pub mod cli;
+pub mod config;
+pub mod demo_worker;
+pub mod logging;
+pub mod notify;
+pub mod run;
+pub mod sockets;
+pub mod spawn;
+pub mod supervisor;

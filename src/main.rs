@@ -1,0 +1,27 @@
+//! The `handover` binary: parse the command line, set up logging, run, and turn errors
+//! into one line on stderr and a non-zero exit code. Nothing else lives here.
+
+use clap::Parser;
+use handover::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::DemoWorker(args) => handover::demo_worker::run(args).map(|()| 0),
+        Command::Run(args) => {
+            handover::logging::init();
+            handover::run::run(args)
+        }
+        Command::Demo(args) => {
+            handover::logging::init();
+            handover::run::demo(args)
+        }
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("handover: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

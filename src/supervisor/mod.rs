@@ -1,0 +1,6 @@
+//! Supervision of worker generations: `state` decides, `task` acts.
+
+pub mod state;
+pub mod task;
+
+pub use state::{Action, Event, Outcome, Settings, Supervisor};

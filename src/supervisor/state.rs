@@ -1,0 +1,593 @@
+//! The supervisor's decisions, as a pure state machine: `step(event, now) -> actions`.
+//!
+//! No I/O happens here: no fork, no kill, no clock, no socket. The task (`task.rs`)
+//! turns the world into `Event`s (a signal, a worker's READY=1, a reaped pid, a passed
+//! deadline) and carries out the `Action`s. That keeps every rule — when a generation is
+//! promoted, when it is rolled back, how restarts back off, when a drain turns into a
+//! kill — testable with nothing but instants.
+//!
+//! Vocabulary: a *generation* is the set of workers started together from one command.
+//! `current` serves; during a reload a *candidate* generation starts beside it. Workers of
+//! older generations are *draining*: they got the stop signal and are expected to exit.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+use crate::config::Readiness;
+use crate::notify::SdState;
+
+/// Knobs the state machine obeys.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub workers: usize,
+    pub readiness: Readiness,
+    pub ready_timeout: Duration,
+    pub stop_signal: Signal,
+    pub graceful_timeout: Duration,
+    /// First restart delay of a crashed worker; doubles per crash in a row.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// A worker that ran this long before it died starts the backoff afresh.
+    pub stable_after: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            workers: 2,
+            readiness: Readiness::Notify,
+            ready_timeout: Duration::from_secs(60),
+            stop_signal: Signal::SIGTERM,
+            graceful_timeout: Duration::from_secs(30),
+            backoff_base: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            stable_after: Duration::from_secs(10),
+        }
+    }
+}
+
+pub type WorkerId = u64;
+pub type Generation = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Start the first generation.
+    Start,
+    /// SIGHUP (later: the control socket).
+    Reload,
+    /// Result of `Action::Spawn`.
+    Spawned { id: WorkerId, pid: i32 },
+    SpawnFailed { id: WorkerId, error: String },
+    /// A worker (by pid) sent READY=1.
+    Ready { pid: i32 },
+    /// A worker was reaped; `how` describes the exit ("exit status 1", "signal 9").
+    Exited { pid: i32, how: String },
+    /// A deadline from `next_deadline` has passed.
+    Timer,
+    /// Stop everything: gracefully, or at once (`fast`).
+    Stop { fast: bool },
+    /// Add (+1) or remove (-1) workers.
+    Scale(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Spawn { id: WorkerId, generation: Generation, slot: usize },
+    /// Send `signal` to the worker; with `group`, to its whole process group.
+    Signal { pid: i32, signal: Signal, group: bool },
+    Notify(Vec<SdState>),
+    /// A reload (or the first start) finished; for logs and waiting clients.
+    Outcome(Outcome),
+    Exit(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Started { generation: Generation },
+    Reloaded { generation: Generation, took: Duration },
+    RolledBack { generation: Generation, reason: String, took: Duration },
+    StartFailed { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerPhase {
+    /// Spawn requested, pid not known yet.
+    Spawning,
+    /// Running, not ready yet. `ready_at` is set in delay readiness mode.
+    Starting { deadline: Instant, ready_at: Option<Instant> },
+    Ready,
+    /// Got the stop signal; SIGKILL at `kill_at` (None once sent).
+    Stopping { kill_at: Option<Instant> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub generation: Generation,
+    pub slot: usize,
+    pub pid: Option<i32>,
+    pub phase: WorkerPhase,
+    pub started: Instant,
+    /// Crashes in a row of this slot before this worker started.
+    pub restarts: u32,
+}
+
+/// A crashed worker's slot, waiting out its backoff.
+#[derive(Debug, Clone)]
+struct PendingRestart {
+    generation: Generation,
+    slot: usize,
+    at: Instant,
+    restarts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Running,
+    /// A candidate generation is starting. `initial`: there is no current one to keep.
+    Rolling { candidate: Generation, size: usize, started: Instant, follow_up: bool },
+    Stopping { code: i32 },
+}
+
+pub struct Supervisor {
+    settings: Settings,
+    phase: Phase,
+    current: Option<Generation>,
+    last_generation: Generation,
+    next_id: WorkerId,
+    workers: BTreeMap<WorkerId, Worker>,
+    pending: Vec<PendingRestart>,
+    last_failure: Option<String>,
+    last_status: String,
+}
+
+impl Supervisor {
+    pub fn new(settings: Settings) -> Self {
+        Supervisor {
+            settings,
+            phase: Phase::Idle,
+            current: None,
+            last_generation: 0,
+            next_id: 0,
+            workers: BTreeMap::new(),
+            pending: Vec::new(),
+            last_failure: None,
+            last_status: String::new(),
+        }
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = (&WorkerId, &Worker)> {
+        self.workers.iter()
+    }
+
+    pub fn current_generation(&self) -> Option<Generation> {
+        self.current
+    }
+
+    pub fn desired_workers(&self) -> usize {
+        self.settings.workers
+    }
+
+    /// The earliest moment a `Timer` event is needed, if any. None means: sleep until
+    /// something happens (no polling while idle).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let workers = self.workers.values().filter_map(|w| match w.phase {
+            WorkerPhase::Starting { deadline, ready_at } => {
+                Some(ready_at.map_or(deadline, |r| r.min(deadline)))
+            }
+            WorkerPhase::Stopping { kill_at } => kill_at,
+            _ => None,
+        });
+        let restarts = self.pending.iter().map(|p| p.at);
+        workers.chain(restarts).min()
+    }
+
+    /// The one-line status a person reads in `systemctl status`.
+    pub fn status(&self) -> String {
+        let mut parts = Vec::new();
+        if let Phase::Stopping { .. } = self.phase {
+            parts.push(format!("stopping: {} workers left", self.workers.len()));
+            return parts.join(", ");
+        }
+        if let Some(g) = self.current {
+            let size = self.live_slots(g);
+            let ready = self.count(g, |p| *p == WorkerPhase::Ready);
+            let mut s = format!("gen {g}: {ready}/{size} ready");
+            let crashing: Vec<&PendingRestart> =
+                self.pending.iter().filter(|p| p.generation == g).collect();
+            if let Some(worst) = crashing.iter().map(|p| p.restarts).max() {
+                s += &format!(", {} restarting (crashed {worst}x in a row)", crashing.len());
+            }
+            parts.push(s);
+        }
+        if let Phase::Rolling { candidate, size, .. } = self.phase {
+            let ready = self.count(candidate, |p| *p == WorkerPhase::Ready);
+            parts.push(format!("gen {candidate} starting {ready}/{size}"));
+        }
+        let mut draining: BTreeMap<Generation, usize> = BTreeMap::new();
+        for w in self.workers.values() {
+            if matches!(w.phase, WorkerPhase::Stopping { .. }) {
+                *draining.entry(w.generation).or_default() += 1;
+            }
+        }
+        for (g, n) in draining.iter().rev() {
+            parts.push(format!("gen {g} draining {n}"));
+        }
+        if let Some(f) = &self.last_failure {
+            parts.push(format!("last reload failed: {f}"));
+        }
+        parts.join(", ")
+    }
+
+    fn count(&self, g: Generation, pred: impl Fn(&WorkerPhase) -> bool) -> usize {
+        self.workers.values().filter(|w| w.generation == g && pred(&w.phase)).count()
+    }
+
+    /// Slots of generation `g` that are meant to be serving: live workers not stopping,
+    /// plus crashed ones waiting to restart.
+    fn live_slots(&self, g: Generation) -> usize {
+        let live = self.count(g, |p| !matches!(p, WorkerPhase::Stopping { .. }));
+        live + self.pending.iter().filter(|p| p.generation == g).count()
+    }
+
+    fn worker_by_pid(&self, pid: i32) -> Option<WorkerId> {
+        self.workers.iter().find(|(_, w)| w.pid == Some(pid)).map(|(id, _)| *id)
+    }
+
+    /// Feeds one event in; returns what to do, in order.
+    pub fn step(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Start => {
+                if self.phase == Phase::Idle {
+                    self.begin_generation(now, &mut out);
+                }
+            }
+            Event::Reload => self.on_reload(now, &mut out),
+            Event::Spawned { id, pid } => self.on_spawned(id, pid, now, &mut out),
+            Event::SpawnFailed { id, error } => self.on_spawn_failed(id, error, now, &mut out),
+            Event::Ready { pid } => {
+                if let Some(id) = self.worker_by_pid(pid) {
+                    self.mark_ready(id, now, &mut out);
+                }
+            }
+            Event::Exited { pid, how } => self.on_exited(pid, how, now, &mut out),
+            Event::Timer => self.on_timer(now, &mut out),
+            Event::Stop { fast } => self.on_stop(fast, now, &mut out),
+            Event::Scale(delta) => self.on_scale(delta, now, &mut out),
+        }
+        if let Phase::Stopping { code } = self.phase
+            && self.workers.is_empty()
+            && !out.iter().any(|a| matches!(a, Action::Exit(_)))
+        {
+            out.push(Action::Exit(code));
+        }
+        self.attach_status(&mut out);
+        out
+    }
+
+    /// Every Notify carries the current status; a status change alone gets its own.
+    fn attach_status(&mut self, out: &mut Vec<Action>) {
+        let status = self.status();
+        let changed = status != self.last_status;
+        if let Some(Action::Notify(states)) =
+            out.iter_mut().rev().find(|a| matches!(a, Action::Notify(_)))
+        {
+            states.push(SdState::Status(status.clone()));
+        } else if changed {
+            out.push(Action::Notify(vec![SdState::Status(status.clone())]));
+        }
+        self.last_status = status;
+    }
+
+    fn spawn(&mut self, generation: Generation, slot: usize, restarts: u32, now: Instant) -> Action {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.workers.insert(
+            id,
+            Worker { generation, slot, pid: None, phase: WorkerPhase::Spawning, started: now, restarts },
+        );
+        Action::Spawn { id, generation, slot }
+    }
+
+    /// Starts a candidate generation of `settings.workers` workers.
+    fn begin_generation(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.last_generation += 1;
+        let candidate = self.last_generation;
+        let size = self.settings.workers;
+        self.phase = Phase::Rolling { candidate, size, started: now, follow_up: false };
+        if self.current.is_some() {
+            out.push(Action::Notify(vec![SdState::Reloading]));
+        }
+        for slot in 0..size {
+            let a = self.spawn(candidate, slot, 0, now);
+            out.push(a);
+        }
+    }
+
+    fn on_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
+        match &mut self.phase {
+            Phase::Running => self.begin_generation(now, out),
+            Phase::Rolling { follow_up, .. } => {
+                tracing::info!("reload requested during a reload: one more will follow");
+                *follow_up = true;
+            }
+            Phase::Idle | Phase::Stopping { .. } => {
+                tracing::info!("reload ignored: not running");
+            }
+        }
+    }
+
+    fn on_spawned(&mut self, id: WorkerId, pid: i32, now: Instant, out: &mut Vec<Action>) {
+        let stopping = matches!(self.phase, Phase::Stopping { .. });
+        let (settings, Some(w)) = (&self.settings, self.workers.get_mut(&id)) else { return };
+        w.pid = Some(pid);
+        tracing::info!(generation = w.generation, pid, slot = w.slot, "worker started");
+        if stopping {
+            // A stop arrived while this worker was being spawned.
+            w.phase = WorkerPhase::Stopping { kill_at: Some(now + settings.graceful_timeout) };
+            out.push(Action::Signal { pid, signal: settings.stop_signal, group: false });
+            return;
+        }
+        let ready_at = match settings.readiness {
+            Readiness::Notify => None,
+            Readiness::Delay(d) => Some(now + d),
+        };
+        w.phase = WorkerPhase::Starting { deadline: now + settings.ready_timeout, ready_at };
+    }
+
+    fn on_spawn_failed(&mut self, id: WorkerId, error: String, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.remove(&id) else { return };
+        tracing::error!(generation = w.generation, slot = w.slot, "{error}");
+        self.worker_lost(w, error, now, out);
+    }
+
+    fn on_exited(&mut self, pid: i32, how: String, now: Instant, out: &mut Vec<Action>) {
+        let Some(id) = self.worker_by_pid(pid) else { return };
+        // The id came from the map just above.
+        let Some(w) = self.workers.remove(&id) else { return };
+        let generation = w.generation;
+        if matches!(w.phase, WorkerPhase::Stopping { .. }) {
+            tracing::info!(generation, pid, "worker exited after stop ({how})");
+            return;
+        }
+        let before_ready = matches!(w.phase, WorkerPhase::Starting { .. });
+        let what = if before_ready { "exited before it was ready" } else { "exited" };
+        tracing::warn!(generation, pid, slot = w.slot, "worker {what} ({how})");
+        self.worker_lost(w, format!("worker {pid} {what} ({how})"), now, out);
+    }
+
+    /// A worker that should be serving is gone (exited, failed to spawn, timed out).
+    fn worker_lost(&mut self, w: Worker, reason: String, now: Instant, out: &mut Vec<Action>) {
+        match self.phase {
+            Phase::Rolling { candidate, .. } if w.generation == candidate => {
+                self.fail_candidate(reason, now, out);
+            }
+            Phase::Running | Phase::Rolling { .. } if Some(w.generation) == self.current => {
+                let stable = now.saturating_duration_since(w.started) >= self.settings.stable_after;
+                let restarts = if stable { 1 } else { w.restarts + 1 };
+                let delay = self.backoff(restarts);
+                tracing::warn!(
+                    generation = w.generation,
+                    slot = w.slot,
+                    restarts,
+                    "restarting worker in {delay:?}"
+                );
+                self.pending.push(PendingRestart {
+                    generation: w.generation,
+                    slot: w.slot,
+                    at: now + delay,
+                    restarts,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn backoff(&self, restarts: u32) -> Duration {
+        let factor = 1u32.checked_shl(restarts.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.settings.backoff_base.saturating_mul(factor).min(self.settings.backoff_max)
+    }
+
+    fn mark_ready(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        if !matches!(w.phase, WorkerPhase::Starting { .. }) {
+            return;
+        }
+        w.phase = WorkerPhase::Ready;
+        tracing::info!(generation = w.generation, pid = w.pid, slot = w.slot, "worker ready");
+        if let Phase::Rolling { candidate, size, .. } = self.phase
+            && self.count(candidate, |p| *p == WorkerPhase::Ready) == size
+        {
+            self.promote(now, out);
+        }
+    }
+
+    /// Every candidate worker is ready: it becomes current, the old ones drain.
+    fn promote(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Rolling { candidate, started, follow_up, .. } = self.phase else { return };
+        let old = self.current.replace(candidate);
+        self.pending.retain(|p| p.generation == candidate);
+        self.phase = Phase::Running;
+        self.last_failure = None;
+        let ids: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.generation != candidate)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.stop_worker(id, now, out);
+        }
+        out.push(Action::Notify(vec![SdState::Ready]));
+        let took = now.saturating_duration_since(started);
+        out.push(Action::Outcome(match old {
+            None => Outcome::Started { generation: candidate },
+            Some(_) => Outcome::Reloaded { generation: candidate, took },
+        }));
+        self.reconcile(now, out);
+        if follow_up {
+            self.begin_generation(now, out);
+        }
+    }
+
+    /// The candidate failed: its workers drain (some may already serve), the current
+    /// generation keeps serving. With no current generation, the manager gives up.
+    fn fail_candidate(&mut self, reason: String, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Rolling { candidate, started, follow_up, .. } = self.phase else { return };
+        let ids: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.generation == candidate)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.stop_worker(id, now, out);
+        }
+        if self.current.is_none() {
+            tracing::error!(generation = candidate, "first generation failed: {reason}");
+            out.push(Action::Outcome(Outcome::StartFailed { reason: reason.clone() }));
+            self.last_failure = Some(reason);
+            self.phase = Phase::Stopping { code: 1 };
+            return;
+        }
+        tracing::error!(generation = candidate, "reload failed, rolled back: {reason}");
+        let took = now.saturating_duration_since(started);
+        self.last_failure = Some(format!("gen {candidate}: {reason}"));
+        self.phase = Phase::Running;
+        out.push(Action::Notify(vec![SdState::Ready]));
+        out.push(Action::Outcome(Outcome::RolledBack { generation: candidate, reason, took }));
+        self.reconcile(now, out);
+        if follow_up {
+            self.begin_generation(now, out);
+        }
+    }
+
+    /// Sends the stop signal to a worker, or forgets it if it was never spawned.
+    fn stop_worker(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        if matches!(w.phase, WorkerPhase::Stopping { .. }) {
+            return;
+        }
+        w.phase = WorkerPhase::Stopping { kill_at: Some(now + self.settings.graceful_timeout) };
+        if let Some(pid) = w.pid {
+            out.push(Action::Signal { pid, signal: self.settings.stop_signal, group: false });
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let mut ready = Vec::new();
+        let mut late = Vec::new();
+        for (id, w) in self.workers.iter_mut() {
+            match w.phase {
+                WorkerPhase::Starting { ready_at: Some(r), .. } if r <= now => ready.push(*id),
+                WorkerPhase::Starting { deadline, .. } if deadline <= now => late.push(*id),
+                WorkerPhase::Stopping { kill_at: Some(k) } if k <= now => {
+                    w.phase = WorkerPhase::Stopping { kill_at: None };
+                    if let Some(pid) = w.pid {
+                        tracing::warn!(generation = w.generation, pid, "worker did not stop in time: SIGKILL");
+                        out.push(Action::Signal { pid, signal: Signal::SIGKILL, group: true });
+                    }
+                }
+                _ => {}
+            }
+        }
+        for id in ready {
+            self.mark_ready(id, now, out);
+        }
+        for id in late {
+            let Some(w) = self.workers.get(&id).cloned() else { continue };
+            let timeout = self.settings.ready_timeout;
+            let pid = w.pid.unwrap_or_default();
+            tracing::warn!(generation = w.generation, pid, "worker not ready after {timeout:?}");
+            self.stop_worker(id, now, out);
+            self.worker_lost(w, format!("worker {pid} not ready after {timeout:?}"), now, out);
+        }
+        if matches!(self.phase, Phase::Running | Phase::Rolling { .. }) {
+            let due: Vec<PendingRestart> = self.pending.iter().filter(|p| p.at <= now).cloned().collect();
+            self.pending.retain(|p| p.at > now);
+            for p in due {
+                if Some(p.generation) == self.current {
+                    let a = self.spawn(p.generation, p.slot, p.restarts, now);
+                    out.push(a);
+                }
+            }
+        }
+    }
+
+    fn on_stop(&mut self, fast: bool, now: Instant, out: &mut Vec<Action>) {
+        if let Phase::Rolling { candidate, started, .. } = self.phase
+            && self.current.is_some()
+        {
+            let took = now.saturating_duration_since(started);
+            let reason = "the manager is stopping".to_owned();
+            out.push(Action::Outcome(Outcome::RolledBack { generation: candidate, reason, took }));
+        }
+        let already = matches!(self.phase, Phase::Stopping { .. });
+        if !already {
+            self.phase = Phase::Stopping { code: 0 };
+            self.pending.clear();
+            out.push(Action::Notify(vec![SdState::Stopping]));
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            if fast {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    w.phase = WorkerPhase::Stopping { kill_at: None };
+                    if let Some(pid) = w.pid {
+                        out.push(Action::Signal { pid, signal: Signal::SIGKILL, group: true });
+                    }
+                }
+            } else {
+                self.stop_worker(id, now, out);
+            }
+        }
+    }
+
+    fn on_scale(&mut self, delta: i32, now: Instant, out: &mut Vec<Action>) {
+        let n = (self.settings.workers as i64 + delta as i64).clamp(1, 4096) as usize;
+        tracing::info!("workers: {} -> {n}", self.settings.workers);
+        self.settings.workers = n;
+        if self.phase == Phase::Running {
+            self.reconcile(now, out);
+        }
+    }
+
+    /// Brings the current generation to `settings.workers` serving slots.
+    fn reconcile(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(g) = self.current else { return };
+        let want = self.settings.workers;
+        let mut have = self.live_slots(g);
+        while have < want {
+            let used: Vec<usize> = self
+                .workers
+                .values()
+                .filter(|w| w.generation == g && !matches!(w.phase, WorkerPhase::Stopping { .. }))
+                .map(|w| w.slot)
+                .chain(self.pending.iter().filter(|p| p.generation == g).map(|p| p.slot))
+                .collect();
+            let slot = (0..).find(|s| !used.contains(s)).unwrap_or(have);
+            let a = self.spawn(g, slot, 0, now);
+            out.push(a);
+            have += 1;
+        }
+        while have > want {
+            // Drop a waiting restart first, else stop the worker with the highest slot.
+            if let Some(i) = self.pending.iter().position(|p| p.generation == g) {
+                self.pending.remove(i);
+            } else if let Some(id) = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.generation == g && !matches!(w.phase, WorkerPhase::Stopping { .. }))
+                .max_by_key(|(_, w)| w.slot)
+                .map(|(id, _)| *id)
+            {
+                self.stop_worker(id, now, out);
+            }
+            have -= 1;
+        }
+    }
+}
