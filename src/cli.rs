@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{parse_duration, parse_signal, Readiness};
+use crate::config::{Readiness, parse_duration, parse_signal};
 use crate::demo_worker::DemoWorkerArgs;
 use crate::sockets::ListenSpec;
 

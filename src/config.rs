@@ -62,7 +62,11 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         return Signal::try_from(n).map_err(|_| bad());
     }
     let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     Signal::from_str(&name).map_err(|_| bad())
 }
 
@@ -86,7 +90,9 @@ pub struct Command {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no worker command: give it after `--`, e.g. `handover run --listen 127.0.0.1:8080 -- ./server`")]
+    #[error(
+        "no worker command: give it after `--`, e.g. `handover run --listen 127.0.0.1:8080 -- ./server`"
+    )]
     NoCommand,
     #[error("worker command `{0}` not found in PATH: give a full path or install it")]
     NotFound(String),
@@ -167,7 +173,11 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("fast").unwrap_err().contains("`fast` is not a duration"));
+        assert!(
+            parse_duration("fast")
+                .unwrap_err()
+                .contains("`fast` is not a duration")
+        );
         assert!(parse_duration("3 s").is_err());
         assert!(parse_duration("").is_err());
     }
@@ -183,7 +193,10 @@ mod tests {
     #[test]
     fn readiness() {
         assert_eq!("notify".parse(), Ok(Readiness::Notify));
-        assert_eq!("delay:2s".parse(), Ok(Readiness::Delay(Duration::from_secs(2))));
+        assert_eq!(
+            "delay:2s".parse(),
+            Ok(Readiness::Delay(Duration::from_secs(2)))
+        );
         assert!("ready".parse::<Readiness>().unwrap_err().contains("notify"));
     }
 
@@ -193,7 +206,8 @@ mod tests {
         assert_eq!(sh.unwrap(), PathBuf::from("/bin/sh"));
         let missing = resolve_program(OsStr::new("no-such-cmd"), Some(OsStr::new("/bin")));
         assert!(matches!(missing, Err(ConfigError::NotFound(_))));
-        let dir = resolve_program(OsStr::new("/etc/hostname"), None);
-        assert!(matches!(dir, Err(ConfigError::NotExecutable(_))));
+        let plain = tempfile::NamedTempFile::new().unwrap();
+        let plain = resolve_program(plain.path().as_os_str(), None);
+        assert!(matches!(plain, Err(ConfigError::NotExecutable(_))));
     }
 }

@@ -118,7 +118,7 @@ fn into_tokio(socket: StdListener) -> io::Result<Listener> {
     })
 }
 
-/// What every connection task gets. Each clone holds an `alive` sender: once all of them are
+/// What every connection task gets. Each clone holds an `_alive` sender: once all of them are
 /// dropped, the last connection is gone.
 #[derive(Clone)]
 struct Ctx {

@@ -12,9 +12,15 @@ use tracing_subscriber::prelude::*;
 
 /// True when stderr is the stream named by JOURNAL_STREAM.
 pub fn stderr_is_journal() -> bool {
-    let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = v.split_once(':') else { return false };
-    let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else { return false };
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
+        return false;
+    };
     dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
 }
 
@@ -24,8 +30,13 @@ pub fn init() {
     if stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
     {
-        let layer = journald.with_field_prefix(None).with_syslog_identifier("handover".into());
-        tracing_subscriber::registry().with(filter).with(layer).init();
+        let layer = journald
+            .with_field_prefix(None)
+            .with_syslog_identifier("handover".into());
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .init();
         return;
     }
     tracing_subscriber::fmt()

@@ -88,12 +88,14 @@ impl WorkerNotifySocket {
     pub fn create() -> io::Result<Self> {
         let base = ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
             .iter()
-            .filter_map(|k| std::env::var_os(k))
+            .filter_map(std::env::var_os)
             // RUNTIME_DIRECTORY may list several directories separated by ':'.
             .filter_map(|v| std::env::split_paths(&v).next())
             .find(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        let dir = tempfile::Builder::new().prefix("handover-").tempdir_in(&base)?;
+        let dir = tempfile::Builder::new()
+            .prefix("handover-")
+            .tempdir_in(&base)?;
         let path = dir.path().join("notify.sock");
         let fd = socket(
             AddressFamily::Unix,
@@ -104,10 +106,7 @@ impl WorkerNotifySocket {
         bind(fd.as_raw_fd(), &UnixAddr::new(&path)?)?;
         setsockopt(&fd, sockopt::PassCred, &true)?;
         // Workers run as our own user; nobody else needs to write to it.
-        std::fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(WorkerNotifySocket { fd, dir, path })
     }
 

@@ -20,7 +20,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     for s in &held {
         tracing::info!(name = %s.name, "listening on {}", s.address);
     }
-    let notify = WorkerNotifySocket::create().context("cannot create the workers' notify socket")?;
+    let notify =
+        WorkerNotifySocket::create().context("cannot create the workers' notify socket")?;
     let notify_path = notify.path().to_owned();
     let env = WorkerEnv {
         command: &config.command,
@@ -38,7 +39,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
 
 /// `handover demo`: the manager on a local port with this binary's own demo worker.
 pub fn demo(args: &DemoArgs) -> anyhow::Result<i32> {
-    let exe = std::env::current_exe().context("cannot find the handover binary for the demo worker")?;
+    let exe =
+        std::env::current_exe().context("cannot find the handover binary for the demo worker")?;
     let run_args = RunArgs {
         listen: vec![args.listen.clone()],
         workers: args.workers,

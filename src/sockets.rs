@@ -49,13 +49,17 @@ impl FromStr for ListenSpec {
                  udp:127.0.0.1:5353 or unix:/run/app.sock[,mode=0660]"
             )
         })?;
-        Ok(ListenSpec { name: name.map(str::to_owned), kind })
+        Ok(ListenSpec {
+            name: name.map(str::to_owned),
+            kind,
+        })
     }
 }
 
 fn parse_kind(s: &str) -> Result<SpecKind, String> {
     let addr = |a: &str| {
-        a.parse::<SocketAddr>().map_err(|_| format!("`{a}` is not an IP address with a port"))
+        a.parse::<SocketAddr>()
+            .map_err(|_| format!("`{a}` is not an IP address with a port"))
     };
     if let Some(rest) = s.strip_prefix("unix:") {
         let mut parts = rest.split(',');
@@ -66,14 +70,19 @@ fn parse_kind(s: &str) -> Result<SpecKind, String> {
         }
         let mut mode = None;
         for opt in parts {
-            let m = opt.strip_prefix("mode=").ok_or(format!("unknown option `{opt}`"))?;
+            let m = opt
+                .strip_prefix("mode=")
+                .ok_or(format!("unknown option `{opt}`"))?;
             let m = u32::from_str_radix(m, 8).map_err(|_| format!("mode `{m}` is not octal"))?;
             if m > 0o777 {
                 return Err(format!("mode {m:o} is above 0777"));
             }
             mode = Some(m);
         }
-        return Ok(SpecKind::Unix { path: path.into(), mode });
+        return Ok(SpecKind::Unix {
+            path: path.into(),
+            mode,
+        });
     }
     if let Some(rest) = s.strip_prefix("udp:") {
         return addr(rest).map(SpecKind::Udp);
@@ -113,7 +122,9 @@ pub enum SocketError {
         "LISTEN_FDS={0:?} is not a count of file descriptors: unset it, or start handover from a systemd .socket unit"
     )]
     BadCount(String),
-    #[error("LISTEN_FDS is set but LISTEN_PID is not: the sockets may not be meant for handover; unset LISTEN_FDS")]
+    #[error(
+        "LISTEN_FDS is set but LISTEN_PID is not: the sockets may not be meant for handover; unset LISTEN_FDS"
+    )]
     MissingPid,
     #[error("LISTEN_PID={0:?} is not a pid: unset LISTEN_FDS/LISTEN_PID or fix the caller")]
     BadPid(String),
@@ -128,7 +139,10 @@ pub enum SocketError {
     #[error("fd {fd} from LISTEN_FDS is not a socket ({what}): pass only sockets")]
     NotSocket { fd: RawFd, what: &'static str },
     #[error("cannot bind {spec}: {source}")]
-    Bind { spec: String, source: std::io::Error },
+    Bind {
+        spec: String,
+        source: std::io::Error,
+    },
     #[error("no sockets: give --listen ADDRESS, or run handover from a systemd .socket unit")]
     None,
 }
@@ -144,23 +158,34 @@ pub struct ListenEnv {
 impl ListenEnv {
     pub fn from_process() -> Self {
         let var = |k| std::env::var(k).ok();
-        ListenEnv { pid: var("LISTEN_PID"), fds: var("LISTEN_FDS"), names: var("LISTEN_FDNAMES") }
+        ListenEnv {
+            pid: var("LISTEN_PID"),
+            fds: var("LISTEN_FDS"),
+            names: var("LISTEN_FDNAMES"),
+        }
     }
 }
 
 /// Checks the LISTEN_* variables against our own pid: returns the names of the fds 3.. that
 /// systemd passed, or an empty list when LISTEN_FDS is unset. Pure: no fd is touched.
 pub fn parse_listen_env(env: &ListenEnv, my_pid: i32) -> Result<Vec<String>, SocketError> {
-    let Some(fds) = env.fds.as_deref() else { return Ok(Vec::new()) };
+    let Some(fds) = env.fds.as_deref() else {
+        return Ok(Vec::new());
+    };
     let count: usize = fds
         .parse()
         .ok()
         .filter(|&n: &usize| n <= 1024)
         .ok_or_else(|| SocketError::BadCount(fds.to_owned()))?;
     let pid = env.pid.as_deref().ok_or(SocketError::MissingPid)?;
-    let pid: i32 = pid.parse().map_err(|_| SocketError::BadPid(pid.to_owned()))?;
+    let pid: i32 = pid
+        .parse()
+        .map_err(|_| SocketError::BadPid(pid.to_owned()))?;
     if pid != my_pid {
-        return Err(SocketError::OtherPid { given: pid, mine: my_pid });
+        return Err(SocketError::OtherPid {
+            given: pid,
+            mine: my_pid,
+        });
     }
     match env.names.as_deref() {
         None | Some("") if count > 0 => Ok(vec!["unknown".to_owned(); count]),
@@ -168,7 +193,10 @@ pub fn parse_listen_env(env: &ListenEnv, my_pid: i32) -> Result<Vec<String>, Soc
         Some(names) => {
             let names: Vec<String> = names.split(':').map(str::to_owned).collect();
             if names.len() != count {
-                return Err(SocketError::NameCount { names: names.len(), fds: count });
+                return Err(SocketError::NameCount {
+                    names: names.len(),
+                    fds: count,
+                });
             }
             Ok(names)
         }
@@ -189,7 +217,10 @@ pub fn take_inherited(env: &ListenEnv) -> Result<Vec<HeldSocket>, SocketError> {
         }
         let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
         if kind != SFlag::S_IFSOCK {
-            return Err(SocketError::NotSocket { fd, what: file_kind(kind) });
+            return Err(SocketError::NotSocket {
+                fd,
+                what: file_kind(kind),
+            });
         }
     }
     Ok(names
@@ -201,7 +232,12 @@ pub fn take_inherited(env: &ListenEnv) -> Result<Vec<HeldSocket>, SocketError> {
             let fd = unsafe { OwnedFd::from_raw_fd(3 + i as RawFd) };
             set_cloexec(fd.as_fd());
             let address = local_address(&fd);
-            HeldSocket { fd, name, address, unlink: None }
+            HeldSocket {
+                fd,
+                name,
+                address,
+                unlink: None,
+            }
         })
         .collect())
 }
@@ -244,7 +280,10 @@ fn describe(a: &SockAddr) -> String {
 
 /// Binds one `--listen` spec. The returned socket is listening (stream) or bound (UDP).
 pub fn bind(spec: &ListenSpec) -> Result<HeldSocket, SocketError> {
-    let err = |source| SocketError::Bind { spec: spec_text(spec), source };
+    let err = |source| SocketError::Bind {
+        spec: spec_text(spec),
+        source,
+    };
     let (sock, unlink) = match &spec.kind {
         SpecKind::Tcp(addr) => {
             let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None).map_err(err)?;
@@ -263,8 +302,7 @@ pub fn bind(spec: &ListenSpec) -> Result<HeldSocket, SocketError> {
             let s = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
             s.bind(&SockAddr::unix(path).map_err(err)?).map_err(err)?;
             if let Some(m) = mode {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(*m))
-                    .map_err(err)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(*m)).map_err(err)?;
             }
             s.listen(1024).map_err(err)?;
             (s, Some(path.clone()))
@@ -274,14 +312,21 @@ pub fn bind(spec: &ListenSpec) -> Result<HeldSocket, SocketError> {
     // socket2 creates sockets with CLOEXEC already; nothing to set.
     let address = local_address(&fd);
     let name = spec.name.clone().unwrap_or_else(|| "listen".to_owned());
-    Ok(HeldSocket { fd, name, address, unlink })
+    Ok(HeldSocket {
+        fd,
+        name,
+        address,
+        unlink,
+    })
 }
 
 /// A socket file left behind by a previous run that nobody listens on any more is
 /// removed; a live one (connect succeeds) or any other file is left alone, and bind
 /// then fails with "address in use" naming the path.
 fn remove_stale_unix_socket(path: &std::path::Path) -> std::io::Result<()> {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
     if !meta.file_type().is_socket() {
         return Ok(());
     }
@@ -317,13 +362,24 @@ mod tests {
 
     fn env(pid: Option<&str>, fds: Option<&str>, names: Option<&str>) -> ListenEnv {
         let s = |o: Option<&str>| o.map(str::to_owned);
-        ListenEnv { pid: s(pid), fds: s(fds), names: s(names) }
+        ListenEnv {
+            pid: s(pid),
+            fds: s(fds),
+            names: s(names),
+        }
     }
 
     #[test]
     fn listen_env() {
-        assert!(parse_listen_env(&env(None, None, None), 7).unwrap().is_empty());
-        assert_eq!(parse_listen_env(&env(Some("7"), Some("2"), None), 7).unwrap(), ["unknown"; 2]);
+        assert!(
+            parse_listen_env(&env(None, None, None), 7)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            parse_listen_env(&env(Some("7"), Some("2"), None), 7).unwrap(),
+            ["unknown"; 2]
+        );
         assert_eq!(
             parse_listen_env(&env(Some("7"), Some("2"), Some("http:admin")), 7).unwrap(),
             ["http", "admin"]
@@ -331,7 +387,10 @@ mod tests {
         let e = parse_listen_env(&env(Some("7"), Some("abc"), None), 7).unwrap_err();
         assert!(e.to_string().contains("LISTEN_FDS=\"abc\""), "{e}");
         let e = parse_listen_env(&env(Some("8"), Some("1"), None), 7).unwrap_err();
-        assert!(e.to_string().contains("LISTEN_PID=8 is another process"), "{e}");
+        assert!(
+            e.to_string().contains("LISTEN_PID=8 is another process"),
+            "{e}"
+        );
         let e = parse_listen_env(&env(None, Some("1"), None), 7).unwrap_err();
         assert!(matches!(e, SocketError::MissingPid));
         let e = parse_listen_env(&env(Some("x"), Some("1"), None), 7).unwrap_err();
@@ -343,17 +402,35 @@ mod tests {
     #[test]
     fn specs() {
         let tcp = |s: &str| ListenSpec::from_str(s).unwrap().kind;
-        assert_eq!(tcp("127.0.0.1:8080"), SpecKind::Tcp("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            tcp("127.0.0.1:8080"),
+            SpecKind::Tcp("127.0.0.1:8080".parse().unwrap())
+        );
         assert_eq!(tcp("[::]:80"), SpecKind::Tcp("[::]:80".parse().unwrap()));
-        assert_eq!(tcp("tcp:0.0.0.0:1"), SpecKind::Tcp("0.0.0.0:1".parse().unwrap()));
-        assert_eq!(tcp("udp:127.0.0.1:53"), SpecKind::Udp("127.0.0.1:53".parse().unwrap()));
+        assert_eq!(
+            tcp("tcp:0.0.0.0:1"),
+            SpecKind::Tcp("0.0.0.0:1".parse().unwrap())
+        );
+        assert_eq!(
+            tcp("udp:127.0.0.1:53"),
+            SpecKind::Udp("127.0.0.1:53".parse().unwrap())
+        );
         assert_eq!(
             tcp("unix:/run/a.sock,mode=0660"),
-            SpecKind::Unix { path: "/run/a.sock".into(), mode: Some(0o660) }
+            SpecKind::Unix {
+                path: "/run/a.sock".into(),
+                mode: Some(0o660)
+            }
         );
         let named = ListenSpec::from_str("http=127.0.0.1:80").unwrap();
         assert_eq!(named.name.as_deref(), Some("http"));
-        for bad in ["8080", "localhost:80", "unix:rel.sock", "unix:/a,mode=999", "udp:x"] {
+        for bad in [
+            "8080",
+            "localhost:80",
+            "unix:rel.sock",
+            "unix:/a,mode=999",
+            "udp:x",
+        ] {
             let e = ListenSpec::from_str(bad).unwrap_err();
             assert!(e.contains(bad) && e.contains("use 127.0.0.1:8080"), "{e}");
         }

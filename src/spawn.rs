@@ -31,7 +31,14 @@ pub struct SpawnError {
     pub errno: nix::errno::Errno,
 }
 
-const STAGES: [&str; 6] = ["fork", "pipe", "set up fds", "set up process", "chdir", "exec"];
+const STAGES: [&str; 6] = [
+    "fork",
+    "pipe",
+    "set up fds",
+    "set up process",
+    "chdir",
+    "exec",
+];
 const PID_DIGITS: usize = 10;
 
 /// Variables the manager got from its own supervisor that must not leak to workers:
@@ -49,8 +56,7 @@ fn cstring(b: &[u8]) -> CString {
     // Paths, arguments and environment from the OS or from validated flags cannot hold
     // NUL bytes (config rejects NUL in --env keys; argv cannot carry one), so this filters
     // rather than panics on the impossible case.
-    CString::new(b.iter().copied().filter(|&c| c != 0).collect::<Vec<_>>())
-        .unwrap_or_default()
+    CString::new(b.iter().copied().filter(|&c| c != 0).collect::<Vec<_>>()).unwrap_or_default()
 }
 
 fn env_entry(k: &OsStr, v: &OsStr) -> CString {
@@ -72,9 +78,16 @@ fn build_env(w: &WorkerEnv<'_>, generation: u64) -> Vec<CString> {
     }
     let mut out: Vec<CString> = env.iter().map(|(k, v)| env_entry(k, v)).collect();
     out.push(cstring(format!("LISTEN_FDS={}", w.fds.len()).as_bytes()));
-    out.push(cstring(format!("LISTEN_FDNAMES={}", w.fd_names.join(":")).as_bytes()));
-    out.push(env_entry(OsStr::new("NOTIFY_SOCKET"), w.notify_socket.as_os_str()));
-    out.push(cstring(format!("HANDOVER_GENERATION={generation}").as_bytes()));
+    out.push(cstring(
+        format!("LISTEN_FDNAMES={}", w.fd_names.join(":")).as_bytes(),
+    ));
+    out.push(env_entry(
+        OsStr::new("NOTIFY_SOCKET"),
+        w.notify_socket.as_os_str(),
+    ));
+    out.push(cstring(
+        format!("HANDOVER_GENERATION={generation}").as_bytes(),
+    ));
     out
 }
 
@@ -98,7 +111,11 @@ pub fn spawn(w: &WorkerEnv<'_>, generation: u64) -> Result<i32, SpawnError> {
     env_ptrs.push(listen_pid.as_ptr().cast());
     env_ptrs.push(std::ptr::null());
 
-    let chdir = w.command.chdir.as_ref().map(|d| cstring(d.as_os_str().as_bytes()));
+    let chdir = w
+        .command
+        .chdir
+        .as_ref()
+        .map(|d| cstring(d.as_os_str().as_bytes()));
     let src: Vec<RawFd> = w.fds.iter().map(|f| f.as_raw_fd()).collect();
     let mut scratch: Vec<RawFd> = vec![-1; src.len()];
 
@@ -136,7 +153,10 @@ pub fn spawn(w: &WorkerEnv<'_>, generation: u64) -> Result<i32, SpawnError> {
         let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
         // The child has _exited: reap it here so it never shows up as a worker exit.
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        return Err(fail(stage.min(STAGES.len() - 1), nix::errno::Errno::from_raw(errno)));
+        return Err(fail(
+            stage.min(STAGES.len() - 1),
+            nix::errno::Errno::from_raw(errno),
+        ));
     }
     Ok(pid)
 }
@@ -193,8 +213,7 @@ unsafe fn child(p: ChildPlan<'_>) -> ! {
             die(3);
         }
         // Die with the manager. If it already died between fork and prctl, leave now.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != p.parent
-        {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != p.parent {
             die(3);
         }
         // Signal dispositions: handlers reset at exec, but ignored signals (Rust ignores

@@ -59,25 +59,46 @@ pub enum Event {
     /// SIGHUP (later: the control socket).
     Reload,
     /// Result of `Action::Spawn`.
-    Spawned { id: WorkerId, pid: i32 },
-    SpawnFailed { id: WorkerId, error: String },
+    Spawned {
+        id: WorkerId,
+        pid: i32,
+    },
+    SpawnFailed {
+        id: WorkerId,
+        error: String,
+    },
     /// A worker (by pid) sent READY=1.
-    Ready { pid: i32 },
+    Ready {
+        pid: i32,
+    },
     /// A worker was reaped; `how` describes the exit ("exit status 1", "signal 9").
-    Exited { pid: i32, how: String },
+    Exited {
+        pid: i32,
+        how: String,
+    },
     /// A deadline from `next_deadline` has passed.
     Timer,
     /// Stop everything: gracefully, or at once (`fast`).
-    Stop { fast: bool },
+    Stop {
+        fast: bool,
+    },
     /// Add (+1) or remove (-1) workers.
     Scale(i32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Spawn { id: WorkerId, generation: Generation, slot: usize },
+    Spawn {
+        id: WorkerId,
+        generation: Generation,
+        slot: usize,
+    },
     /// Send `signal` to the worker; with `group`, to its whole process group.
-    Signal { pid: i32, signal: Signal, group: bool },
+    Signal {
+        pid: i32,
+        signal: Signal,
+        group: bool,
+    },
     Notify(Vec<SdState>),
     /// A reload (or the first start) finished; for logs and waiting clients.
     Outcome(Outcome),
@@ -86,10 +107,21 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Started { generation: Generation },
-    Reloaded { generation: Generation, took: Duration },
-    RolledBack { generation: Generation, reason: String, took: Duration },
-    StartFailed { reason: String },
+    Started {
+        generation: Generation,
+    },
+    Reloaded {
+        generation: Generation,
+        took: Duration,
+    },
+    RolledBack {
+        generation: Generation,
+        reason: String,
+        took: Duration,
+    },
+    StartFailed {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,10 +129,15 @@ pub enum WorkerPhase {
     /// Spawn requested, pid not known yet.
     Spawning,
     /// Running, not ready yet. `ready_at` is set in delay readiness mode.
-    Starting { deadline: Instant, ready_at: Option<Instant> },
+    Starting {
+        deadline: Instant,
+        ready_at: Option<Instant>,
+    },
     Ready,
     /// Got the stop signal; SIGKILL at `kill_at` (None once sent).
-    Stopping { kill_at: Option<Instant> },
+    Stopping {
+        kill_at: Option<Instant>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -128,8 +165,15 @@ enum Phase {
     Idle,
     Running,
     /// A candidate generation is starting. `initial`: there is no current one to keep.
-    Rolling { candidate: Generation, size: usize, started: Instant, follow_up: bool },
-    Stopping { code: i32 },
+    Rolling {
+        candidate: Generation,
+        size: usize,
+        started: Instant,
+        follow_up: bool,
+    },
+    Stopping {
+        code: i32,
+    },
 }
 
 pub struct Supervisor {
@@ -199,11 +243,17 @@ impl Supervisor {
             let crashing: Vec<&PendingRestart> =
                 self.pending.iter().filter(|p| p.generation == g).collect();
             if let Some(worst) = crashing.iter().map(|p| p.restarts).max() {
-                s += &format!(", {} restarting (crashed {worst}x in a row)", crashing.len());
+                s += &format!(
+                    ", {} restarting (crashed {worst}x in a row)",
+                    crashing.len()
+                );
             }
             parts.push(s);
         }
-        if let Phase::Rolling { candidate, size, .. } = self.phase {
+        if let Phase::Rolling {
+            candidate, size, ..
+        } = self.phase
+        {
             let ready = self.count(candidate, |p| *p == WorkerPhase::Ready);
             parts.push(format!("gen {candidate} starting {ready}/{size}"));
         }
@@ -223,7 +273,10 @@ impl Supervisor {
     }
 
     fn count(&self, g: Generation, pred: impl Fn(&WorkerPhase) -> bool) -> usize {
-        self.workers.values().filter(|w| w.generation == g && pred(&w.phase)).count()
+        self.workers
+            .values()
+            .filter(|w| w.generation == g && pred(&w.phase))
+            .count()
     }
 
     /// Slots of generation `g` that are meant to be serving: live workers not stopping,
@@ -234,7 +287,10 @@ impl Supervisor {
     }
 
     fn worker_by_pid(&self, pid: i32) -> Option<WorkerId> {
-        self.workers.iter().find(|(_, w)| w.pid == Some(pid)).map(|(id, _)| *id)
+        self.workers
+            .iter()
+            .find(|(_, w)| w.pid == Some(pid))
+            .map(|(id, _)| *id)
     }
 
     /// Feeds one event in; returns what to do, in order.
@@ -273,8 +329,10 @@ impl Supervisor {
     fn attach_status(&mut self, out: &mut Vec<Action>) {
         let status = self.status();
         let changed = status != self.last_status;
-        if let Some(Action::Notify(states)) =
-            out.iter_mut().rev().find(|a| matches!(a, Action::Notify(_)))
+        if let Some(Action::Notify(states)) = out
+            .iter_mut()
+            .rev()
+            .find(|a| matches!(a, Action::Notify(_)))
         {
             states.push(SdState::Status(status.clone()));
         } else if changed {
@@ -283,14 +341,31 @@ impl Supervisor {
         self.last_status = status;
     }
 
-    fn spawn(&mut self, generation: Generation, slot: usize, restarts: u32, now: Instant) -> Action {
+    fn spawn(
+        &mut self,
+        generation: Generation,
+        slot: usize,
+        restarts: u32,
+        now: Instant,
+    ) -> Action {
         let id = self.next_id;
         self.next_id += 1;
         self.workers.insert(
             id,
-            Worker { generation, slot, pid: None, phase: WorkerPhase::Spawning, started: now, restarts },
+            Worker {
+                generation,
+                slot,
+                pid: None,
+                phase: WorkerPhase::Spawning,
+                started: now,
+                restarts,
+            },
         );
-        Action::Spawn { id, generation, slot }
+        Action::Spawn {
+            id,
+            generation,
+            slot,
+        }
     }
 
     /// Starts a candidate generation of `settings.workers` workers.
@@ -298,7 +373,12 @@ impl Supervisor {
         self.last_generation += 1;
         let candidate = self.last_generation;
         let size = self.settings.workers;
-        self.phase = Phase::Rolling { candidate, size, started: now, follow_up: false };
+        self.phase = Phase::Rolling {
+            candidate,
+            size,
+            started: now,
+            follow_up: false,
+        };
         if self.current.is_some() {
             out.push(Action::Notify(vec![SdState::Reloading]));
         }
@@ -323,39 +403,71 @@ impl Supervisor {
 
     fn on_spawned(&mut self, id: WorkerId, pid: i32, now: Instant, out: &mut Vec<Action>) {
         let stopping = matches!(self.phase, Phase::Stopping { .. });
-        let (settings, Some(w)) = (&self.settings, self.workers.get_mut(&id)) else { return };
+        let (settings, Some(w)) = (&self.settings, self.workers.get_mut(&id)) else {
+            return;
+        };
         w.pid = Some(pid);
-        tracing::info!(generation = w.generation, pid, slot = w.slot, "worker started");
+        tracing::info!(
+            generation = w.generation,
+            pid,
+            slot = w.slot,
+            "worker started"
+        );
         if stopping {
             // A stop arrived while this worker was being spawned.
-            w.phase = WorkerPhase::Stopping { kill_at: Some(now + settings.graceful_timeout) };
-            out.push(Action::Signal { pid, signal: settings.stop_signal, group: false });
+            w.phase = WorkerPhase::Stopping {
+                kill_at: Some(now + settings.graceful_timeout),
+            };
+            out.push(Action::Signal {
+                pid,
+                signal: settings.stop_signal,
+                group: false,
+            });
             return;
         }
         let ready_at = match settings.readiness {
             Readiness::Notify => None,
             Readiness::Delay(d) => Some(now + d),
         };
-        w.phase = WorkerPhase::Starting { deadline: now + settings.ready_timeout, ready_at };
+        w.phase = WorkerPhase::Starting {
+            deadline: now + settings.ready_timeout,
+            ready_at,
+        };
     }
 
-    fn on_spawn_failed(&mut self, id: WorkerId, error: String, now: Instant, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.remove(&id) else { return };
+    fn on_spawn_failed(
+        &mut self,
+        id: WorkerId,
+        error: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
         tracing::error!(generation = w.generation, slot = w.slot, "{error}");
         self.worker_lost(w, error, now, out);
     }
 
     fn on_exited(&mut self, pid: i32, how: String, now: Instant, out: &mut Vec<Action>) {
-        let Some(id) = self.worker_by_pid(pid) else { return };
+        let Some(id) = self.worker_by_pid(pid) else {
+            return;
+        };
         // The id came from the map just above.
-        let Some(w) = self.workers.remove(&id) else { return };
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
         let generation = w.generation;
         if matches!(w.phase, WorkerPhase::Stopping { .. }) {
             tracing::info!(generation, pid, "worker exited after stop ({how})");
             return;
         }
         let before_ready = matches!(w.phase, WorkerPhase::Starting { .. });
-        let what = if before_ready { "exited before it was ready" } else { "exited" };
+        let what = if before_ready {
+            "exited before it was ready"
+        } else {
+            "exited"
+        };
         tracing::warn!(generation, pid, slot = w.slot, "worker {what} ({how})");
         self.worker_lost(w, format!("worker {pid} {what} ({how})"), now, out);
     }
@@ -388,18 +500,32 @@ impl Supervisor {
     }
 
     fn backoff(&self, restarts: u32) -> Duration {
-        let factor = 1u32.checked_shl(restarts.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.settings.backoff_base.saturating_mul(factor).min(self.settings.backoff_max)
+        let factor = 1u32
+            .checked_shl(restarts.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.settings
+            .backoff_base
+            .saturating_mul(factor)
+            .min(self.settings.backoff_max)
     }
 
     fn mark_ready(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         if !matches!(w.phase, WorkerPhase::Starting { .. }) {
             return;
         }
         w.phase = WorkerPhase::Ready;
-        tracing::info!(generation = w.generation, pid = w.pid, slot = w.slot, "worker ready");
-        if let Phase::Rolling { candidate, size, .. } = self.phase
+        tracing::info!(
+            generation = w.generation,
+            pid = w.pid,
+            slot = w.slot,
+            "worker ready"
+        );
+        if let Phase::Rolling {
+            candidate, size, ..
+        } = self.phase
             && self.count(candidate, |p| *p == WorkerPhase::Ready) == size
         {
             self.promote(now, out);
@@ -408,7 +534,15 @@ impl Supervisor {
 
     /// Every candidate worker is ready: it becomes current, the old ones drain.
     fn promote(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Phase::Rolling { candidate, started, follow_up, .. } = self.phase else { return };
+        let Phase::Rolling {
+            candidate,
+            started,
+            follow_up,
+            ..
+        } = self.phase
+        else {
+            return;
+        };
         let old = self.current.replace(candidate);
         self.pending.retain(|p| p.generation == candidate);
         self.phase = Phase::Running;
@@ -425,8 +559,13 @@ impl Supervisor {
         out.push(Action::Notify(vec![SdState::Ready]));
         let took = now.saturating_duration_since(started);
         out.push(Action::Outcome(match old {
-            None => Outcome::Started { generation: candidate },
-            Some(_) => Outcome::Reloaded { generation: candidate, took },
+            None => Outcome::Started {
+                generation: candidate,
+            },
+            Some(_) => Outcome::Reloaded {
+                generation: candidate,
+                took,
+            },
         }));
         self.reconcile(now, out);
         if follow_up {
@@ -437,7 +576,15 @@ impl Supervisor {
     /// The candidate failed: its workers drain (some may already serve), the current
     /// generation keeps serving. With no current generation, the manager gives up.
     fn fail_candidate(&mut self, reason: String, now: Instant, out: &mut Vec<Action>) {
-        let Phase::Rolling { candidate, started, follow_up, .. } = self.phase else { return };
+        let Phase::Rolling {
+            candidate,
+            started,
+            follow_up,
+            ..
+        } = self.phase
+        else {
+            return;
+        };
         let ids: Vec<WorkerId> = self
             .workers
             .iter()
@@ -449,17 +596,26 @@ impl Supervisor {
         }
         if self.current.is_none() {
             tracing::error!(generation = candidate, "first generation failed: {reason}");
-            out.push(Action::Outcome(Outcome::StartFailed { reason: reason.clone() }));
+            out.push(Action::Outcome(Outcome::StartFailed {
+                reason: reason.clone(),
+            }));
             self.last_failure = Some(reason);
             self.phase = Phase::Stopping { code: 1 };
             return;
         }
-        tracing::error!(generation = candidate, "reload failed, rolled back: {reason}");
+        tracing::error!(
+            generation = candidate,
+            "reload failed, rolled back: {reason}"
+        );
         let took = now.saturating_duration_since(started);
         self.last_failure = Some(format!("gen {candidate}: {reason}"));
         self.phase = Phase::Running;
         out.push(Action::Notify(vec![SdState::Ready]));
-        out.push(Action::Outcome(Outcome::RolledBack { generation: candidate, reason, took }));
+        out.push(Action::Outcome(Outcome::RolledBack {
+            generation: candidate,
+            reason,
+            took,
+        }));
         self.reconcile(now, out);
         if follow_up {
             self.begin_generation(now, out);
@@ -468,13 +624,21 @@ impl Supervisor {
 
     /// Sends the stop signal to a worker, or forgets it if it was never spawned.
     fn stop_worker(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         if matches!(w.phase, WorkerPhase::Stopping { .. }) {
             return;
         }
-        w.phase = WorkerPhase::Stopping { kill_at: Some(now + self.settings.graceful_timeout) };
+        w.phase = WorkerPhase::Stopping {
+            kill_at: Some(now + self.settings.graceful_timeout),
+        };
         if let Some(pid) = w.pid {
-            out.push(Action::Signal { pid, signal: self.settings.stop_signal, group: false });
+            out.push(Action::Signal {
+                pid,
+                signal: self.settings.stop_signal,
+                group: false,
+            });
         }
     }
 
@@ -483,13 +647,23 @@ impl Supervisor {
         let mut late = Vec::new();
         for (id, w) in self.workers.iter_mut() {
             match w.phase {
-                WorkerPhase::Starting { ready_at: Some(r), .. } if r <= now => ready.push(*id),
+                WorkerPhase::Starting {
+                    ready_at: Some(r), ..
+                } if r <= now => ready.push(*id),
                 WorkerPhase::Starting { deadline, .. } if deadline <= now => late.push(*id),
                 WorkerPhase::Stopping { kill_at: Some(k) } if k <= now => {
                     w.phase = WorkerPhase::Stopping { kill_at: None };
                     if let Some(pid) = w.pid {
-                        tracing::warn!(generation = w.generation, pid, "worker did not stop in time: SIGKILL");
-                        out.push(Action::Signal { pid, signal: Signal::SIGKILL, group: true });
+                        tracing::warn!(
+                            generation = w.generation,
+                            pid,
+                            "worker did not stop in time: SIGKILL"
+                        );
+                        out.push(Action::Signal {
+                            pid,
+                            signal: Signal::SIGKILL,
+                            group: true,
+                        });
                     }
                 }
                 _ => {}
@@ -499,15 +673,31 @@ impl Supervisor {
             self.mark_ready(id, now, out);
         }
         for id in late {
-            let Some(w) = self.workers.get(&id).cloned() else { continue };
+            let Some(w) = self.workers.get(&id).cloned() else {
+                continue;
+            };
             let timeout = self.settings.ready_timeout;
             let pid = w.pid.unwrap_or_default();
-            tracing::warn!(generation = w.generation, pid, "worker not ready after {timeout:?}");
+            tracing::warn!(
+                generation = w.generation,
+                pid,
+                "worker not ready after {timeout:?}"
+            );
             self.stop_worker(id, now, out);
-            self.worker_lost(w, format!("worker {pid} not ready after {timeout:?}"), now, out);
+            self.worker_lost(
+                w,
+                format!("worker {pid} not ready after {timeout:?}"),
+                now,
+                out,
+            );
         }
         if matches!(self.phase, Phase::Running | Phase::Rolling { .. }) {
-            let due: Vec<PendingRestart> = self.pending.iter().filter(|p| p.at <= now).cloned().collect();
+            let due: Vec<PendingRestart> = self
+                .pending
+                .iter()
+                .filter(|p| p.at <= now)
+                .cloned()
+                .collect();
             self.pending.retain(|p| p.at > now);
             for p in due {
                 if Some(p.generation) == self.current {
@@ -519,12 +709,18 @@ impl Supervisor {
     }
 
     fn on_stop(&mut self, fast: bool, now: Instant, out: &mut Vec<Action>) {
-        if let Phase::Rolling { candidate, started, .. } = self.phase
+        if let Phase::Rolling {
+            candidate, started, ..
+        } = self.phase
             && self.current.is_some()
         {
             let took = now.saturating_duration_since(started);
             let reason = "the manager is stopping".to_owned();
-            out.push(Action::Outcome(Outcome::RolledBack { generation: candidate, reason, took }));
+            out.push(Action::Outcome(Outcome::RolledBack {
+                generation: candidate,
+                reason,
+                took,
+            }));
         }
         let already = matches!(self.phase, Phase::Stopping { .. });
         if !already {
@@ -538,7 +734,11 @@ impl Supervisor {
                 if let Some(w) = self.workers.get_mut(&id) {
                     w.phase = WorkerPhase::Stopping { kill_at: None };
                     if let Some(pid) = w.pid {
-                        out.push(Action::Signal { pid, signal: Signal::SIGKILL, group: true });
+                        out.push(Action::Signal {
+                            pid,
+                            signal: Signal::SIGKILL,
+                            group: true,
+                        });
                     }
                 }
             } else {
@@ -567,7 +767,12 @@ impl Supervisor {
                 .values()
                 .filter(|w| w.generation == g && !matches!(w.phase, WorkerPhase::Stopping { .. }))
                 .map(|w| w.slot)
-                .chain(self.pending.iter().filter(|p| p.generation == g).map(|p| p.slot))
+                .chain(
+                    self.pending
+                        .iter()
+                        .filter(|p| p.generation == g)
+                        .map(|p| p.slot),
+                )
                 .collect();
             let slot = (0..).find(|s| !used.contains(s)).unwrap_or(have);
             let a = self.spawn(g, slot, 0, now);
@@ -581,7 +786,9 @@ impl Supervisor {
             } else if let Some(id) = self
                 .workers
                 .iter()
-                .filter(|(_, w)| w.generation == g && !matches!(w.phase, WorkerPhase::Stopping { .. }))
+                .filter(|(_, w)| {
+                    w.generation == g && !matches!(w.phase, WorkerPhase::Stopping { .. })
+                })
                 .max_by_key(|(_, w)| w.slot)
                 .map(|(id, _)| *id)
             {

@@ -39,10 +39,17 @@ pub async fn run(
     let mut buf = vec![0u8; 4096];
 
     let mut queue = VecDeque::from([Event::Start]);
+    let mut start_failure = None;
     loop {
         while let Some(event) = queue.pop_front() {
             for action in sup.step(event, Instant::now()) {
+                if let Action::Outcome(Outcome::StartFailed { reason }) = &action {
+                    start_failure = Some(reason.clone());
+                }
                 if let Some(code) = execute(action, &env, &mut queue) {
+                    if let Some(reason) = start_failure {
+                        anyhow::bail!("the first generation failed: {reason}");
+                    }
                     return Ok(code);
                 }
             }
@@ -73,12 +80,19 @@ pub async fn run(
 /// anything else, so the state machine learns the pid before the next outside event.
 fn execute(action: Action, env: &WorkerEnv<'_>, queue: &mut VecDeque<Event>) -> Option<i32> {
     match action {
-        Action::Spawn { id, generation, slot } => {
+        Action::Spawn {
+            id,
+            generation,
+            slot,
+        } => {
             let event = match spawn::spawn(env, generation) {
                 Ok(pid) => Event::Spawned { id, pid },
                 Err(e) => {
                     tracing::error!(generation, slot, "{e}");
-                    Event::SpawnFailed { id, error: e.to_string() }
+                    Event::SpawnFailed {
+                        id,
+                        error: e.to_string(),
+                    }
                 }
             };
             queue.push_front(event);
@@ -94,7 +108,11 @@ fn execute(action: Action, env: &WorkerEnv<'_>, queue: &mut VecDeque<Event>) -> 
 fn send_signal(pid: i32, signal: Signal, group: bool) {
     // The pid is one of our own unreaped children (the state machine forgets a worker
     // when it is reaped), so it cannot have been reused by another process.
-    let r = if group { killpg(Pid::from_raw(pid), signal) } else { kill(Pid::from_raw(pid), signal) };
+    let r = if group {
+        killpg(Pid::from_raw(pid), signal)
+    } else {
+        kill(Pid::from_raw(pid), signal)
+    };
     if let Err(e) = r {
         // ESRCH: the group's leader already exited; its exit is on the way.
         tracing::debug!(pid, "{signal} not delivered: {e}");
@@ -105,9 +123,17 @@ fn log_outcome(o: &Outcome) {
     match o {
         Outcome::Started { generation } => tracing::info!(generation, "ready: serving"),
         Outcome::Reloaded { generation, took } => {
-            tracing::info!(generation, took_ms = took.as_millis() as u64, "reload complete")
+            tracing::info!(
+                generation,
+                took_ms = took.as_millis() as u64,
+                "reload complete"
+            )
         }
-        Outcome::RolledBack { generation, reason, took } => tracing::error!(
+        Outcome::RolledBack {
+            generation,
+            reason,
+            took,
+        } => tracing::error!(
             generation,
             took_ms = took.as_millis() as u64,
             "reload failed, old generation keeps serving: {reason}"
@@ -121,12 +147,14 @@ fn log_outcome(o: &Outcome) {
 fn reap(queue: &mut VecDeque<Event>) {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => {
-                queue.push_back(Event::Exited { pid: pid.as_raw(), how: format!("exit status {code}") })
-            }
-            Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                queue.push_back(Event::Exited { pid: pid.as_raw(), how: format!("killed by {sig}") })
-            }
+            Ok(WaitStatus::Exited(pid, code)) => queue.push_back(Event::Exited {
+                pid: pid.as_raw(),
+                how: format!("exit status {code}"),
+            }),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => queue.push_back(Event::Exited {
+                pid: pid.as_raw(),
+                how: format!("killed by {sig}"),
+            }),
             Ok(WaitStatus::StillAlive) | Err(_) => break,
             Ok(_) => continue,
         }
@@ -153,7 +181,10 @@ fn read_notifications(
             }
         };
         let Some(worker_pid) = owning_worker(sup, pid) else {
-            tracing::warn!(pid, "ignored a notify message from a process that is not a worker");
+            tracing::warn!(
+                pid,
+                "ignored a notify message from a process that is not a worker"
+            );
             continue;
         };
         if let Some(status) = &msg.status {

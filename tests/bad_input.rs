@@ -1,0 +1,182 @@
+//! Bad input: each case is one line on stderr that names the problem, a non-zero exit, and
+//! no worker left behind.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{HANDOVER, wait_for};
+
+/// Runs `handover ARGS` with `env`, `fd3` (if any) at fd 3, and LISTEN_PID set to its own
+/// pid unless `env` sets it; returns its output once it has exited.
+fn run(args: &[&str], env: &[(&str, &str)], fd3: Option<&std::fs::File>) -> Output {
+    let mut c = Command::new("/bin/sh");
+    let script = if env.iter().any(|(k, _)| *k == "LISTEN_PID") {
+        r#"exec "$0" "$@""#
+    } else {
+        r#"export LISTEN_PID=$$; exec "$0" "$@""#
+    };
+    c.args(["-c", script, HANDOVER])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    c.env_remove("LISTEN_FDS").env_remove("NOTIFY_SOCKET");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    if let Some(f) = fd3 {
+        let fd = f.as_raw_fd();
+        // SAFETY: dup2/fcntl are async-signal-safe; this runs in the child before exec.
+        unsafe {
+            c.pre_exec(move || {
+                let r = if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if r < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            });
+        }
+    }
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for(Duration::from_secs(10), "handover to give up", || {
+        child.try_wait().ok().flatten()
+    });
+    child.wait_with_output().expect("output")
+}
+
+/// Asserts a failed run whose last stderr line is the error, containing every `needle`.
+fn assert_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got {:?}: {stderr}",
+        out.status
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    for n in needles {
+        assert!(
+            last.contains(n),
+            "`{n}` not in the error line `{last}`; stderr:\n{stderr}"
+        );
+    }
+}
+
+const LISTEN: [&str; 3] = ["run", "--listen", "127.0.0.1:0"];
+
+fn with_cmd<'a>(head: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+    head.iter()
+        .chain(["--"].iter())
+        .chain(cmd)
+        .copied()
+        .collect()
+}
+
+#[test]
+fn garbage_listen_fds() {
+    let out = run(
+        &with_cmd(&["run"], &["true"]),
+        &[("LISTEN_FDS", "three")],
+        None,
+    );
+    assert_error(&out, &["LISTEN_FDS=\"three\" is not a count"]);
+}
+
+#[test]
+fn listen_pid_of_another_process() {
+    let env = [("LISTEN_FDS", "1"), ("LISTEN_PID", "1")];
+    let out = run(&with_cmd(&["run"], &["true"]), &env, None);
+    assert_error(&out, &["LISTEN_PID=1 is another process"]);
+}
+
+#[test]
+fn an_fd_that_is_not_a_socket() {
+    let file = tempfile::tempfile().expect("temp file");
+    let out = run(
+        &with_cmd(&["run"], &["true"]),
+        &[("LISTEN_FDS", "1")],
+        Some(&file),
+    );
+    assert_error(
+        &out,
+        &["fd 3 from LISTEN_FDS is not a socket (a regular file)"],
+    );
+}
+
+#[test]
+fn no_sockets_at_all() {
+    let out = run(&with_cmd(&["run"], &["true"]), &[], None);
+    assert_error(&out, &["no sockets", "--listen"]);
+}
+
+#[test]
+fn no_command() {
+    let out = run(&LISTEN, &[], None);
+    assert_error(&out, &["no worker command", "after `--`"]);
+}
+
+#[test]
+fn a_command_that_does_not_exist() {
+    let out = run(&with_cmd(&LISTEN, &["no-such-server-xyz"]), &[], None);
+    assert_error(&out, &["`no-such-server-xyz` not found in PATH"]);
+}
+
+#[test]
+fn a_command_the_kernel_cannot_exec() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bogus = common::script(dir.path(), "bogus", "");
+    std::fs::write(&bogus, b"\x7fELF garbage").expect("write");
+    let out = run(&with_cmd(&LISTEN, &[&bogus]), &[], None);
+    assert_error(
+        &out,
+        &["first generation failed", "cannot start", "bogus", "exec"],
+    );
+}
+
+#[test]
+fn a_listen_spec_that_cannot_be_parsed() {
+    let out = run(
+        &["run", "--listen", "localhost:http", "--", "true"],
+        &[],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("`localhost:http` is not a listen spec"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_listen_address_that_cannot_be_bound() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = run(&["run", "--listen", &addr, "--", "true"], &[], None);
+    assert_error(&out, &[&format!("cannot bind {addr}"), "in use"]);
+}
+
+#[test]
+fn a_worker_that_exits_before_ready_fails_the_start() {
+    let out = run(&with_cmd(&LISTEN, &["false"]), &[], None);
+    assert_error(
+        &out,
+        &[
+            "first generation failed",
+            "exited before it was ready",
+            "exit status 1",
+        ],
+    );
+}

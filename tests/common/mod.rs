@@ -1,0 +1,240 @@
+//! Test harness: a real `handover` process with a listening socket handed to it the way
+//! systemd does (fd 3, LISTEN_FDS, LISTEN_PID = its pid) and a fake NOTIFY_SOCKET the test
+//! reads, so every test sees exactly what systemd would see.
+//!
+//! Each `Manager` owns its temp dir, its port (127.0.0.1:0) and its process; dropping it
+//! SIGKILLs the manager if it still runs, and its workers die with it (PDEATHSIG).
+
+#![allow(dead_code)]
+
+pub mod load;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub struct Manager {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    notify: UnixDatagram,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Manager {
+    /// Starts `handover run OPTS -- CMD` with a fresh 127.0.0.1 listener as fd 3.
+    pub fn start(opts: &[&str], cmd: &[&str]) -> Manager {
+        Manager::start_in(tempfile::tempdir().expect("temp dir"), opts, cmd)
+    }
+
+    /// Like `start`, in a dir the test prepared (scripts, config) beforehand.
+    pub fn start_in(dir: tempfile::TempDir, opts: &[&str], cmd: &[&str]) -> Manager {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let notify_path = dir.path().join("systemd-notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        let log = dir.path().join("handover.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new("/bin/sh");
+        // LISTEN_PID must be handover's own pid: the shell exports its pid, then execs.
+        command
+            .args([
+                "-c",
+                r#"export LISTEN_PID=$$; exec "$0" "$@""#,
+                HANDOVER,
+                "run",
+            ])
+            .args(opts)
+            .arg("--")
+            .args(cmd)
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDNAMES", "http")
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("HANDOVER_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file);
+        let fd = listener.as_raw_fd();
+        // SAFETY: dup2 and fcntl are async-signal-safe; this runs in the forked child.
+        unsafe {
+            command.pre_exec(move || {
+                // dup2(3, 3) would keep CLOEXEC: clear it explicitly in that case.
+                let r = if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawn handover");
+        drop(listener);
+        Manager {
+            child,
+            addr,
+            dir,
+            notify,
+            log,
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child, which we have not reaped.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// The next datagram handover sent to "systemd", split into its lines.
+    pub fn next_notify(&self, timeout: Duration) -> Vec<String> {
+        self.notify
+            .set_read_timeout(Some(timeout))
+            .expect("set timeout");
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no sd_notify message within {timeout:?} ({e}); log:\n{}",
+                self.log()
+            )
+        });
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Reads datagrams until one has a line starting with one of `keys`; returns it.
+    /// STATUS-only datagrams are skipped.
+    pub fn wait_notify(&self, keys: &[&str], timeout: Duration) -> Vec<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let msg = self.next_notify(left);
+            if msg.iter().any(|l| keys.iter().any(|k| l.starts_with(k))) {
+                return msg;
+            }
+        }
+    }
+
+    /// The manager's direct children (the workers), from /proc.
+    pub fn children(&self) -> Vec<i32> {
+        let path = format!("/proc/{0}/task/{0}/children", self.pid());
+        let mut pids: Vec<i32> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        pids.sort();
+        pids
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits for the first READY=1 and `n` workers.
+    pub fn wait_ready(&self, n: usize) -> Vec<i32> {
+        self.wait_notify(&["READY=1"], Duration::from_secs(20));
+        wait_for(Duration::from_secs(10), "workers", || {
+            let c = self.children();
+            (c.len() == n).then_some(c)
+        })
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let status = wait_for(timeout, "handover to exit", || {
+            self.child.try_wait().ok().flatten()
+        });
+        self.exited = Some(status);
+        status
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- handover log ---\n{}", self.log());
+        }
+    }
+}
+
+/// True if `pid` is gone or a zombie.
+pub fn is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+/// One GET on a fresh connection; returns (status, body).
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A shell script in the test's dir, executable, run as the worker command.
+pub fn script(dir: &Path, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path.display().to_string()
+}
