@@ -97,9 +97,20 @@ fn take_sockets() -> anyhow::Result<Vec<StdListener>> {
         };
         // `None` would mean an index taken twice, which this loop never does.
         let socket = taken.and_then(|s| s.ok_or_else(|| io::Error::other("already taken")));
-        sockets.push(socket.with_context(|| {
-            format!("fd {} is neither a TCP nor a unix stream listener", 3 + i)
-        })?);
+        // Datagram sockets (UDP) are someone else's business: serve the stream ones.
+        match socket {
+            Ok(s) => sockets.push(s),
+            Err(e) => eprintln!(
+                "demo-worker: fd {} is not a stream listener ({e}), skipped",
+                3 + i
+            ),
+        }
+    }
+    if sockets.is_empty() {
+        bail!(
+            "no TCP or unix stream listener among the {} sockets in LISTEN_FDS",
+            fds.len()
+        );
     }
     Ok(sockets)
 }
