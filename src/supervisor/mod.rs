@@ -2,5 +2,7 @@
 
 pub mod state;
 pub mod task;
+#[cfg(test)]
+mod tests;
 
 pub use state::{Action, Event, Outcome, Settings, Supervisor};

@@ -413,8 +413,8 @@ impl Supervisor {
             slot = w.slot,
             "worker started"
         );
-        if stopping {
-            // A stop arrived while this worker was being spawned.
+        if stopping || matches!(w.phase, WorkerPhase::Stopping { .. }) {
+            // A stop (of everything, or of its generation) came while it was spawning.
             w.phase = WorkerPhase::Stopping {
                 kill_at: Some(now + settings.graceful_timeout),
             };
@@ -479,7 +479,9 @@ impl Supervisor {
                 self.fail_candidate(reason, now, out);
             }
             Phase::Running | Phase::Rolling { .. } if Some(w.generation) == self.current => {
-                let stable = now.saturating_duration_since(w.started) >= self.settings.stable_after;
+                // Only a worker that served for a while earns a fresh backoff.
+                let stable = w.phase == WorkerPhase::Ready
+                    && now.saturating_duration_since(w.started) >= self.settings.stable_after;
                 let restarts = if stable { 1 } else { w.restarts + 1 };
                 let delay = self.backoff(restarts);
                 tracing::warn!(

@@ -42,16 +42,22 @@ pub async fn run(
     let mut start_failure = None;
     loop {
         while let Some(event) = queue.pop_front() {
+            let mut spawned = Vec::new();
             for action in sup.step(event, Instant::now()) {
                 if let Action::Outcome(Outcome::StartFailed { reason }) = &action {
                     start_failure = Some(reason.clone());
                 }
-                if let Some(code) = execute(action, &env, &mut queue) {
+                if let Some(code) = execute(action, &env, &mut spawned) {
                     if let Some(reason) = start_failure {
                         anyhow::bail!("the first generation failed: {reason}");
                     }
                     return Ok(code);
                 }
+            }
+            // Spawn results go back in first, in spawn order, so the state machine knows
+            // every new pid before it hears of anything else.
+            for e in spawned.into_iter().rev() {
+                queue.push_front(e);
             }
         }
         let deadline = sup.next_deadline();
@@ -76,9 +82,9 @@ pub async fn run(
     }
 }
 
-/// Carries out one action. Spawn results go straight back into the queue, ahead of
-/// anything else, so the state machine learns the pid before the next outside event.
-fn execute(action: Action, env: &WorkerEnv<'_>, queue: &mut VecDeque<Event>) -> Option<i32> {
+/// Carries out one action; a spawn's result is appended to `spawned`. Returns the exit
+/// code when the action is to exit.
+fn execute(action: Action, env: &WorkerEnv<'_>, spawned: &mut Vec<Event>) -> Option<i32> {
     match action {
         Action::Spawn {
             id,
@@ -95,7 +101,7 @@ fn execute(action: Action, env: &WorkerEnv<'_>, queue: &mut VecDeque<Event>) -> 
                     }
                 }
             };
-            queue.push_front(event);
+            spawned.push(event);
         }
         Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
         Action::Notify(states) => notify::to_systemd(&states),
