@@ -27,6 +27,17 @@ pub struct Cli {
 pub enum Command {
     /// Run workers of CMD on the held sockets (the manager; systemd's main process).
     Run(RunArgs),
+    /// Validate the configuration (file + flags) and print the effective result.
+    Check(RunArgs),
+    /// Reload a running manager and wait for the outcome (exit 0: the new generation
+    /// serves; non-zero: it was rolled back, with the reason). For `ExecReload=`.
+    Reload(ReloadArgs),
+    /// Show sockets, generations and workers of a running manager.
+    Status(StatusArgs),
+    /// Set the number of workers of a running manager.
+    Scale(ScaleArgs),
+    /// Stop a running manager gracefully.
+    Stop(ControlArgs),
     /// Run the manager with the built-in demo worker on a local port.
     Demo(DemoArgs),
     /// The reference worker: an HTTP/1.1 server on inherited sockets that drains cleanly.
@@ -35,6 +46,10 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
+    /// TOML config file; read again at every reload. Flags override it.
+    #[arg(long, short = 'c', value_name = "FILE", env = "HANDOVER_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Bind this socket yourself instead of (or besides) taking systemd's LISTEN_FDS.
     /// Forms: `127.0.0.1:8080`, `[::]:80`, `tcp:HOST:PORT`, `udp:HOST:PORT`,
     /// `unix:/run/app.sock` or `unix:/run/app.sock,mode=0660`; prefix `NAME=` to set the
@@ -42,39 +57,91 @@ pub struct RunArgs {
     #[arg(long = "listen", value_name = "SPEC")]
     pub listen: Vec<ListenSpec>,
 
-    /// Number of worker processes per generation.
-    #[arg(long, short = 'w', default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub workers: u32,
+    /// Number of worker processes per generation [default: 2].
+    #[arg(long, short = 'w', value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub workers: Option<u32>,
 
     /// How a worker proves it is ready: `notify` (it sends READY=1 to $NOTIFY_SOCKET, the
     /// default and the only proof) or `delay:DURATION` (assume ready after a fixed time;
     /// weaker: a slow start is taken for a ready one).
-    #[arg(long, default_value = "notify", value_name = "MODE")]
-    pub ready: Readiness,
+    #[arg(long, value_name = "MODE")]
+    pub ready: Option<Readiness>,
 
-    /// A worker not ready after this long fails (and a reload rolls back).
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
-    pub ready_timeout: Duration,
+    /// A worker not ready after this long fails (and a reload rolls back) [default: 60s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub ready_timeout: Option<Duration>,
 
-    /// Signal that asks an old worker to drain and exit.
-    #[arg(long, default_value = "SIGTERM", value_parser = parse_signal, value_name = "SIGNAL")]
-    pub stop_signal: nix::sys::signal::Signal,
+    /// Signal that asks an old worker to drain and exit [default: SIGTERM].
+    #[arg(long, value_parser = parse_signal, value_name = "SIGNAL")]
+    pub stop_signal: Option<nix::sys::signal::Signal>,
 
-    /// How long a draining worker may take before it is killed with SIGKILL.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
-    pub graceful_timeout: Duration,
+    /// How long a draining worker may take before it is killed with SIGKILL [default: 30s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub graceful_timeout: Option<Duration>,
+
+    /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat
+    /// [default: 0 = the whole generation at once].
+    #[arg(long, value_name = "K")]
+    pub batch: Option<u32>,
 
     /// Set an environment variable for the workers (KEY=VALUE). Repeatable.
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env_pair)]
     pub env: Vec<(OsString, OsString)>,
 
-    /// Working directory of the workers.
+    /// Read KEY=VALUE lines for the workers' environment from FILE (read at every reload).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+
+    /// Working directory of the workers (resolved at each spawn, so a `current` symlink
+    /// switched by a deploy takes effect at the next reload).
     #[arg(long, value_name = "DIR")]
     pub chdir: Option<PathBuf>,
 
-    /// The worker command and its arguments (after `--`).
+    /// Control socket path [default: $RUNTIME_DIRECTORY/handover.sock under systemd].
+    #[arg(long, value_name = "PATH", env = "HANDOVER_CONTROL")]
+    pub control: Option<PathBuf>,
+
+    /// The worker command and its arguments (after `--`), unless the config file has it.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// How a client finds the manager.
+#[derive(Debug, Clone, Args)]
+pub struct ControlArgs {
+    /// The manager's control socket [default: $RUNTIME_DIRECTORY/handover.sock].
+    #[arg(long, value_name = "PATH", env = "HANDOVER_CONTROL")]
+    pub control: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Only trigger the reload; do not wait for its outcome.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this long (below systemd's default TimeoutStartSec of 90s).
+    #[arg(long, default_value = "80s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// The number of workers to run.
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub workers: u32,
 }
 
 #[derive(Debug, Clone, Args)]

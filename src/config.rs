@@ -91,50 +91,138 @@ pub struct Command {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "no worker command: give it after `--`, e.g. `handover run --listen 127.0.0.1:8080 -- ./server`"
+        "no worker command: give it after `--` (e.g. `handover run --listen 127.0.0.1:8080 -- ./server`) or as `command` in the config file"
     )]
     NoCommand,
     #[error("worker command `{0}` not found in PATH: give a full path or install it")]
     NotFound(String),
     #[error("worker command `{0}` is not an executable file: check the path and its mode")]
     NotExecutable(String),
-    #[error("--chdir {0}: not a directory")]
+    #[error("working directory {0}: not a directory")]
     BadChdir(String),
-    #[error("--env {0}: the key may not contain `=` or NUL")]
+    #[error("environment variable `{0}`: the name may not contain `=` or NUL")]
     BadEnv(String),
+    #[error("{0}")]
+    File(#[from] crate::config_file::ConfigFileError),
 }
 
+/// Defaults for what neither a flag nor the config file sets.
+pub const DEFAULT_WORKERS: u32 = 2;
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl RunConfig {
-    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
-        let (program, rest) = args.command.split_first().ok_or(ConfigError::NoCommand)?;
-        let program = resolve_program(program, std::env::var_os("PATH").as_deref())?;
-        if let Some(dir) = &args.chdir
+    /// The effective configuration: flags over the config file (read now) over defaults.
+    /// Called at start and again at every reload, so a deploy can change the file.
+    pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => crate::config_file::load(path)?,
+            None => crate::config_file::FileConfig::default(),
+        };
+        let (program, rest): (OsString, Vec<OsString>) = match args.command.split_first() {
+            Some((p, rest)) => (p.clone(), rest.to_vec()),
+            None => {
+                let p = file.command.clone().ok_or(ConfigError::NoCommand)?;
+                let rest = file.args.clone().unwrap_or_default();
+                (p.into(), rest.into_iter().map(OsString::from).collect())
+            }
+        };
+        let program = resolve_program(&program, std::env::var_os("PATH").as_deref())?;
+        let chdir = args.chdir.clone().or(file.chdir.clone());
+        if let Some(dir) = &chdir
             && !dir.is_dir()
         {
             return Err(ConfigError::BadChdir(dir.display().to_string()));
         }
-        for (k, _) in &args.env {
-            if k.as_bytes().contains(&b'=') || k.as_bytes().contains(&0) {
+        // Later sources win: the file's env_file, its [env], --env-file, --env.
+        let mut env: Vec<(OsString, OsString)> = Vec::new();
+        let mut add = |pairs: Vec<(String, String)>| {
+            env.extend(pairs.into_iter().map(|(k, v)| (k.into(), v.into())));
+        };
+        if let Some(f) = &file.env_file {
+            add(crate::config_file::read_env_file(f)?);
+        }
+        add(file.env.clone());
+        if let Some(f) = &args.env_file {
+            add(crate::config_file::read_env_file(f)?);
+        }
+        env.extend(args.env.iter().cloned());
+        for (k, _) in &env {
+            if k.as_bytes().contains(&b'=') || k.as_bytes().contains(&0) || k.is_empty() {
                 return Err(ConfigError::BadEnv(k.to_string_lossy().into_owned()));
             }
         }
+        let listen = if args.listen.is_empty() {
+            file.listen.clone().unwrap_or_default()
+        } else {
+            args.listen.clone()
+        };
         Ok(RunConfig {
-            listen: args.listen.clone(),
+            listen,
             settings: Settings {
-                workers: args.workers as usize,
-                readiness: args.ready,
-                ready_timeout: args.ready_timeout,
-                stop_signal: args.stop_signal,
-                graceful_timeout: args.graceful_timeout,
+                workers: args.workers.or(file.workers).unwrap_or(DEFAULT_WORKERS) as usize,
+                readiness: args.ready.or(file.ready).unwrap_or(Readiness::Notify),
+                ready_timeout: args
+                    .ready_timeout
+                    .or(file.ready_timeout)
+                    .unwrap_or(DEFAULT_READY_TIMEOUT),
+                stop_signal: args
+                    .stop_signal
+                    .or(file.stop_signal)
+                    .unwrap_or(Signal::SIGTERM),
+                graceful_timeout: args
+                    .graceful_timeout
+                    .or(file.graceful_timeout)
+                    .unwrap_or(DEFAULT_GRACEFUL_TIMEOUT),
+                batch: args.batch.or(file.batch).unwrap_or(0) as usize,
                 ..Settings::default()
             },
             command: Command {
                 program,
-                args: rest.to_vec(),
-                env: args.env.clone(),
-                chdir: args.chdir.clone(),
+                args: rest,
+                env,
+                chdir,
             },
         })
+    }
+}
+
+impl std::fmt::Display for RunConfig {
+    /// The effective configuration in the config file's own format (`handover check`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = |s: &OsStr| format!("{:?}", s.to_string_lossy());
+        let s = &self.settings;
+        writeln!(f, "command = {}", q(self.command.program.as_os_str()))?;
+        let args: Vec<String> = self.command.args.iter().map(|a| q(a)).collect();
+        writeln!(f, "args = [{}]", args.join(", "))?;
+        writeln!(f, "workers = {}", s.workers)?;
+        let listen: Vec<String> = self
+            .listen
+            .iter()
+            .map(|l| format!("{:?}", crate::sockets::spec_text(l)))
+            .collect();
+        writeln!(f, "listen = [{}]", listen.join(", "))?;
+        let ready = match s.readiness {
+            Readiness::Notify => "notify".to_owned(),
+            Readiness::Delay(d) => format!("delay:{}ms", d.as_millis()),
+        };
+        writeln!(f, "ready = \"{ready}\"")?;
+        writeln!(f, "ready_timeout = \"{}ms\"", s.ready_timeout.as_millis())?;
+        writeln!(f, "stop_signal = \"{}\"", s.stop_signal)?;
+        writeln!(
+            f,
+            "graceful_timeout = \"{}ms\"",
+            s.graceful_timeout.as_millis()
+        )?;
+        writeln!(f, "batch = {}", s.batch)?;
+        if let Some(d) = &self.command.chdir {
+            writeln!(f, "chdir = {}", q(d.as_os_str()))?;
+        }
+        writeln!(f, "\n[env]")?;
+        for (k, v) in &self.command.env {
+            writeln!(f, "{} = {}", k.to_string_lossy(), q(v))?;
+        }
+        Ok(())
     }
 }
 

@@ -21,7 +21,10 @@
 //! reference worker).
 
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod config_file;
+pub mod control;
 pub mod demo_worker;
 pub mod logging;
 pub mod notify;

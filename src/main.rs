@@ -3,18 +3,24 @@
 
 use clap::Parser;
 use handover::cli::{Cli, Command};
+use handover::{client, run};
 
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::DemoWorker(args) => handover::demo_worker::run(args).map(|()| 0),
+        Command::Check(args) => run::check(args),
+        Command::Reload(args) => client::reload(args),
+        Command::Status(args) => client::status(args),
+        Command::Scale(args) => client::scale(args),
+        Command::Stop(args) => client::stop(args),
         Command::Run(args) => {
             handover::logging::init();
-            handover::run::run(args)
+            run::run(args)
         }
         Command::Demo(args) => {
             handover::logging::init();
-            handover::run::demo(args)
+            run::demo(args)
         }
     };
     match result {

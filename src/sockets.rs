@@ -323,7 +323,7 @@ pub fn bind(spec: &ListenSpec) -> Result<HeldSocket, SocketError> {
 /// A socket file left behind by a previous run that nobody listens on any more is
 /// removed; a live one (connect succeeds) or any other file is left alone, and bind
 /// then fails with "address in use" naming the path.
-fn remove_stale_unix_socket(path: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn remove_stale_unix_socket(path: &std::path::Path) -> std::io::Result<()> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };

@@ -14,9 +14,8 @@ use std::path::Path;
 
 use crate::config::Command;
 
-/// What the spawner needs that is the same for every worker.
+/// What the spawner needs that is the same for every worker of every generation.
 pub struct WorkerEnv<'a> {
-    pub command: &'a Command,
     pub fds: Vec<BorrowedFd<'a>>,
     pub fd_names: Vec<String>,
     pub notify_socket: &'a Path,
@@ -68,11 +67,11 @@ fn env_entry(k: &OsStr, v: &OsStr) -> CString {
 
 /// Builds the worker environment: the manager's own (minus the variables above), the
 /// configured extras, then the socket-activation variables and HANDOVER_GENERATION.
-fn build_env(w: &WorkerEnv<'_>, generation: u64) -> Vec<CString> {
+fn build_env(w: &WorkerEnv<'_>, command: &Command, generation: u64) -> Vec<CString> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !STRIPPED.iter().any(|s| k == OsStr::new(s)))
         .collect();
-    for (k, v) in &w.command.env {
+    for (k, v) in &command.env {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
@@ -92,27 +91,26 @@ fn build_env(w: &WorkerEnv<'_>, generation: u64) -> Vec<CString> {
 }
 
 /// Starts one worker and returns its pid once the exec has succeeded.
-pub fn spawn(w: &WorkerEnv<'_>, generation: u64) -> Result<i32, SpawnError> {
-    let program = cstring(w.command.program.as_os_str().as_bytes());
+pub fn spawn(w: &WorkerEnv<'_>, command: &Command, generation: u64) -> Result<i32, SpawnError> {
+    let program = cstring(command.program.as_os_str().as_bytes());
     let fail = |stage: usize, errno| SpawnError {
-        program: w.command.program.display().to_string(),
+        program: command.program.display().to_string(),
         stage: STAGES[stage],
         errno,
     };
     let mut argv: Vec<CString> = vec![program.clone()];
-    argv.extend(w.command.args.iter().map(|a| cstring(a.as_bytes())));
+    argv.extend(command.args.iter().map(|a| cstring(a.as_bytes())));
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
 
-    let env = build_env(w, generation);
+    let env = build_env(w, command, generation);
     // "LISTEN_PID=" followed by room for the digits and a NUL, filled in by the child.
     let mut listen_pid = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0";
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(listen_pid.as_ptr().cast());
     env_ptrs.push(std::ptr::null());
 
-    let chdir = w
-        .command
+    let chdir = command
         .chdir
         .as_ref()
         .map(|d| cstring(d.as_os_str().as_bytes()));

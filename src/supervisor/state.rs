@@ -20,13 +20,16 @@ use crate::config::Readiness;
 use crate::notify::SdState;
 
 /// Knobs the state machine obeys.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub workers: usize,
     pub readiness: Readiness,
     pub ready_timeout: Duration,
     pub stop_signal: Signal,
     pub graceful_timeout: Duration,
+    /// Rolling reload: start this many new workers, wait for them, stop as many old ones,
+    /// repeat. 0 starts the whole generation at once.
+    pub batch: usize,
     /// First restart delay of a crashed worker; doubles per crash in a row.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -42,6 +45,7 @@ impl Default for Settings {
             ready_timeout: Duration::from_secs(60),
             stop_signal: Signal::SIGTERM,
             graceful_timeout: Duration::from_secs(30),
+            batch: 0,
             backoff_base: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             stable_after: Duration::from_secs(10),
@@ -56,8 +60,14 @@ pub type Generation = u64;
 pub enum Event {
     /// Start the first generation.
     Start,
-    /// SIGHUP (later: the control socket).
+    /// SIGHUP or the control socket.
     Reload,
+    /// Answer to `Action::LoadConfig`: the settings for that generation, or why the
+    /// configuration is invalid (the reload then fails before anything is touched).
+    ConfigLoaded {
+        generation: Generation,
+        result: Result<Box<Settings>, String>,
+    },
     /// Result of `Action::Spawn`.
     Spawned {
         id: WorkerId,
@@ -88,6 +98,10 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Read the configuration again for `generation`; answer with `ConfigLoaded`.
+    LoadConfig {
+        generation: Generation,
+    },
     Spawn {
         id: WorkerId,
         generation: Generation,
@@ -164,12 +178,23 @@ struct PendingRestart {
 enum Phase {
     Idle,
     Running,
-    /// A candidate generation is starting. `initial`: there is no current one to keep.
+    /// Waiting for the configuration of the next generation (`Action::LoadConfig`).
+    Loading {
+        generation: Generation,
+        started: Instant,
+        follow_up: bool,
+    },
+    /// A candidate generation of `size` is starting; `spawned` of them so far (batches),
+    /// and `retired` old workers already stopped for ready new ones. `previous` are the
+    /// settings to restore if the candidate fails.
     Rolling {
         candidate: Generation,
         size: usize,
+        spawned: usize,
+        retired: usize,
         started: Instant,
         follow_up: bool,
+        previous: Box<Settings>,
     },
     Stopping {
         code: i32,
@@ -215,6 +240,14 @@ impl Supervisor {
         self.settings.workers
     }
 
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping { .. })
+    }
+
     /// The earliest moment a `Timer` event is needed, if any. None means: sleep until
     /// something happens (no polling while idle).
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -250,12 +283,17 @@ impl Supervisor {
             }
             parts.push(s);
         }
-        if let Phase::Rolling {
-            candidate, size, ..
-        } = self.phase
-        {
-            let ready = self.count(candidate, |p| *p == WorkerPhase::Ready);
-            parts.push(format!("gen {candidate} starting {ready}/{size}"));
+        match self.phase {
+            Phase::Rolling {
+                candidate, size, ..
+            } => {
+                let ready = self.count(candidate, |p| *p == WorkerPhase::Ready);
+                parts.push(format!("gen {candidate} starting {ready}/{size}"));
+            }
+            Phase::Loading { generation, .. } => {
+                parts.push(format!("gen {generation} loading configuration"))
+            }
+            _ => {}
         }
         let mut draining: BTreeMap<Generation, usize> = BTreeMap::new();
         for w in self.workers.values() {
@@ -299,10 +337,13 @@ impl Supervisor {
         match event {
             Event::Start => {
                 if self.phase == Phase::Idle {
-                    self.begin_generation(now, &mut out);
+                    self.request_generation(now, false, &mut out);
                 }
             }
             Event::Reload => self.on_reload(now, &mut out),
+            Event::ConfigLoaded { generation, result } => {
+                self.on_config_loaded(generation, result, now, &mut out)
+            }
             Event::Spawned { id, pid } => self.on_spawned(id, pid, now, &mut out),
             Event::SpawnFailed { id, error } => self.on_spawn_failed(id, error, now, &mut out),
             Event::Ready { pid } => {
@@ -368,30 +409,102 @@ impl Supervisor {
         }
     }
 
-    /// Starts a candidate generation of `settings.workers` workers.
-    fn begin_generation(&mut self, now: Instant, out: &mut Vec<Action>) {
+    /// Opens the next generation: first its configuration is loaded (and a reload is
+    /// announced to systemd), then `on_config_loaded` starts its workers.
+    fn request_generation(&mut self, now: Instant, follow_up: bool, out: &mut Vec<Action>) {
         self.last_generation += 1;
-        let candidate = self.last_generation;
-        let size = self.settings.workers;
-        self.phase = Phase::Rolling {
-            candidate,
-            size,
+        let generation = self.last_generation;
+        self.phase = Phase::Loading {
+            generation,
             started: now,
-            follow_up: false,
+            follow_up,
         };
         if self.current.is_some() {
             out.push(Action::Notify(vec![SdState::Reloading]));
         }
-        for slot in 0..size {
+        out.push(Action::LoadConfig { generation });
+    }
+
+    fn on_config_loaded(
+        &mut self,
+        generation: Generation,
+        result: Result<Box<Settings>, String>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Phase::Loading {
+            generation: expected,
+            started,
+            follow_up,
+        } = self.phase
+        else {
+            return;
+        };
+        if generation != expected {
+            return;
+        }
+        let new = match result {
+            Ok(new) => new,
+            Err(reason) => {
+                // Nothing was started: fail as a rollback with nothing to drain.
+                self.phase = Phase::Rolling {
+                    candidate: generation,
+                    size: 0,
+                    spawned: 0,
+                    retired: 0,
+                    started,
+                    follow_up,
+                    previous: Box::new(self.settings.clone()),
+                };
+                self.fail_candidate(format!("invalid configuration: {reason}"), now, out);
+                return;
+            }
+        };
+        let previous = Box::new(std::mem::replace(&mut self.settings, *new));
+        let size = self.settings.workers;
+        self.phase = Phase::Rolling {
+            candidate: generation,
+            size,
+            spawned: 0,
+            retired: 0,
+            started,
+            follow_up,
+            previous,
+        };
+        self.spawn_batch(now, out);
+    }
+
+    /// Spawns the candidate's next batch (everything when batches are off or there is no
+    /// generation to keep serving).
+    fn spawn_batch(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Rolling {
+            candidate,
+            size,
+            spawned,
+            ..
+        } = self.phase
+        else {
+            return;
+        };
+        let batch = match self.settings.batch {
+            0 => size,
+            _ if self.current.is_none() => size,
+            b => b,
+        };
+        let end = (spawned + batch).min(size);
+        for slot in spawned..end {
             let a = self.spawn(candidate, slot, 0, now);
             out.push(a);
+        }
+        if let Phase::Rolling { spawned, .. } = &mut self.phase {
+            *spawned = end;
         }
     }
 
     fn on_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
         match &mut self.phase {
-            Phase::Running => self.begin_generation(now, out),
-            Phase::Rolling { follow_up, .. } => {
+            Phase::Running => self.request_generation(now, false, out),
+            Phase::Rolling { follow_up, .. } | Phase::Loading { follow_up, .. } => {
                 tracing::info!("reload requested during a reload: one more will follow");
                 *follow_up = true;
             }
@@ -478,7 +591,9 @@ impl Supervisor {
             Phase::Rolling { candidate, .. } if w.generation == candidate => {
                 self.fail_candidate(reason, now, out);
             }
-            Phase::Running | Phase::Rolling { .. } if Some(w.generation) == self.current => {
+            Phase::Running | Phase::Rolling { .. } | Phase::Loading { .. }
+                if Some(w.generation) == self.current =>
+            {
                 // Only a worker that served for a while earns a fresh backoff.
                 let stable = w.phase == WorkerPhase::Ready
                     && now.saturating_duration_since(w.started) >= self.settings.stable_after;
@@ -525,12 +640,41 @@ impl Supervisor {
             slot = w.slot,
             "worker ready"
         );
-        if let Phase::Rolling {
-            candidate, size, ..
+        let Phase::Rolling {
+            candidate,
+            size,
+            spawned,
+            retired,
+            ..
         } = self.phase
-            && self.count(candidate, |p| *p == WorkerPhase::Ready) == size
-        {
+        else {
+            return;
+        };
+        let ready = self.count(candidate, |p| *p == WorkerPhase::Ready);
+        if ready == size {
             self.promote(now, out);
+        } else if ready == spawned {
+            // A batch is ready: retire as many old workers, then start the next batch.
+            self.retire_old(ready - retired, now, out);
+            if let Phase::Rolling { retired, .. } = &mut self.phase {
+                *retired = ready;
+            }
+            self.spawn_batch(now, out);
+        }
+    }
+
+    /// Stops `n` serving workers of the current generation, highest slots first.
+    fn retire_old(&mut self, n: usize, now: Instant, out: &mut Vec<Action>) {
+        let Some(g) = self.current else { return };
+        let mut old: Vec<(usize, WorkerId)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.generation == g && !matches!(w.phase, WorkerPhase::Stopping { .. }))
+            .map(|(id, w)| (w.slot, *id))
+            .collect();
+        old.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, id) in old.into_iter().take(n) {
+            self.stop_worker(id, now, out);
         }
     }
 
@@ -571,7 +715,7 @@ impl Supervisor {
         }));
         self.reconcile(now, out);
         if follow_up {
-            self.begin_generation(now, out);
+            self.request_generation(now, false, out);
         }
     }
 
@@ -582,11 +726,13 @@ impl Supervisor {
             candidate,
             started,
             follow_up,
+            ref previous,
             ..
         } = self.phase
         else {
             return;
         };
+        self.settings = (**previous).clone();
         let ids: Vec<WorkerId> = self
             .workers
             .iter()
@@ -618,9 +764,10 @@ impl Supervisor {
             reason,
             took,
         }));
+        // Old workers retired for a batch that has now failed are replaced.
         self.reconcile(now, out);
         if follow_up {
-            self.begin_generation(now, out);
+            self.request_generation(now, false, out);
         }
     }
 
@@ -693,7 +840,7 @@ impl Supervisor {
                 out,
             );
         }
-        if matches!(self.phase, Phase::Running | Phase::Rolling { .. }) {
+        if !matches!(self.phase, Phase::Idle | Phase::Stopping { .. }) {
             let due: Vec<PendingRestart> = self
                 .pending
                 .iter()
@@ -711,9 +858,18 @@ impl Supervisor {
     }
 
     fn on_stop(&mut self, fast: bool, now: Instant, out: &mut Vec<Action>) {
-        if let Phase::Rolling {
-            candidate, started, ..
-        } = self.phase
+        let interrupted = match self.phase {
+            Phase::Rolling {
+                candidate, started, ..
+            } => Some((candidate, started)),
+            Phase::Loading {
+                generation,
+                started,
+                ..
+            } => Some((generation, started)),
+            _ => None,
+        };
+        if let Some((candidate, started)) = interrupted
             && self.current.is_some()
         {
             let took = now.saturating_duration_since(started);
@@ -753,8 +909,11 @@ impl Supervisor {
         let n = (self.settings.workers as i64 + delta as i64).clamp(1, 4096) as usize;
         tracing::info!("workers: {} -> {n}", self.settings.workers);
         self.settings.workers = n;
-        if self.phase == Phase::Running {
-            self.reconcile(now, out);
+        match &mut self.phase {
+            Phase::Running => self.reconcile(now, out),
+            // Also the count to come back to if the reload fails.
+            Phase::Rolling { previous, .. } => previous.workers = n,
+            _ => {}
         }
     }
 

@@ -1,13 +1,14 @@
 //! The one task that owns the workers: it turns signals, reaped children, worker notify
-//! messages and deadlines into `Event`s for the state machine, and carries out the
-//! `Action`s it returns (fork/exec, kill, sd_notify).
+//! messages, control requests and deadlines into `Event`s for the state machine, and
+//! carries out the `Action`s it returns (load config, fork/exec, kill, sd_notify, answer
+//! clients).
 //!
 //! It runs on a single-threaded runtime on the main thread, on purpose: workers set
 //! PR_SET_PDEATHSIG, which fires when the *thread* that forked them exits, and fork is
 //! only sound when no other thread can hold a lock. Nothing here polls: with no deadline
-//! pending, the task sleeps until a signal or a datagram arrives.
+//! pending, the task sleeps until a signal, a datagram or a client arrives.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::AsFd;
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -15,18 +16,43 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use super::state::{Action, Event, Outcome, Supervisor};
-use crate::notify::{self, WorkerNotifySocket};
+use super::state::{Action, Event, Generation, Outcome, Supervisor, WorkerPhase};
+use super::waiters::Waiters;
+use crate::cli::RunArgs;
+use crate::config::{Command, RunConfig};
+use crate::control::{self, ControlServer, Incoming, Reply, Request, StatusReport};
+use crate::notify::{self, SdState, WorkerNotifySocket};
+use crate::sockets::HeldSocket;
 use crate::spawn::{self, WorkerEnv};
 
+/// Everything the task needs, prepared by `run`.
+pub struct Context<'a> {
+    pub sockets: &'a [HeldSocket],
+    pub notify_socket: WorkerNotifySocket,
+    /// The flags, to load the configuration again at each reload.
+    pub args: RunArgs,
+    /// The configuration loaded (and checked) at start: the first generation's.
+    pub initial: RunConfig,
+}
+
+/// The task's own bookkeeping beside the state machine.
+struct Manager<'a> {
+    env: WorkerEnv<'a>,
+    args: RunArgs,
+    initial: Option<RunConfig>,
+    listen: Vec<crate::sockets::ListenSpec>,
+    /// The command each live generation was started with.
+    commands: BTreeMap<Generation, Command>,
+    waiters: Waiters,
+    last_reload: Option<(control::ReloadInfo, Instant)>,
+    start_failure: Option<String>,
+}
+
 /// Runs the supervisor until it decides to exit; returns the exit code.
-pub async fn run(
-    mut sup: Supervisor,
-    env: WorkerEnv<'_>,
-    notify_socket: WorkerNotifySocket,
-) -> anyhow::Result<i32> {
+pub async fn run(sup: Supervisor, ctx: Context<'_>) -> anyhow::Result<i32> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -34,29 +60,52 @@ pub async fn run(
     let mut sigchld = signal(SignalKind::child())?;
     let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
     let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+    let notify_socket = ctx.notify_socket;
     // SAFETY: the AsyncFd owns this duplicate OwnedFd, which stays open until it drops.
     let notify_fd = unsafe { AsyncFd::register(notify_socket.as_fd().try_clone_to_owned()?)? };
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    if let Some(path) = control::socket_path(ctx.args.control.as_deref()) {
+        let server = ControlServer::bind(&path).map_err(|e| {
+            anyhow::anyhow!("cannot create the control socket {}: {e}", path.display())
+        })?;
+        tracing::info!("control socket: {}", server.path().display());
+        tokio::spawn(server.serve(control_tx));
+    } else {
+        drop(control_tx);
+    }
+    let notify_path = notify_socket.path().to_owned();
+    let mut m = Manager {
+        env: WorkerEnv {
+            fds: ctx.sockets.iter().map(|s| s.fd.as_fd()).collect(),
+            fd_names: ctx.sockets.iter().map(|s| s.name.clone()).collect(),
+            notify_socket: &notify_path,
+        },
+        listen: ctx.initial.listen.clone(),
+        args: ctx.args,
+        initial: Some(ctx.initial),
+        commands: BTreeMap::new(),
+        waiters: Waiters::default(),
+        last_reload: None,
+        start_failure: None,
+    };
+    let mut sup = sup;
     let mut buf = vec![0u8; 4096];
-
     let mut queue = VecDeque::from([Event::Start]);
-    let mut start_failure = None;
     loop {
         while let Some(event) = queue.pop_front() {
-            let mut spawned = Vec::new();
+            let mut answers = Vec::new();
             for action in sup.step(event, Instant::now()) {
-                if let Action::Outcome(Outcome::StartFailed { reason }) = &action {
-                    start_failure = Some(reason.clone());
-                }
-                if let Some(code) = execute(action, &env, &mut spawned) {
-                    if let Some(reason) = start_failure {
+                if let Some(code) = m.execute(action, &sup, &mut answers) {
+                    m.waiters.fail_all("the manager stopped");
+                    if let Some(reason) = m.start_failure.take() {
                         anyhow::bail!("the first generation failed: {reason}");
                     }
                     return Ok(code);
                 }
             }
-            // Spawn results go back in first, in spawn order, so the state machine knows
-            // every new pid before it hears of anything else.
-            for e in spawned.into_iter().rev() {
+            // Answers (spawned pids, loaded config) go back in first, in order, so the
+            // state machine knows them before it hears of anything else.
+            for e in answers.into_iter().rev() {
                 queue.push_front(e);
             }
         }
@@ -69,6 +118,9 @@ pub async fn run(
             _ = sigquit.recv() => queue.push_back(Event::Stop { fast: true }),
             _ = sigttin.recv() => queue.push_back(Event::Scale(1)),
             _ = sigttou.recv() => queue.push_back(Event::Scale(-1)),
+            Some(incoming) = control_rx.recv() => {
+                m.on_control(incoming, &sup, ctx.sockets, &mut queue);
+            }
             guard = notify_fd.readable() => {
                 let mut guard = guard?;
                 if read_notifications(&notify_socket, &sup, &mut buf, &mut queue) {
@@ -82,33 +134,202 @@ pub async fn run(
     }
 }
 
-/// Carries out one action; a spawn's result is appended to `spawned`. Returns the exit
-/// code when the action is to exit.
-fn execute(action: Action, env: &WorkerEnv<'_>, spawned: &mut Vec<Event>) -> Option<i32> {
-    match action {
-        Action::Spawn {
-            id,
-            generation,
-            slot,
-        } => {
-            let event = match spawn::spawn(env, generation) {
-                Ok(pid) => Event::Spawned { id, pid },
-                Err(e) => {
-                    tracing::error!(generation, slot, "{e}");
-                    Event::SpawnFailed {
-                        id,
-                        error: e.to_string(),
+impl Manager<'_> {
+    /// Carries out one action; answers for the state machine are appended to `answers`.
+    /// Returns the exit code when the action is to exit.
+    fn execute(
+        &mut self,
+        action: Action,
+        sup: &Supervisor,
+        answers: &mut Vec<Event>,
+    ) -> Option<i32> {
+        match action {
+            Action::LoadConfig { generation } => answers.push(self.load_config(generation, sup)),
+            Action::Spawn {
+                id,
+                generation,
+                slot,
+            } => {
+                let Some(command) = self.commands.get(&generation) else {
+                    let error = format!("no command recorded for generation {generation}");
+                    answers.push(Event::SpawnFailed { id, error });
+                    return None;
+                };
+                answers.push(match spawn::spawn(&self.env, command, generation) {
+                    Ok(pid) => Event::Spawned { id, pid },
+                    Err(e) => {
+                        tracing::error!(generation, slot, "{e}");
+                        Event::SpawnFailed {
+                            id,
+                            error: e.to_string(),
+                        }
+                    }
+                });
+            }
+            Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
+            Action::Notify(states) => {
+                for s in &states {
+                    if let SdState::Status(status) = s {
+                        self.waiters.progress(status);
                     }
                 }
-            };
-            spawned.push(event);
+                notify::to_systemd(&states);
+            }
+            Action::Outcome(o) => self.on_outcome(o),
+            Action::Exit(code) => return Some(code),
         }
-        Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
-        Action::Notify(states) => notify::to_systemd(&states),
-        Action::Outcome(o) => log_outcome(&o),
-        Action::Exit(code) => return Some(code),
+        None
     }
-    None
+
+    /// Reads the configuration for `generation` (the one loaded at start for the first).
+    fn load_config(&mut self, generation: Generation, sup: &Supervisor) -> Event {
+        self.waiters.attach_next(generation);
+        let loaded = match self.initial.take() {
+            Some(c) => Ok(c),
+            None => RunConfig::load(&self.args).map_err(|e| e.to_string()),
+        };
+        let result = loaded.map(|config| {
+            if config.listen != self.listen {
+                tracing::warn!("the sockets (listen) changed in the configuration: that takes a restart, not a reload");
+            }
+            // Keep only the commands of generations that still have workers.
+            let live: Vec<Generation> = sup.workers().map(|(_, w)| w.generation).collect();
+            self.commands.retain(|g, _| live.contains(g));
+            self.commands.insert(generation, config.command);
+            Box::new(config.settings)
+        });
+        if let Err(e) = &result {
+            tracing::error!(generation, "invalid configuration: {e}");
+        }
+        Event::ConfigLoaded { generation, result }
+    }
+
+    fn on_outcome(&mut self, o: Outcome) {
+        let now = Instant::now();
+        match o {
+            Outcome::Started { generation } => tracing::info!(generation, "ready: serving"),
+            Outcome::Reloaded { generation, took } => {
+                let took_ms = took.as_millis() as u64;
+                tracing::info!(generation, took_ms, "reload complete");
+                let message = format!("gen {generation} serving (reload took {took_ms} ms)");
+                self.waiters.resolve(generation, Reply::ok(message.clone()));
+                let info = control::ReloadInfo {
+                    generation,
+                    ok: true,
+                    message,
+                    took_ms,
+                    ago_secs: 0.0,
+                };
+                self.last_reload = Some((info, now));
+            }
+            Outcome::RolledBack {
+                generation,
+                reason,
+                took,
+            } => {
+                let took_ms = took.as_millis() as u64;
+                tracing::error!(
+                    generation,
+                    took_ms,
+                    "reload failed, old generation keeps serving: {reason}"
+                );
+                let message = format!(
+                    "gen {generation} rolled back, the old generation keeps serving: {reason}"
+                );
+                self.waiters
+                    .resolve(generation, Reply::error(message.clone()));
+                let info = control::ReloadInfo {
+                    generation,
+                    ok: false,
+                    message,
+                    took_ms,
+                    ago_secs: 0.0,
+                };
+                self.last_reload = Some((info, now));
+            }
+            Outcome::StartFailed { reason } => {
+                tracing::error!("start failed: {reason}");
+                self.start_failure = Some(reason);
+            }
+        }
+    }
+
+    fn on_control(
+        &mut self,
+        incoming: Incoming,
+        sup: &Supervisor,
+        sockets: &[HeldSocket],
+        queue: &mut VecDeque<Event>,
+    ) {
+        let Incoming { request, reply } = incoming;
+        tracing::debug!(?request, "control request");
+        let answer = match request {
+            Request::Status => Reply::Status {
+                v: control::VERSION,
+                status: self.report(sup, sockets),
+            },
+            _ if sup.is_stopping() => Reply::error("the manager is stopping"),
+            Request::Reload { wait } => {
+                queue.push_back(Event::Reload);
+                if wait {
+                    self.waiters.wait_next(reply);
+                    return;
+                }
+                Reply::ok("reload started")
+            }
+            Request::Scale { workers } => {
+                let before = sup.desired_workers();
+                queue.push_back(Event::Scale(workers as i32 - before as i32));
+                Reply::ok(format!("workers: {before} -> {workers}"))
+            }
+            Request::Stop => {
+                queue.push_back(Event::Stop { fast: false });
+                Reply::ok("stopping")
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn report(&self, sup: &Supervisor, sockets: &[HeldSocket]) -> StatusReport {
+        let now = Instant::now();
+        let workers = sup
+            .workers()
+            .map(|(_, w)| control::WorkerInfo {
+                pid: w.pid,
+                generation: w.generation,
+                slot: w.slot,
+                state: match w.phase {
+                    WorkerPhase::Spawning | WorkerPhase::Starting { .. } => "starting",
+                    WorkerPhase::Ready => "ready",
+                    WorkerPhase::Stopping { .. } => "draining",
+                }
+                .to_owned(),
+                age_secs: now.saturating_duration_since(w.started).as_secs_f64(),
+                restarts: w.restarts,
+            })
+            .collect();
+        StatusReport {
+            pid: std::process::id(),
+            status: sup.status(),
+            current_generation: sup.current_generation(),
+            desired_workers: sup.desired_workers(),
+            sockets: sockets
+                .iter()
+                .map(|s| control::SocketInfo {
+                    name: s.name.clone(),
+                    address: s.address.clone(),
+                })
+                .collect(),
+            workers,
+            last_reload: self
+                .last_reload
+                .as_ref()
+                .map(|(info, at)| control::ReloadInfo {
+                    ago_secs: now.saturating_duration_since(*at).as_secs_f64(),
+                    ..info.clone()
+                }),
+        }
+    }
 }
 
 fn send_signal(pid: i32, signal: Signal, group: bool) {
@@ -122,29 +343,6 @@ fn send_signal(pid: i32, signal: Signal, group: bool) {
     if let Err(e) = r {
         // ESRCH: the group's leader already exited; its exit is on the way.
         tracing::debug!(pid, "{signal} not delivered: {e}");
-    }
-}
-
-fn log_outcome(o: &Outcome) {
-    match o {
-        Outcome::Started { generation } => tracing::info!(generation, "ready: serving"),
-        Outcome::Reloaded { generation, took } => {
-            tracing::info!(
-                generation,
-                took_ms = took.as_millis() as u64,
-                "reload complete"
-            )
-        }
-        Outcome::RolledBack {
-            generation,
-            reason,
-            took,
-        } => tracing::error!(
-            generation,
-            took_ms = took.as_millis() as u64,
-            "reload failed, old generation keeps serving: {reason}"
-        ),
-        Outcome::StartFailed { reason } => tracing::error!("start failed: {reason}"),
     }
 }
 

@@ -1,0 +1,193 @@
+//! The client side of the control socket: `handover reload | status | scale | stop`.
+//!
+//! Plain blocking I/O: one request line out, reply lines in until the manager closes the
+//! connection or the client's own deadline passes. On a terminal, reload progress
+//! rewrites one line; otherwise each progress line is printed as it comes.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::cli::{ControlArgs, ReloadArgs, ScaleArgs, StatusArgs};
+use crate::control::{self, Reply, Request, StatusReport};
+
+fn connect(args: &ControlArgs) -> anyhow::Result<UnixStream> {
+    let Some(path) = control::socket_path(args.control.as_deref()) else {
+        bail!(
+            "no control socket: give --control PATH (as given to `handover run --control`), \
+             or run this inside the unit, where RUNTIME_DIRECTORY is set"
+        );
+    };
+    UnixStream::connect(&path).with_context(|| {
+        format!(
+            "cannot reach handover at {}: is it running with this control socket?",
+            path.display()
+        )
+    })
+}
+
+/// Sends `request` and hands each reply to `on_reply` until the final one, which is
+/// returned. Fails if the deadline passes first.
+fn call(
+    args: &ControlArgs,
+    request: &Request,
+    timeout: Duration,
+    mut on_reply: impl FnMut(&Reply),
+) -> anyhow::Result<Reply> {
+    let mut stream = connect(args)?;
+    stream
+        .write_all(&control::encode_request(request))
+        .context("cannot send the request")?;
+    let deadline = Instant::now() + timeout;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "no answer within {timeout:?}; the manager may still be working: see `handover status`"
+            );
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => bail!("the manager closed the connection without an answer"),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!(
+                    "no answer within {timeout:?}; the manager may still be working: see `handover status`"
+                )
+            }
+            Err(e) => return Err(e).context("cannot read the answer"),
+        }
+        let reply: Reply = serde_json::from_str(&line)
+            .with_context(|| format!("unexpected answer from the manager: {}", line.trim()))?;
+        match reply {
+            Reply::Progress { .. } => on_reply(&reply),
+            final_reply => return Ok(final_reply),
+        }
+    }
+}
+
+/// Maps a final reply to an exit code, printing its message.
+fn finish(reply: Reply, what: &str) -> anyhow::Result<i32> {
+    match reply {
+        Reply::Done {
+            ok: true, message, ..
+        } => {
+            println!("{message}");
+            Ok(0)
+        }
+        Reply::Done {
+            ok: false, message, ..
+        } => bail!("{what} failed: {message}"),
+        other => bail!("unexpected answer from the manager: {other:?}"),
+    }
+}
+
+pub fn reload(args: &ReloadArgs) -> anyhow::Result<i32> {
+    let request = Request::Reload {
+        wait: !args.no_wait,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let reply = call(&args.control, &request, args.timeout, |r| {
+        if let Reply::Progress { message, .. } = r {
+            if tty {
+                eprint!("\r\x1b[K{message}");
+            } else {
+                eprintln!("{message}");
+            }
+        }
+    });
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    finish(reply?, "reload")
+}
+
+pub fn scale(args: &ScaleArgs) -> anyhow::Result<i32> {
+    let reply = call(
+        &args.control,
+        &Request::Scale {
+            workers: args.workers,
+        },
+        Duration::from_secs(10),
+        |_| {},
+    )?;
+    finish(reply, "scale")
+}
+
+pub fn stop(args: &ControlArgs) -> anyhow::Result<i32> {
+    let reply = call(args, &Request::Stop, Duration::from_secs(10), |_| {})?;
+    finish(reply, "stop")
+}
+
+pub fn status(args: &StatusArgs) -> anyhow::Result<i32> {
+    let reply = call(
+        &args.control,
+        &Request::Status,
+        Duration::from_secs(10),
+        |_| {},
+    )?;
+    let Reply::Status { status, .. } = reply else {
+        return finish(reply, "status");
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(0)
+}
+
+fn age(secs: f64) -> String {
+    match secs as u64 {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+/// The human form of `handover status`.
+pub fn render(s: &StatusReport) -> String {
+    let mut out = format!("handover (pid {}): {}\n", s.pid, s.status);
+    for sock in &s.sockets {
+        out += &format!("socket {}: {}\n", sock.name, sock.address);
+    }
+    match &s.last_reload {
+        Some(r) => {
+            let how = if r.ok { "ok" } else { "FAILED" };
+            out += &format!(
+                "last reload: gen {} {how} in {} ms, {} ago: {}\n",
+                r.generation,
+                r.took_ms,
+                age(r.ago_secs),
+                r.message
+            );
+        }
+        None => out += "last reload: none yet\n",
+    }
+    out += &format!(
+        "{:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}\n",
+        "PID", "GEN", "SLOT", "STATE", "AGE", "RESTARTS"
+    );
+    for w in &s.workers {
+        let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
+        out += &format!(
+            "{pid:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}\n",
+            w.generation,
+            w.slot,
+            w.state,
+            age(w.age_secs),
+            w.restarts
+        );
+    }
+    out
+}

@@ -1,0 +1,326 @@
+//! The control socket: how `handover reload|status|scale|stop` talk to a running manager.
+//!
+//! A unix stream socket, mode 0600, at `$RUNTIME_DIRECTORY/handover.sock` under systemd or
+//! wherever `--control` / `HANDOVER_CONTROL` say, found the same way by both sides, so
+//! `ExecReload=handover reload` needs no arguments. Only root and the manager's own uid
+//! may use it (SO_PEERCRED). The protocol is JSON lines, versioned: one request line from
+//! the client, then reply lines from the manager until it closes the connection.
+//!
+//! Each connection is its own task: a slow or silent client holds only that task (with a
+//! read deadline), never the supervisor, which sees a request only once it is complete.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+pub const VERSION: u32 = 1;
+/// A request line longer than this is refused.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// A client must send its request within this time.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// A reply that cannot be written within this time ends the connection.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// Start a reload; with `wait`, stay connected for progress and the outcome.
+    Reload {
+        #[serde(default)]
+        wait: bool,
+    },
+    Status,
+    Scale {
+        workers: u32,
+    },
+    Stop,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    v: u32,
+    #[serde(flatten)]
+    request: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Reply {
+    /// An intermediate status line while a reload runs.
+    Progress {
+        v: u32,
+        message: String,
+    },
+    /// The end of a request: success with a message, or an error.
+    Done {
+        v: u32,
+        ok: bool,
+        message: String,
+    },
+    Status {
+        v: u32,
+        status: StatusReport,
+    },
+}
+
+impl Reply {
+    pub fn ok(message: impl Into<String>) -> Reply {
+        Reply::Done {
+            v: VERSION,
+            ok: true,
+            message: message.into(),
+        }
+    }
+    pub fn error(message: impl Into<String>) -> Reply {
+        Reply::Done {
+            v: VERSION,
+            ok: false,
+            message: message.into(),
+        }
+    }
+    pub fn progress(message: impl Into<String>) -> Reply {
+        Reply::Progress {
+            v: VERSION,
+            message: message.into(),
+        }
+    }
+}
+
+/// What `handover status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub status: String,
+    pub current_generation: Option<u64>,
+    pub desired_workers: usize,
+    pub sockets: Vec<SocketInfo>,
+    pub workers: Vec<WorkerInfo>,
+    pub last_reload: Option<ReloadInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SocketInfo {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub pid: Option<i32>,
+    pub generation: u64,
+    pub slot: usize,
+    pub state: String,
+    pub age_secs: f64,
+    pub restarts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadInfo {
+    pub generation: u64,
+    pub ok: bool,
+    pub message: String,
+    pub took_ms: u64,
+    pub ago_secs: f64,
+}
+
+/// A complete, authorised request, handed to the supervisor task with the channel its
+/// replies go to. Dropping `reply` ends the client's connection.
+#[derive(Debug)]
+pub struct Incoming {
+    pub request: Request,
+    pub reply: mpsc::UnboundedSender<Reply>,
+}
+
+/// Where the control socket is: `--control`, else HANDOVER_CONTROL (clap fills that in),
+/// else `$RUNTIME_DIRECTORY/handover.sock`.
+pub fn socket_path(given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = given {
+        return Some(p.to_owned());
+    }
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")?;
+    // RUNTIME_DIRECTORY may list several directories; the first is this unit's own.
+    let first = std::env::split_paths(&dir).next()?;
+    Some(first.join("handover.sock"))
+}
+
+/// The listening side; removes its socket file when dropped.
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl ControlServer {
+    /// Binds `path` with mode 0600 (must be called inside the runtime).
+    pub fn bind(path: &Path) -> std::io::Result<ControlServer> {
+        crate::sockets::remove_stale_unix_socket(path)?;
+        let listener = UnixListener::bind(path)?;
+        let server = ControlServer {
+            listener,
+            path: path.to_owned(),
+        };
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        Ok(server)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts connections forever, each served by its own task.
+    pub async fn serve(self, to_supervisor: mpsc::UnboundedSender<Incoming>) {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_client(stream, me, to_supervisor.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("control socket accept: {e}");
+                    // EMFILE and the like: give the system a moment rather than spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_client(stream: UnixStream, me: u32, to_supervisor: mpsc::UnboundedSender<Incoming>) {
+    let (read, mut write) = stream.into_split();
+    let peer = write.as_ref().peer_cred();
+    let refusal = match peer {
+        Ok(c) if c.uid() == 0 || c.uid() == me => None,
+        Ok(c) => {
+            tracing::warn!(
+                uid = c.uid(),
+                pid = c.pid(),
+                "control socket: refused a client of another user"
+            );
+            Some(format!(
+                "permission denied: uid {} may not control handover (only root and uid {me})",
+                c.uid()
+            ))
+        }
+        Err(e) => Some(format!("cannot check the client's credentials: {e}")),
+    };
+    let reply = match refusal {
+        Some(r) => Err(r),
+        None => read_request(read).await,
+    };
+    let request = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = send(&mut write, &Reply::error(e)).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if to_supervisor.send(Incoming { request, reply: tx }).is_err() {
+        let _ = send(&mut write, &Reply::error("the manager is shutting down")).await;
+        return;
+    }
+    while let Some(r) = rx.recv().await {
+        if send(&mut write, &r).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    match tokio::time::timeout(WRITE_DEADLINE, w.write_all(&line)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {
+    let mut line = Vec::new();
+    let mut limited = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    let n = tokio::time::timeout(READ_DEADLINE, limited.read_until(b'\n', &mut line))
+        .await
+        .map_err(|_| format!("no request within {READ_DEADLINE:?}"))?
+        .map_err(|e| format!("cannot read the request: {e}"))?;
+    if n > MAX_REQUEST {
+        return Err(format!(
+            "request too large: the limit is {MAX_REQUEST} bytes"
+        ));
+    }
+    parse_request(&line)
+}
+
+/// Parses one request line: `{"v":1,"cmd":"reload","wait":true}`.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let env: Envelope =
+        serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+    if env.v != VERSION {
+        return Err(format!(
+            "unsupported protocol version {}: this handover speaks {VERSION}",
+            env.v
+        ));
+    }
+    serde_json::from_value(env.request).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// Encodes a request as the line a client sends.
+pub fn encode_request(r: &Request) -> Vec<u8> {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("v".into(), VERSION.into());
+    }
+    let mut line = v.to_string().into_bytes();
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_errors_are_clear() {
+        for r in [
+            Request::Reload { wait: true },
+            Request::Status,
+            Request::Scale { workers: 3 },
+            Request::Stop,
+        ] {
+            assert_eq!(parse_request(&encode_request(&r)), Ok(r));
+        }
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"reload"}"#),
+            Ok(Request::Reload { wait: false })
+        );
+        assert!(
+            parse_request(b"hello")
+                .unwrap_err()
+                .starts_with("malformed request")
+        );
+        assert!(
+            parse_request(br#"{"v":2,"cmd":"status"}"#)
+                .unwrap_err()
+                .contains("version 2")
+        );
+        assert!(
+            parse_request(br#"{"v":1,"cmd":"explode"}"#)
+                .unwrap_err()
+                .contains("explode")
+        );
+        assert!(
+            parse_request(br#"{"v":1,"cmd":"scale"}"#)
+                .unwrap_err()
+                .contains("workers")
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! Clients waiting for the outcome of a reload (`handover reload`).
+//!
+//! A request joins `next`: the next generation whose configuration is loaded. That is the
+//! reload it started, or, when it arrived during a reload, the coalesced follow-up: the
+//! first reload that began after the request, so its outcome is the one that answers it.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::state::Generation;
+use crate::control::Reply;
+
+#[derive(Default)]
+pub struct Waiters {
+    next: Vec<UnboundedSender<Reply>>,
+    by_generation: BTreeMap<Generation, Vec<UnboundedSender<Reply>>>,
+}
+
+impl Waiters {
+    pub fn wait_next(&mut self, client: UnboundedSender<Reply>) {
+        self.next.push(client);
+    }
+
+    /// Generation `g` is starting: the clients waiting for "the next one" now wait for it.
+    pub fn attach_next(&mut self, g: Generation) {
+        let next = std::mem::take(&mut self.next);
+        self.by_generation.entry(g).or_default().extend(next);
+    }
+
+    /// Sends a status line to every waiting client (a gone client is dropped later).
+    pub fn progress(&self, status: &str) {
+        for c in self.by_generation.values().flatten().chain(&self.next) {
+            let _ = c.send(Reply::progress(status));
+        }
+    }
+
+    /// Answers and releases the clients waiting for generation `g`.
+    pub fn resolve(&mut self, g: Generation, reply: Reply) {
+        for c in self.by_generation.remove(&g).unwrap_or_default() {
+            let _ = c.send(reply.clone());
+        }
+    }
+
+    pub fn fail_all(&mut self, why: &str) {
+        let all = std::mem::take(&mut self.by_generation)
+            .into_values()
+            .flatten();
+        for c in all.chain(std::mem::take(&mut self.next)) {
+            let _ = c.send(Reply::error(why));
+        }
+    }
+}
