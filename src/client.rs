@@ -37,9 +37,9 @@ fn call(
     mut on_reply: impl FnMut(&Reply),
 ) -> anyhow::Result<Reply> {
     let mut stream = connect(args)?;
-    stream
-        .write_all(&control::encode_request(request))
-        .context("cannot send the request")?;
+    // A refusing manager answers and closes before reading: then the write fails but
+    // the answer is still there to read, and it says more than "broken pipe".
+    let sent = stream.write_all(&control::encode_request(request));
     let deadline = Instant::now() + timeout;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -53,7 +53,10 @@ fn call(
         reader.get_ref().set_read_timeout(Some(left))?;
         line.clear();
         match reader.read_line(&mut line) {
-            Ok(0) => bail!("the manager closed the connection without an answer"),
+            Ok(0) => {
+                sent.context("cannot send the request")?;
+                bail!("the manager closed the connection without an answer")
+            }
             Ok(_) => {}
             Err(e)
                 if matches!(

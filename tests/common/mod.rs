@@ -67,6 +67,8 @@ impl Manager {
                 HANDOVER,
                 "run",
             ])
+            .arg("--control")
+            .arg(dir.path().join("control.sock"))
             .args(opts)
             .arg("--")
             .args(cmd)
@@ -183,6 +185,21 @@ impl Manager {
         });
         self.exited = Some(status);
         status
+    }
+
+    /// Runs `handover ARGS --control <this manager's socket>` and returns its output.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(HANDOVER)
+            .args(args)
+            .arg("--control")
+            .arg(self.control_path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run handover client")
+    }
+
+    pub fn control_path(&self) -> PathBuf {
+        self.path("control.sock")
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
