@@ -55,6 +55,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     ms.map(Duration::from_millis).ok_or_else(bad)
 }
 
+/// The shortest form `parse_duration` reads back: `30s`, `1500ms`, `2m`.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        _ if ms % 60_000 == 0 && ms > 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
 /// Parses `SIGTERM`, `TERM`, `term` or a number such as `15`.
 pub fn parse_signal(s: &str) -> Result<Signal, String> {
     let bad = || format!("`{s}` is not a signal: use a name such as SIGTERM, SIGINT, SIGQUIT");
@@ -96,13 +106,15 @@ pub enum ConfigError {
     NoCommand,
     #[error("worker command `{0}` not found in PATH: give a full path or install it")]
     NotFound(String),
+    #[error("worker command `{0}` does not exist: check the path")]
+    Missing(String),
     #[error("worker command `{0}` is not an executable file: check the path and its mode")]
     NotExecutable(String),
     #[error("working directory {0}: not a directory")]
     BadChdir(String),
     #[error("environment variable `{0}`: the name may not contain `=` or NUL")]
     BadEnv(String),
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] crate::config_file::ConfigFileError),
 }
 
@@ -204,16 +216,12 @@ impl std::fmt::Display for RunConfig {
         writeln!(f, "listen = [{}]", listen.join(", "))?;
         let ready = match s.readiness {
             Readiness::Notify => "notify".to_owned(),
-            Readiness::Delay(d) => format!("delay:{}ms", d.as_millis()),
+            Readiness::Delay(d) => format!("delay:{}", show_duration(d)),
         };
         writeln!(f, "ready = \"{ready}\"")?;
-        writeln!(f, "ready_timeout = \"{}ms\"", s.ready_timeout.as_millis())?;
+        writeln!(f, "ready_timeout = \"{}\"", show_duration(s.ready_timeout))?;
         writeln!(f, "stop_signal = \"{}\"", s.stop_signal)?;
-        writeln!(
-            f,
-            "graceful_timeout = \"{}ms\"",
-            s.graceful_timeout.as_millis()
-        )?;
+        writeln!(f, "graceful_timeout = \"{}\"", show_duration(s.graceful_timeout))?;
         writeln!(f, "batch = {}", s.batch)?;
         if let Some(d) = &self.command.chdir {
             writeln!(f, "chdir = {}", q(d.as_os_str()))?;
@@ -237,7 +245,7 @@ pub fn resolve_program(program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf,
         } else if p.exists() {
             Err(ConfigError::NotExecutable(shown))
         } else {
-            Err(ConfigError::NotFound(shown))
+            Err(ConfigError::Missing(shown))
         };
     }
     let dirs = path.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
@@ -258,6 +266,9 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for d in ["1500ms", "30s", "2m", "0s"] {
+            assert_eq!(show_duration(parse_duration(d).unwrap()), d);
+        }
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
