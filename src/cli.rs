@@ -153,6 +153,10 @@ pub struct DemoArgs {
     /// Number of demo workers.
     #[arg(long, short = 'w', default_value_t = 2)]
     pub workers: u32,
+
+    /// Control socket, for `handover reload|status --control PATH`.
+    #[arg(long, value_name = "PATH", env = "HANDOVER_CONTROL")]
+    pub control: Option<PathBuf>,
 }
 
 fn parse_env_pair(s: &str) -> Result<(OsString, OsString), String> {

@@ -20,9 +20,9 @@ fn connect(args: &ControlArgs) -> anyhow::Result<UnixStream> {
              or run this inside the unit, where RUNTIME_DIRECTORY is set"
         );
     };
-    UnixStream::connect(&path).with_context(|| {
-        format!(
-            "cannot reach handover at {}: is it running with this control socket?",
+    UnixStream::connect(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach handover at {} ({e}): is it running with this control socket?",
             path.display()
         )
     })

@@ -221,7 +221,11 @@ impl std::fmt::Display for RunConfig {
         writeln!(f, "ready = \"{ready}\"")?;
         writeln!(f, "ready_timeout = \"{}\"", show_duration(s.ready_timeout))?;
         writeln!(f, "stop_signal = \"{}\"", s.stop_signal)?;
-        writeln!(f, "graceful_timeout = \"{}\"", show_duration(s.graceful_timeout))?;
+        writeln!(
+            f,
+            "graceful_timeout = \"{}\"",
+            show_duration(s.graceful_timeout)
+        )?;
         writeln!(f, "batch = {}", s.batch)?;
         if let Some(d) = &self.command.chdir {
             writeln!(f, "chdir = {}", q(d.as_os_str()))?;

@@ -69,10 +69,10 @@ pub struct FileConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: TOML syntax: {message}", loc(path, *line))]
     Syntax {
@@ -103,9 +103,9 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigFileError> {
 }
 
 fn read(path: &Path) -> Result<String, ConfigFileError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+    std::fs::read_to_string(path).map_err(|cause| ConfigFileError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 

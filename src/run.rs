@@ -57,7 +57,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<i32> {
         env: Vec::new(),
         env_file: None,
         chdir: None,
-        control: None,
+        control: args.control.clone(),
         command: vec![exe.into(), "demo-worker".into()],
     };
     let pid = std::process::id();

@@ -138,11 +138,8 @@ pub enum SocketError {
     NotOpen { fd: RawFd },
     #[error("fd {fd} from LISTEN_FDS is not a socket ({what}): pass only sockets")]
     NotSocket { fd: RawFd, what: &'static str },
-    #[error("cannot bind {spec}: {source}")]
-    Bind {
-        spec: String,
-        source: std::io::Error,
-    },
+    #[error("cannot bind {spec}: {cause}")]
+    Bind { spec: String, cause: std::io::Error },
     #[error("no sockets: give --listen ADDRESS, or run handover from a systemd .socket unit")]
     None,
 }
@@ -280,9 +277,9 @@ fn describe(a: &SockAddr) -> String {
 
 /// Binds one `--listen` spec. The returned socket is listening (stream) or bound (UDP).
 pub fn bind(spec: &ListenSpec) -> Result<HeldSocket, SocketError> {
-    let err = |source| SocketError::Bind {
+    let err = |cause| SocketError::Bind {
         spec: spec_text(spec),
-        source,
+        cause,
     };
     let (sock, unlink) = match &spec.kind {
         SpecKind::Tcp(addr) => {
