@@ -38,8 +38,14 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Stop a running manager gracefully.
     Stop(ControlArgs),
+    /// Write NAME.socket, NAME.service and a config for an app (then `systemctl
+    /// daemon-reload; systemctl enable --now NAME.socket`).
+    Init(InitArgs),
     /// Run the manager with the built-in demo worker on a local port.
     Demo(DemoArgs),
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
     /// The reference worker: an HTTP/1.1 server on inherited sockets that drains cleanly.
     DemoWorker(DemoWorkerArgs),
 }
@@ -142,6 +148,28 @@ pub struct ScaleArgs {
     /// The number of workers to run.
     #[arg(value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub workers: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// The app's name: it names the units (NAME.socket, NAME.service) and the config.
+    pub name: String,
+    /// Socket for NAME.socket: `0.0.0.0:8000`, `[::]:80`, `udp:…`, `unix:/run/app.sock`;
+    /// `NAME=SPEC` names it. Repeatable.
+    #[arg(long = "listen", value_name = "SPEC")]
+    pub listen: Vec<ListenSpec>,
+    /// Workers per generation, written into the config.
+    #[arg(long, short = 'w', default_value_t = 2)]
+    pub workers: u32,
+    /// Write everything here instead of /etc/systemd/system and /etc/handover.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Replace files that exist.
+    #[arg(long)]
+    pub force: bool,
+    /// The worker command and its arguments.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Clone, Args)]

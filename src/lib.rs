@@ -26,6 +26,8 @@ pub mod config;
 pub mod config_file;
 pub mod control;
 pub mod demo_worker;
+pub mod generate;
+pub mod init;
 pub mod logging;
 pub mod notify;
 pub mod run;

@@ -10,6 +10,8 @@ fn main() {
     let result = match &cli.command {
         Command::DemoWorker(args) => handover::demo_worker::run(args).map(|()| 0),
         Command::Check(args) => run::check(args),
+        Command::Init(args) => handover::init::run(args),
+        Command::GenerateDocs { dir } => handover::generate::docs(dir).map(|()| 0),
         Command::Reload(args) => client::reload(args),
         Command::Status(args) => client::status(args),
         Command::Scale(args) => client::scale(args),
