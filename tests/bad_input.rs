@@ -4,7 +4,6 @@
 mod common;
 
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -28,22 +27,7 @@ fn run(args: &[&str], env: &[(&str, &str)], fd3: Option<&std::fs::File>) -> Outp
         c.env(k, v);
     }
     if let Some(f) = fd3 {
-        let fd = f.as_raw_fd();
-        // SAFETY: dup2/fcntl are async-signal-safe; this runs in the child before exec.
-        unsafe {
-            c.pre_exec(move || {
-                let r = if fd == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(fd, 3)
-                };
-                if r < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            });
-        }
+        common::pass_as_fd3(&mut c, f.as_raw_fd());
     }
     let mut child = c
         .stdout(Stdio::piped())

@@ -80,22 +80,7 @@ impl Manager {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file);
-        let fd = listener.as_raw_fd();
-        // SAFETY: dup2 and fcntl are async-signal-safe; this runs in the forked child.
-        unsafe {
-            command.pre_exec(move || {
-                // dup2(3, 3) would keep CLOEXEC: clear it explicitly in that case.
-                let r = if fd == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(fd, 3)
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        pass_as_fd3(&mut command, listener.as_raw_fd());
         let child = command.spawn().expect("spawn handover");
         drop(listener);
         Manager {
@@ -216,6 +201,26 @@ impl Drop for Manager {
         if std::thread::panicking() {
             eprintln!("--- handover log ---\n{}", self.log());
         }
+    }
+}
+
+/// Makes `fd` the child's fd 3 (what systemd does with the first LISTEN_FDS socket).
+pub fn pass_as_fd3(command: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: dup2 and fcntl are async-signal-safe; this runs in the forked child.
+    unsafe {
+        command.pre_exec(move || {
+            // dup2(3, 3) would keep CLOEXEC: clear it explicitly in that case.
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
     }
 }
 
