@@ -302,25 +302,15 @@ mod tests {
             parse_request(br#"{"v":1,"cmd":"reload"}"#),
             Ok(Request::Reload { wait: false })
         );
-        assert!(
-            parse_request(b"hello")
-                .unwrap_err()
-                .starts_with("malformed request")
-        );
-        assert!(
-            parse_request(br#"{"v":2,"cmd":"status"}"#)
-                .unwrap_err()
-                .contains("version 2")
-        );
-        assert!(
-            parse_request(br#"{"v":1,"cmd":"explode"}"#)
-                .unwrap_err()
-                .contains("explode")
-        );
-        assert!(
-            parse_request(br#"{"v":1,"cmd":"scale"}"#)
-                .unwrap_err()
-                .contains("workers")
-        );
+        let errors: [(&[u8], &str); 4] = [
+            (b"hello", "malformed request"),
+            (br#"{"v":2,"cmd":"status"}"#, "version 2"),
+            (br#"{"v":1,"cmd":"explode"}"#, "explode"),
+            (br#"{"v":1,"cmd":"scale"}"#, "workers"),
+        ];
+        for (line, needle) in errors {
+            let e = parse_request(line).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
     }
 }
