@@ -1,6 +1,7 @@
-//! Supervision of worker generations: `state` decides, `task` acts, `waiters` tracks the
+//! Supervision of worker generations: `model` names things, `state` decides, `task` acts, `waiters` tracks the
 //! clients waiting for a reload's outcome.
 
+mod model;
 pub mod state;
 pub mod task;
 mod waiters;
