@@ -1,7 +1,8 @@
 //! Both sides of sd_notify.
 //!
-//! Upward, to systemd: a thin layer over `sd-notify` (a no-op without NOTIFY_SOCKET) that
-//! puts `RELOADING=1` and `MONOTONIC_USEC=` in one datagram, as systemd requires.
+//! Upward, to systemd: NOTIFY_SOCKET, with `RELOADING=1` and `MONOTONIC_USEC=` in one
+//! datagram as systemd requires, and sends that never stall the manager (the `sd-notify`
+//! crate blocks on a full queue and knows no `@abstract` socket, hence our own sender).
 //!
 //! Downward, from the workers: handover's own notify socket, a unix datagram socket in a
 //! private directory, with SO_PASSCRED so each message carries the sender's pid. Workers
@@ -15,7 +16,7 @@ use nix::sys::socket::{
     AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, bind, recvmsg,
     setsockopt, socket, sockopt,
 };
-use sd_notify::NotifyState;
+use std::os::unix::net::UnixDatagram;
 
 /// One state change reported to systemd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,27 +28,94 @@ pub enum SdState {
     Status(String),
 }
 
-/// Sends `states` to systemd as one datagram. Errors are logged, never fatal: a manager
-/// that cannot reach systemd must still keep its workers serving.
-pub fn to_systemd(states: &[SdState]) {
-    let mut out: Vec<NotifyState<'_>> = Vec::with_capacity(states.len() + 1);
-    for s in states {
-        match s {
-            SdState::Ready => out.push(NotifyState::Ready),
-            SdState::Reloading => {
-                out.push(NotifyState::Reloading);
-                match NotifyState::monotonic_usec_now() {
-                    Ok(m) => out.push(m),
-                    Err(e) => tracing::warn!("cannot read CLOCK_MONOTONIC for MONOTONIC_USEC: {e}"),
-                }
+/// handover's line to systemd: NOTIFY_SOCKET (a path or an `@abstract` name), opened
+/// once. Sends never block the event loop for long: a STATUS-only update that finds the
+/// queue full is dropped (the next one supersedes it); READY/RELOADING/STOPPING wait at
+/// most a second. Without NOTIFY_SOCKET every send is a no-op.
+pub struct Systemd {
+    target: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
+}
+
+impl Systemd {
+    pub fn from_env() -> Systemd {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Systemd { target: None };
+        };
+        match Self::open(&path) {
+            Ok(t) => Systemd { target: Some(t) },
+            Err(e) => {
+                tracing::warn!(
+                    "NOTIFY_SOCKET={}: {e}; not notifying systemd",
+                    path.to_string_lossy()
+                );
+                Systemd { target: None }
             }
-            SdState::Stopping => out.push(NotifyState::Stopping),
-            SdState::Status(s) => out.push(NotifyState::Status(s)),
         }
     }
-    if let Err(e) = sd_notify::notify(&out) {
-        tracing::warn!("cannot notify systemd: {e}");
+
+    fn open(path: &std::ffi::OsStr) -> io::Result<(UnixDatagram, std::os::unix::net::SocketAddr)> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_bytes();
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
+            None => std::os::unix::net::SocketAddr::from_pathname(path)?,
+        };
+        let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
+        Ok((socket, addr))
     }
+
+    /// Sends `states` as one datagram. Errors are logged, never fatal: a manager that
+    /// cannot reach systemd must still keep its workers serving.
+    pub fn send(&self, states: &[SdState]) {
+        let Some((socket, addr)) = &self.target else {
+            return;
+        };
+        let message = encode(states, monotonic_usec());
+        let important = states.iter().any(|s| !matches!(s, SdState::Status(_)));
+        let mut r = socket.send_to_addr(message.as_bytes(), addr);
+        if important && matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            // The queue is full: systemd is busy. Worth a short wait for a state change.
+            let _ = socket.set_nonblocking(false);
+            let _ = socket.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+            r = socket.send_to_addr(message.as_bytes(), addr);
+            let _ = socket.set_nonblocking(true);
+        }
+        match r {
+            Ok(_) => {}
+            Err(e) if !important && e.kind() == io::ErrorKind::WouldBlock => {
+                tracing::debug!("systemd's notify queue is full: status update dropped");
+            }
+            Err(e) => tracing::warn!("cannot notify systemd: {e}"),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as MONOTONIC_USEC wants it.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; MONOTONIC cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// The datagram for `states`; RELOADING=1 carries MONOTONIC_USEC=`now` right after it.
+pub fn encode(states: &[SdState], now_usec: u64) -> String {
+    let mut out = String::new();
+    for s in states {
+        match s {
+            SdState::Ready => out += "READY=1\n",
+            SdState::Reloading => out += &format!("RELOADING=1\nMONOTONIC_USEC={now_usec}\n"),
+            SdState::Stopping => out += "STOPPING=1\n",
+            // A newline would start a new assignment: keep the status on one line.
+            SdState::Status(s) => out += &format!("STATUS={}\n", s.replace('\n', " ")),
+        }
+    }
+    out
 }
 
 /// What a worker said in one datagram (unknown keys are ignored, as systemd does).
@@ -161,6 +229,38 @@ impl AsFd for WorkerNotifySocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodes_reloading_with_the_clock_in_one_datagram() {
+        let states = [
+            SdState::Reloading,
+            SdState::Status("gen 2\nstarting".into()),
+        ];
+        assert_eq!(
+            encode(&states, 42),
+            "RELOADING=1\nMONOTONIC_USEC=42\nSTATUS=gen 2 starting\n"
+        );
+        assert_eq!(
+            encode(&[SdState::Ready, SdState::Stopping], 0),
+            "READY=1\nSTOPPING=1\n"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_drops_status_but_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.sock");
+        let _receiver = UnixDatagram::bind(&path).unwrap();
+        let (socket, addr) = Systemd::open(path.as_os_str()).unwrap();
+        let systemd = Systemd {
+            target: Some((socket, addr)),
+        };
+        let started = std::time::Instant::now();
+        for i in 0..2000 {
+            systemd.send(&[SdState::Status(format!("update {i}"))]);
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn parses_messages() {

@@ -47,6 +47,7 @@ struct Manager<'a> {
     /// The command each live generation was started with.
     commands: BTreeMap<Generation, Command>,
     waiters: Waiters,
+    systemd: notify::Systemd,
     last_reload: Option<(control::ReloadInfo, Instant)>,
     start_failure: Option<String>,
 }
@@ -85,6 +86,7 @@ pub async fn run(sup: Supervisor, ctx: Context<'_>) -> anyhow::Result<i32> {
         initial: Some(ctx.initial),
         commands: BTreeMap::new(),
         waiters: Waiters::default(),
+        systemd: notify::Systemd::from_env(),
         last_reload: None,
         start_failure: None,
     };
@@ -173,7 +175,7 @@ impl Manager<'_> {
                         self.waiters.progress(status);
                     }
                 }
-                notify::to_systemd(&states);
+                self.systemd.send(&states);
             }
             Action::Outcome(o) => self.on_outcome(o),
             Action::Exit(code) => return Some(code),
