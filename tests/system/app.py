@@ -1,0 +1,28 @@
+"""The WSGI app the system tests run under Debian's gunicorn (tests/system.rs).
+
+`/` answers at once, `/slow?ms=N` after N ms (at most 60 s). X-Worker-Pid is the pid of
+the gunicorn master, i.e. the process handover started and lists in `handover status`
+(gunicorn's own workers are its children), so the test can tell which handover
+generation served a request.
+"""
+
+import os
+import time
+from urllib.parse import parse_qs
+
+
+def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/slow":
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        time.sleep(min(int(query.get("ms", ["0"])[0]), 60_000) / 1000)
+    master = os.getppid()
+    body = f"hello from gunicorn, master pid {master}\n".encode()
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/plain"),
+            ("Content-Length", str(len(body))),
+            ("X-Worker-Pid", str(master)),
+        ],
+    )
+    return [body]
