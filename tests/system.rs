@@ -95,6 +95,7 @@ fn system_test(distro: &str, systemd: u32) {
         started.elapsed().as_secs_f64()
     );
     install_package(&c, &deb);
+    println!("[{distro}] units verified: {}", verify_units(&c, systemd));
 
     let app = App::install(&c, SERVICE_UNIT);
     step(&app, "socket activation", socket_activation);
@@ -133,6 +134,37 @@ fn install_package(c: &Container, deb: &std::path::Path) {
     c.ok(&["dpkg", "-i", "/var/tmp/handover.deb"]);
     let version = c.ok(&["/usr/bin/handover", "--version"]);
     println!("[{}] installed {deb:?}: {}", c.name, version.trim());
+}
+
+/// `systemd-analyze verify` accepts the example units the package ships and the ones
+/// `handover init` writes.
+fn verify_units(c: &Container, systemd: u32) -> String {
+    let examples = "/usr/share/doc/handover/examples";
+    let mut units = vec!["myapp.socket", "myapp.service"];
+    // Type=notify-reload is unknown before systemd 253.
+    if systemd >= 253 {
+        units.push("myapp-notify-reload.service");
+    }
+    let mut files: Vec<String> = units.iter().map(|u| format!("{examples}/{u}")).collect();
+    c.ok(&[
+        "/usr/bin/handover",
+        "init",
+        "web",
+        "--dir",
+        "/var/tmp/init",
+        "--listen",
+        "127.0.0.1:9",
+        "--",
+        "/bin/true",
+    ]);
+    files.extend([
+        "/var/tmp/init/web.socket".into(),
+        "/var/tmp/init/web.service".into(),
+    ]);
+    let mut verify = vec!["systemd-analyze", "verify"];
+    verify.extend(files.iter().map(String::as_str));
+    c.ok(&verify);
+    format!("{} unit files", files.len())
 }
 
 fn socket_activation(app: &App) -> String {
