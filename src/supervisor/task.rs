@@ -194,8 +194,13 @@ impl Manager<'_> {
             if config.listen != self.listen {
                 tracing::warn!("the sockets (listen) changed in the configuration: that takes a restart, not a reload");
             }
-            // Keep only the commands of generations that still have workers.
-            let live: Vec<Generation> = sup.workers().map(|(_, w)| w.generation).collect();
+            // Keep only the commands of generations that still have workers, and the
+            // current one (its crashed workers may all be waiting to restart).
+            let live: Vec<Generation> = sup
+                .workers()
+                .map(|(_, w)| w.generation)
+                .chain(sup.current_generation())
+                .collect();
             self.commands.retain(|g, _| live.contains(g));
             self.commands.insert(generation, config.command);
             Box::new(config.settings)
