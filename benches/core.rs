@@ -1,6 +1,6 @@
 //! Core figures of handover, printed (never asserted): run with `cargo bench --bench core`.
 //!
-//! 1. Reload time for 1, 4 and 16 demo workers: SIGHUP to the manager → its READY=1 (the
+//! 1. Reload time for 1, 4, 16, 64 and 128 demo workers: SIGHUP to the manager → its READY=1 (the
 //!    one after RELOADING=1) on a fake NOTIFY_SOCKET, which is what `systemctl reload`
 //!    waits for. Median and max over [`ROUNDS`] reloads; before each one the old
 //!    generation must be gone (the manager's children are N pids, all new).
@@ -11,6 +11,9 @@
 //!    master process is 26.6 MB.
 //! 4. Manager wake-ups while idle: context switches of all its threads over [`IDLE`] with
 //!    workers running and no traffic (goal: 0), and the CPU time it used meanwhile.
+//! 5. Soak: [`SOAK`] reloads of one manager with [`SOAK_WORKERS`] workers, its open fds,
+//!    VmRSS, threads and zombie children sampled every 100 reloads (goal: all flat), then
+//!    its idle wake-ups again (a timer or task leaked by a reload would show there).
 //!
 //! The manager is started as in tests/common (listener at fd 3, LISTEN_PID set by `sh`
 //! before it execs handover), but the bench keeps reading the fake NOTIFY_SOCKET the way
@@ -29,12 +32,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
-const SIZES: [usize; 3] = [1, 4, 16];
+const SIZES: [usize; 5] = [1, 4, 16, 64, 128];
 const ROUNDS: usize = 10;
 const IDLE: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(50);
 const TIMEOUT: Duration = Duration::from_secs(30);
 const GUNICORN_MASTER_BYTES: f64 = 26.6e6;
+const SOAK: usize = 1000;
+const SOAK_WORKERS: usize = 2;
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
@@ -69,6 +74,45 @@ fn main() {
          gunicorn's master (26.6 MB) is {:.1}× that\n{idle}",
         kib(max_rss),
         GUNICORN_MASTER_BYTES / (max_rss as f64 * 1024.0)
+    );
+    soak();
+}
+
+/// [`SOAK`] reloads of one manager; its resources every 100 reloads, then idle again.
+fn soak() {
+    let m = Manager::start(SOAK_WORKERS);
+    println!(
+        "\nsoak: {SOAK} reloads (SIGHUP → READY=1, old generation gone), {SOAK_WORKERS} workers\n\n\
+         | reloads | open fds | VmRSS | threads | children | zombie children |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let (started, mut times) = (Instant::now(), Vec::with_capacity(SOAK));
+    for done in 0..=SOAK {
+        if done % 100 == 0 {
+            let pid = m.pid();
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+            let children = m.children();
+            let zombies = (children.iter())
+                .filter(|c| {
+                    let stat = std::fs::read_to_string(format!("/proc/{c}/stat"));
+                    stat.is_ok_and(|s| s.rsplit_once(") ").is_some_and(|r| r.1.starts_with('Z')))
+                })
+                .count();
+            let (rss, threads) = (kib(status_kib(pid, "VmRSS:")), context_switches(pid).1);
+            let children = children.len();
+            println!("| {done} | {fds} | {rss} | {threads} | {children} | {zombies} |");
+        }
+        if done < SOAK {
+            times.push(m.reload(SOAK_WORKERS));
+        }
+    }
+    let max = times.iter().max().copied().unwrap_or_default();
+    println!(
+        "\n{SOAK} reloads in {:.1} s: median {}, max {}\n{}",
+        started.elapsed().as_secs_f64(),
+        ms(median(times)),
+        ms(max),
+        idle_window(m.pid(), SOAK_WORKERS)
     );
 }
 

@@ -1,0 +1,355 @@
+//! handover against its peers, under the same load, on loopback: `cargo bench --bench
+//! peers` (scripts/bench installs the peers first and runs this with the paths it needs).
+//!
+//! Each scenario is one server and its way of reloading:
+//!
+//! | scenario | server | reload |
+//! | --- | --- | --- |
+//! | handover-demo | `handover run -w 2 -- handover demo-worker` | `handover reload` |
+//! | handover-uvicorn | handover, 2 × uvicorn (bench/uvicorn_ready.py) | `handover reload` |
+//! | handover-gunicorn | handover, 1 × gunicorn with 2 sync workers | `handover reload` |
+//! | gunicorn-sync-hup | gunicorn, 2 sync workers | `kill -HUP` |
+//! | gunicorn-uvicorn-hup | gunicorn, 2 UvicornWorkers | `kill -HUP` |
+//! | systemd-restart | gunicorn (2 sync) socket-activated by systemd | `systemctl restart` |
+//! | systemd-stop-start | gunicorn (2 sync) binding its own port, under systemd | `systemctl stop; systemctl start` |
+//! | systemd-handover | handover + 2 demo workers as `myapp.socket`/`.service` | `systemctl reload` |
+//!
+//! For each: a warm-up second, a steady run (no reloads: the baseline), optionally wrk
+//! for a throughput cross-check, a run with `--reloads` evenly spread reloads, then
+//! `--idle` seconds of nothing to measure the manager's RSS, CPU time and wake-ups. Both
+//! runs are the same load ([`load`]): 32 keep-alive clients on `/` and one on
+//! `/slow?ms=300`, so every reload catches requests in flight; every request is recorded
+//! with its start, latency and outcome, so latency can be cut to the reload windows
+//! ([`report`]). The reload time is reported twice: when the trigger returned (what a
+//! deploy script or systemd sees) and when every serving process was new (what happened).
+//!
+//! Options (scripts/bench passes the paths):
+//!
+//! - `--only a,b`: these scenarios; `--seconds 20`, `--reloads 8` per run;
+//! - `--idle 10`: seconds of idleness measured (0: not measured);
+//! - `--wrk 5`: seconds of wrk after the steady run (0: none);
+//! - `--rate N`: pace the clients on `/` to N req/s in total, timed from each request's
+//!   due time (see [`load`]): latency without CPU saturation;
+//! - `--venv DIR` (target/bench-venv), `--root DIR` (the Debian root for the systemd
+//!   scenarios, target/system-roots/bookworm), `--out DIR` (target/bench: logs,
+//!   peers.md); `--records`: also every request as CSV, `<scenario>.<run>.csv` there.
+
+#[path = "peers/container.rs"]
+mod container;
+#[path = "peers/load.rs"]
+mod load;
+#[path = "peers/procfs.rs"]
+mod procfs;
+#[path = "peers/report.rs"]
+mod report;
+#[path = "peers/servers.rs"]
+mod servers;
+#[path = "peers/units.rs"]
+mod units;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use container::Container;
+use load::Load;
+use report::{Reload, Run, Scenario};
+use servers::{Paths, Server};
+
+const SCENARIOS: [&str; 8] = [
+    "handover-demo",
+    "handover-uvicorn",
+    "handover-gunicorn",
+    "gunicorn-sync-hup",
+    "gunicorn-uvicorn-hup",
+    "systemd-restart",
+    "systemd-stop-start",
+    "systemd-handover",
+];
+/// The load: wrk -t1 -c32 on `/` plus -c1 on `/slow?ms=300` (FACTS.md's setup).
+const FAST: usize = 32;
+const SLOW: usize = 1;
+/// How long a reload may take before the bench gives up waiting for new processes.
+const REPLACE_LIMIT: Duration = Duration::from_secs(15);
+
+struct Args {
+    only: Vec<String>,
+    seconds: u64,
+    reloads: u32,
+    idle: u64,
+    wrk: u64,
+    rate: Option<u32>,
+    records: bool,
+    root: PathBuf,
+    out: PathBuf,
+    paths: Paths,
+}
+
+fn main() {
+    let args = parse_args();
+    std::fs::create_dir_all(&args.paths.logs).expect("create the output dir");
+    let pace = match args.rate {
+        None => "as fast as they can".to_owned(),
+        Some(r) => format!("paced to {r} req/s in total"),
+    };
+    println!(
+        "peers: {} s per run, {} reloads, load {FAST} clients on / ({pace}) + {SLOW} on \
+         /slow?ms={}; output in {}",
+        args.seconds,
+        args.reloads,
+        load::SLOW_MS,
+        args.out.display()
+    );
+    let mut container: Option<Arc<Container>> = None;
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
+    for name in &args.only {
+        let started = Instant::now();
+        match scenario(name, &args, &mut container) {
+            Ok(s) => {
+                let (st, re) = (&s.steady, &s.reloading);
+                println!(
+                    "{name}: {:.0} s; steady {} req, {} failed, p99 {:.1} ms; {} reloads: {} \
+                     req, {} failed, p99 in windows {:.1} ms",
+                    started.elapsed().as_secs_f64(),
+                    st.requests,
+                    st.failed.total(),
+                    st.fast.p99 as f64 / 1e3,
+                    re.reloads,
+                    re.requests,
+                    re.failed.total(),
+                    re.fast_in_windows.p99 as f64 / 1e3
+                );
+                done.push(s);
+            }
+            Err(e) => {
+                eprintln!("peers: {name} failed: {e}");
+                failed.push(name.clone());
+            }
+        }
+    }
+    if let Some(c) = &container {
+        println!("systemd scenarios ran in {}", c.describe);
+    }
+    drop(container);
+    let tables = report::tables(&done);
+    println!("\n{tables}");
+    let md = match args.rate {
+        None => args.out.join("peers.md"),
+        Some(r) => args.out.join(format!("peers-rate-{r}.md")),
+    };
+    std::fs::write(&md, &tables).expect("write peers.md");
+    if !failed.is_empty() {
+        eprintln!("peers: failed: {}", failed.join(", "));
+        std::process::exit(1);
+    }
+}
+
+/// Starts the scenario's server and measures it.
+fn scenario(
+    name: &str,
+    args: &Args,
+    container: &mut Option<Arc<Container>>,
+) -> Result<Scenario, String> {
+    let p = &args.paths;
+    let (server, manager) = match name {
+        "handover-demo" => (Server::handover_demo(p), "handover"),
+        "handover-uvicorn" => (Server::handover_uvicorn(p), "handover"),
+        "handover-gunicorn" => (
+            Server::handover_gunicorn(p),
+            "handover (a gunicorn master runs under it)",
+        ),
+        "gunicorn-sync-hup" => (Server::gunicorn(name, p, &["app:wsgi"]), "gunicorn master"),
+        "gunicorn-uvicorn-hup" => {
+            let worker = ["--worker-class", "uvicorn.workers.UvicornWorker", "app:app"];
+            (Server::gunicorn(name, p, &worker), "gunicorn master")
+        }
+        _ if name.starts_with("systemd-") => {
+            if container.is_none() {
+                let binds = [p.venv.clone(), p.apps.clone(), p.handover.clone()];
+                let log = p.logs.join("container.log");
+                let c = Container::boot(&args.root, &binds, &log)?;
+                *container = Some(Arc::new(c));
+            }
+            let c = container.as_ref().expect("booted above");
+            let addr = ([127, 0, 0, 1], free_port()).into();
+            let units = units::units(name, p, addr).ok_or_else(|| unknown(name))?;
+            let manager = units.manager;
+            (Server::unit(c, p, addr, units)?, manager)
+        }
+        _ => return Err(unknown(name)),
+    };
+    server.wait_serving(Duration::from_secs(60))?;
+    let length = Duration::from_secs(args.seconds);
+    Load::start(server.addr, FAST, SLOW, args.rate, Duration::from_secs(1)).join(); // warm-up
+    settle();
+    let steady = run(&server, length, 0, args.rate);
+    settle();
+    let wrk = (args.wrk > 0).then(|| wrk(server.addr, args.wrk)).flatten();
+    let reloading = run(&server, length, args.reloads, args.rate);
+    for (run, label) in [(&steady, "steady"), (&reloading, "reloads")] {
+        if !args.records {
+            break;
+        }
+        let csv = args.out.join(format!("{name}.{label}.csv"));
+        std::fs::write(&csv, run.csv()).map_err(|e| format!("{}: {e}", csv.display()))?;
+    }
+    // The last old generation drains; then the manager is left alone.
+    server.wait_serving(REPLACE_LIMIT)?;
+    let idle =
+        (args.idle > 0).then(|| procfs::idle(server.manager, Duration::from_secs(args.idle)));
+    Ok(Scenario {
+        name: name.to_owned(),
+        trigger: server.describe_trigger(),
+        manager: manager.to_owned(),
+        steady: steady.summary(),
+        reloading: reloading.summary(),
+        idle,
+        wrk,
+    })
+}
+
+/// A pause between runs: the slow request a run abandoned at its deadline still holds a
+/// worker (a sync gunicorn worker for its full 300 ms), which would stall the start of the
+/// next run.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(load::SLOW_MS) + Duration::from_millis(700));
+}
+
+/// One run of the load, with `reloads` reloads spread evenly over it.
+fn run(server: &Server, length: Duration, reloads: u32, rate: Option<u32>) -> Run {
+    let load = Load::start(server.addr, FAST, SLOW, rate, length);
+    let (t0, end) = (load.t0, load.t0 + length);
+    let us = |t: Instant| (t - t0).as_micros() as u64;
+    let mut done = Vec::new();
+    for i in 1..=reloads {
+        let at = t0 + length * i / (reloads + 1);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        if Instant::now() + report::WINDOW_TAIL > end {
+            break; // the previous reloads took the time this one was planned for
+        }
+        let old = server.serving_pids();
+        let sent = Instant::now();
+        let error = server.fire().err();
+        let returned = Instant::now();
+        let limit = REPLACE_LIMIT.min(end.saturating_duration_since(returned) + REPLACE_LIMIT / 3);
+        let replaced = server.wait_replaced(&old, limit).then(Instant::now);
+        done.push(Reload {
+            sent_us: us(sent),
+            returned_us: us(returned),
+            replaced_us: replaced.map(us),
+            error,
+        });
+    }
+    let records = load.join();
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    Run {
+        length,
+        loadavg: loadavg
+            .split(' ')
+            .next()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0.0),
+        records,
+        reloads: done,
+    }
+}
+
+/// `wrk -t1 -c32 -dNs --latency` on `/`: "req/s, p99" as wrk prints them.
+fn wrk(addr: SocketAddr, seconds: u64) -> Option<String> {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c32", &format!("-d{seconds}s"), "--latency"])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        let line = text.lines().find(|l| l.trim_start().starts_with(prefix))?;
+        line.split_whitespace().nth(1).map(str::to_owned)
+    };
+    let errors = text
+        .lines()
+        .find(|l| l.contains("errors"))
+        .unwrap_or("0 errors");
+    Some(format!(
+        "{} req/s, p99 {} ({}, {seconds} s)",
+        field("Requests/sec:")?,
+        field("99%")?,
+        errors.trim()
+    ))
+}
+
+fn unknown(name: &str) -> String {
+    format!("no scenario {name:?}; known: {}", SCENARIOS.join(", "))
+}
+
+/// A port the kernel calls free: bound on 127.0.0.1:0, then released for a unit to bind.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+fn parse_args() -> Args {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut a = Args {
+        only: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+        seconds: 20,
+        reloads: 8,
+        idle: 10,
+        wrk: 0,
+        rate: None,
+        records: false,
+        root: root.join("target/system-roots/bookworm"),
+        out: root.join("target/bench"),
+        paths: Paths {
+            handover: env!("CARGO_BIN_EXE_handover").into(),
+            venv: root.join("target/bench-venv"),
+            apps: root.join("bench"),
+            logs: PathBuf::new(),
+        },
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        match flag.as_str() {
+            "--bench" => continue, // cargo bench adds it
+            "--records" => {
+                a.records = true;
+                continue;
+            }
+            _ => {}
+        }
+        let value = argv
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let number = |v: &str| v.parse().unwrap_or_else(|_| usage(&format!("{flag} {v}")));
+        match flag.as_str() {
+            "--only" => a.only = value.split(',').map(str::to_owned).collect(),
+            "--seconds" => a.seconds = number(&value),
+            "--reloads" => a.reloads = number(&value) as u32,
+            "--idle" => a.idle = number(&value),
+            "--wrk" => a.wrk = number(&value),
+            "--rate" => a.rate = Some(number(&value) as u32),
+            "--venv" => a.paths.venv = value.into(),
+            "--root" => a.root = value.into(),
+            "--out" => a.out = value.into(),
+            _ => usage(&format!("unknown option {flag}")),
+        }
+    }
+    if let Some(bad) = a.only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        usage(&format!("no scenario {bad:?}"));
+    }
+    a.paths.logs = a.out.clone();
+    a
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!(
+        "peers: {problem}\nusage: cargo bench --bench peers -- [--only a,b] [--seconds 20] \
+         [--reloads 8] [--idle 10] [--wrk 5] [--rate N] [--venv DIR] [--root DIR] [--records] \
+         [--out DIR]\n\
+         scenarios: {}",
+        SCENARIOS.join(", ")
+    );
+    std::process::exit(2)
+}

@@ -1,0 +1,286 @@
+//! The load generator: wrk's shape (one thread, an event loop, one request at a time per
+//! connection), but it keeps a [`Record`] of every request, so latencies can be cut to the
+//! reload windows afterwards.
+//!
+//! - `fast` keep-alive connections on `/` and `slow` ones on `/slow?ms=300`, all on one
+//!   current-thread tokio runtime in its own OS thread (wrk `-t1`).
+//! - A connection is reused until the server answers `Connection: close`, then a new one is
+//!   opened at once. After a failure an unpaced client waits [`RETRY`] first, so a
+//!   refused port costs each client at most 100 attempts a second: failure counts
+//!   measure how long and for how many clients the server failed, not how fast a client
+//!   can spin.
+//! - Latency runs from the start of the attempt (including the connect when a new
+//!   connection is needed: a client waits for it too) to the last byte of the body.
+//! - A request fails by kind: `connect` (refused, or no handshake in time), `write`,
+//!   `read` (reset, or EOF before a full response), `timeout` (no full response within
+//!   [`TIMEOUT`] beyond the delay the request asked for), `status` (not 2xx).
+//! - Every loop ends at the run's deadline; a request cut short by the deadline is not
+//!   recorded at all.
+//! - With a `rate`, the clients on `/` send on a fixed schedule instead (wrk2's way, the
+//!   total rate spread evenly over them), and latency runs from the moment a request was
+//!   *due*: a server that stalls is charged for the requests it kept from being sent,
+//!   which a closed loop hides (coordinated omission). The slow client is never paced.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+
+/// No response this long after the request (plus the delay it asked for) is a timeout
+/// (wrk's default).
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// The slow request: long enough that every reload catches some in flight.
+pub const SLOW_MS: u64 = 300;
+/// A client's pause after a failed request.
+pub const RETRY: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Connect,
+    Write,
+    Read,
+    Timeout,
+    Status,
+}
+
+/// One request: when it started (µs after the run's start), how long it took, which
+/// endpoint, and how it ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Record {
+    pub start_us: u64,
+    pub latency_us: u64,
+    pub slow: bool,
+    pub outcome: Outcome,
+}
+
+impl Record {
+    pub fn end_us(&self) -> u64 {
+        self.start_us + self.latency_us
+    }
+}
+
+/// The load, as it runs: [`Load::join`] waits for its deadline and returns the records.
+pub struct Load {
+    pub t0: Instant,
+    thread: std::thread::JoinHandle<Vec<Record>>,
+}
+
+impl Load {
+    /// Starts `fast` clients on `/` (paced to `rate` requests a second in total if given)
+    /// and `slow` clients on `/slow?ms=300`, for `length`.
+    pub fn start(
+        addr: SocketAddr,
+        fast: usize,
+        slow: usize,
+        rate: Option<u32>,
+        length: Duration,
+    ) -> Load {
+        let t0 = Instant::now();
+        let end = t0 + length;
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime for the load");
+            runtime.block_on(async move {
+                // Each paced client sends every `fast / rate` s, the clients staggered.
+                let interval = rate.map(|r| Duration::from_secs(fast as u64) / r.max(1));
+                let clients = (0..fast + slow).map(|i| {
+                    let slow = i >= fast;
+                    let pace = interval.filter(|_| !slow).map(|iv| Pace {
+                        interval: iv,
+                        next: t0 + iv * i as u32 / fast as u32,
+                    });
+                    let client = Client {
+                        addr,
+                        slow,
+                        pace,
+                        t0,
+                        end: end.into(),
+                    };
+                    tokio::spawn(client.run())
+                });
+                let clients: Vec<_> = clients.collect();
+                let mut all = Vec::new();
+                for c in clients {
+                    all.extend(c.await.expect("a load client panicked"));
+                }
+                all.sort_by_key(|r| r.start_us);
+                all
+            })
+        });
+        Load { t0, thread }
+    }
+
+    /// Waits for the deadline; every request of every client, by start time.
+    pub fn join(self) -> Vec<Record> {
+        self.thread.join().expect("the load thread panicked")
+    }
+}
+
+struct Client {
+    addr: SocketAddr,
+    slow: bool,
+    pace: Option<Pace>,
+    t0: Instant,
+    end: tokio::time::Instant,
+}
+
+/// A paced client's schedule: the next request is due at `next`.
+struct Pace {
+    interval: Duration,
+    next: Instant,
+}
+
+/// Why a request did not produce a record.
+enum Cut {
+    /// The request's time ran out, or the run's.
+    Deadline,
+    Failed(Outcome),
+}
+
+impl Client {
+    async fn run(mut self) -> Vec<Record> {
+        let request = if self.slow {
+            format!("GET /slow?ms={SLOW_MS} HTTP/1.1\r\nHost: bench\r\n\r\n")
+        } else {
+            "GET / HTTP/1.1\r\nHost: bench\r\n\r\n".to_owned()
+        };
+        let patience = TIMEOUT + Duration::from_millis(if self.slow { SLOW_MS } else { 0 });
+        let (mut records, mut conn, mut buf) = (Vec::new(), None, Vec::with_capacity(4096));
+        while tokio::time::Instant::now() < self.end {
+            // Paced: wait for the next due time. A request already overdue (the previous
+            // one took too long) is timed from its due time; one the client was free for
+            // is timed from when it is sent (the timer's 1 ms grain is not the server's).
+            let start = match &mut self.pace {
+                None => Instant::now(),
+                Some(pace) => {
+                    let due = pace.next;
+                    pace.next += pace.interval;
+                    if Instant::now() < due {
+                        tokio::time::sleep_until(due.into()).await;
+                        Instant::now()
+                    } else {
+                        due
+                    }
+                }
+            };
+            let sent = tokio::time::Instant::now();
+            if sent >= self.end {
+                break;
+            }
+            let give_up = (sent + patience).min(self.end);
+            let result = self
+                .request(&mut conn, &mut buf, request.as_bytes(), give_up)
+                .await;
+            let outcome = match result {
+                Ok(()) => Outcome::Ok,
+                Err(Cut::Deadline) if tokio::time::Instant::now() >= self.end => {
+                    break; // cut by the end of the run: neither success nor failure
+                }
+                Err(Cut::Deadline) => Outcome::Timeout,
+                Err(Cut::Failed(o)) => o,
+            };
+            records.push(Record {
+                start_us: (start - self.t0).as_micros() as u64,
+                latency_us: start.elapsed().as_micros() as u64,
+                slow: self.slow,
+                outcome,
+            });
+            if outcome != Outcome::Ok {
+                conn = None;
+                if self.pace.is_none() {
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+        records
+    }
+
+    /// One request on `conn` (connecting first if it is `None`); leaves `conn` open if the
+    /// server keeps the connection alive.
+    async fn request(
+        &self,
+        conn: &mut Option<TcpStream>,
+        buf: &mut Vec<u8>,
+        request: &[u8],
+        give_up: tokio::time::Instant,
+    ) -> Result<(), Cut> {
+        let mut stream = match conn.take() {
+            Some(s) => s,
+            None => match timeout_at(give_up, TcpStream::connect(self.addr)).await {
+                Err(_) => return Err(Cut::Deadline),
+                Ok(Err(_)) => return Err(Cut::Failed(Outcome::Connect)),
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    s
+                }
+            },
+        };
+        if stream.write_all(request).await.is_err() {
+            return Err(Cut::Failed(Outcome::Write));
+        }
+        buf.clear();
+        let response = match timeout_at(give_up, read_response(&mut stream, buf)).await {
+            Err(_) => return Err(Cut::Deadline),
+            Ok(r) => r.map_err(Cut::Failed)?,
+        };
+        if !(200..300).contains(&response.status) {
+            return Err(Cut::Failed(Outcome::Status));
+        }
+        if !response.close {
+            *conn = Some(stream);
+        }
+        Ok(())
+    }
+}
+
+struct Response {
+    status: u16,
+    close: bool,
+}
+
+/// Reads one response (head and a `Content-Length` body) into `buf`.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Response, Outcome> {
+    let head_len = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 * 1024 || read_more(stream, buf).await? == 0 {
+            return Err(Outcome::Read);
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_len]).map_err(|_| Outcome::Read)?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or(Outcome::Read)?;
+    let (mut length, mut close) = (0usize, status_line.starts_with("HTTP/1.0"));
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().map_err(|_| Outcome::Read)?;
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        }
+    }
+    while buf.len() < head_len + length {
+        if read_more(stream, buf).await? == 0 {
+            return Err(Outcome::Read);
+        }
+    }
+    Ok(Response { status, close })
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Outcome> {
+    buf.reserve(4096);
+    stream.read_buf(buf).await.map_err(|_| Outcome::Read)
+}
