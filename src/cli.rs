@@ -38,6 +38,13 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Stop a running manager gracefully.
     Stop(ControlArgs),
+    /// Re-execute a running manager from the (new) handover binary in place: same pid,
+    /// sockets and workers kept. Fails, leaving the old one running, if the new binary
+    /// cannot start or cannot take the state.
+    Upgrade(UpgradeArgs),
+    /// Print the handoff version this binary accepts (checked before an upgrade).
+    #[command(hide = true)]
+    UpgradeProbe,
     /// Write NAME.socket, NAME.service and a config for an app (then `systemctl
     /// daemon-reload; systemctl enable --now NAME.socket`).
     Init(InitArgs),
@@ -139,6 +146,15 @@ pub struct StatusArgs {
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Give up waiting for the new image after this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

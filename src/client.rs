@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::cli::{ControlArgs, ReloadArgs, ScaleArgs, StatusArgs};
+use crate::cli::{ControlArgs, ReloadArgs, ScaleArgs, StatusArgs, UpgradeArgs};
 use crate::control::{self, Reply, Request, StatusReport};
 
 fn connect(args: &ControlArgs) -> anyhow::Result<UnixStream> {
@@ -130,6 +130,46 @@ pub fn scale(args: &ScaleArgs) -> anyhow::Result<i32> {
 pub fn stop(args: &ControlArgs) -> anyhow::Result<i32> {
     let reply = call(args, &Request::Stop, Duration::from_secs(10), |_| {})?;
     finish(reply, "stop")
+}
+
+/// Asks for an in-place upgrade and waits until the manager answers again from its new
+/// image (its upgrade count went up; the pid is the same by design).
+pub fn upgrade(args: &UpgradeArgs) -> anyhow::Result<i32> {
+    let before = fetch_status(&args.control)?;
+    // The old image answers only when it did not exec; an exec closes the connection.
+    if let Ok(reply) = call(&args.control, &Request::Upgrade, args.timeout, |_| {}) {
+        return finish(reply, "upgrade");
+    }
+    let deadline = Instant::now() + args.timeout;
+    loop {
+        if let Ok(after) = fetch_status(&args.control)
+            && after.upgrades > before.upgrades
+        {
+            println!(
+                "handover upgraded in place: pid {} (was {}), version {} -> {}, {} workers kept",
+                after.pid,
+                before.pid,
+                before.version,
+                after.version,
+                after.workers.len()
+            );
+            return Ok(0);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the manager did not come back from the upgrade within {:?}: see journalctl",
+                args.timeout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fetch_status(args: &ControlArgs) -> anyhow::Result<StatusReport> {
+    match call(args, &Request::Status, Duration::from_secs(10), |_| {})? {
+        Reply::Status { status, .. } => Ok(status),
+        other => bail!("unexpected answer from the manager: {other:?}"),
+    }
 }
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<i32> {

@@ -16,7 +16,7 @@ use crate::sockets::ListenSpec;
 use crate::supervisor::Settings;
 
 /// How a new worker proves it is ready to serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Readiness {
     /// The worker sends `READY=1` to handover's notify socket (checked by sender pid).
     Notify,
@@ -90,7 +90,7 @@ pub struct RunConfig {
 
 /// The worker command: the program resolved to a path, its arguments, extra environment
 /// and working directory.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Command {
     pub program: PathBuf,
     pub args: Vec<OsString>,

@@ -38,6 +38,8 @@ pub enum Request {
         workers: u32,
     },
     Stop,
+    /// Re-execute the handover binary in place (same pid, sockets and workers kept).
+    Upgrade,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -94,6 +96,9 @@ impl Reply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub pid: u32,
+    /// handover's version, and how many in-place upgrades this manager has been through.
+    pub version: String,
+    pub upgrades: u32,
     pub status: String,
     pub current_generation: Option<u64>,
     pub desired_workers: usize,
@@ -170,6 +175,23 @@ impl ControlServer {
         };
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(server)
+    }
+
+    /// Takes back the listening socket a previous image handed over (self-upgrade).
+    pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> std::io::Result<ControlServer> {
+        crate::sockets::set_cloexec(std::os::fd::AsFd::as_fd(&fd));
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        std_listener.set_nonblocking(true)?;
+        let listener = UnixListener::from_std(std_listener)?;
+        Ok(ControlServer {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    /// A duplicate of the listening socket, to hand to a new image at an upgrade.
+    pub fn duplicate_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        std::os::fd::AsFd::as_fd(&self.listener).try_clone_to_owned()
     }
 
     pub fn path(&self) -> &Path {

@@ -34,3 +34,4 @@ pub mod run;
 pub mod sockets;
 pub mod spawn;
 pub mod supervisor;
+pub mod upgrade;

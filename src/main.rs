@@ -16,6 +16,11 @@ fn main() {
         Command::Status(args) => client::status(args),
         Command::Scale(args) => client::scale(args),
         Command::Stop(args) => client::stop(args),
+        Command::Upgrade(args) => client::upgrade(args),
+        Command::UpgradeProbe => {
+            println!("{}", handover::upgrade::HANDOFF_VERSION);
+            Ok(0)
+        }
         Command::Run(args) => {
             handover::logging::init();
             run::run(args)

@@ -25,6 +25,7 @@ pub enum SdState {
     /// Sent with MONOTONIC_USEC=now in the same datagram.
     Reloading,
     Stopping,
+    Watchdog,
     Status(String),
 }
 
@@ -111,6 +112,7 @@ pub fn encode(states: &[SdState], now_usec: u64) -> String {
             SdState::Ready => out += "READY=1\n",
             SdState::Reloading => out += &format!("RELOADING=1\nMONOTONIC_USEC={now_usec}\n"),
             SdState::Stopping => out += "STOPPING=1\n",
+            SdState::Watchdog => out += "WATCHDOG=1\n",
             // A newline would start a new assignment: keep the status on one line.
             SdState::Status(s) => out += &format!("STATUS={}\n", s.replace('\n', " ")),
         }
@@ -146,8 +148,16 @@ pub fn parse_message(data: &[u8]) -> WorkerMessage {
 /// handover's notify socket for its workers. The directory and socket are removed on drop.
 pub struct WorkerNotifySocket {
     fd: OwnedFd,
-    dir: tempfile::TempDir,
+    /// The private directory handover created for the socket; removed on drop.
+    dir: PathBuf,
     path: PathBuf,
+}
+
+impl Drop for WorkerNotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 impl WorkerNotifySocket {
@@ -163,8 +173,9 @@ impl WorkerNotifySocket {
             .unwrap_or_else(std::env::temp_dir);
         let dir = tempfile::Builder::new()
             .prefix("handover-")
-            .tempdir_in(&base)?;
-        let path = dir.path().join("notify.sock");
+            .tempdir_in(&base)?
+            .keep();
+        let path = dir.join("notify.sock");
         let fd = socket(
             AddressFamily::Unix,
             SockType::Datagram,
@@ -178,12 +189,18 @@ impl WorkerNotifySocket {
         Ok(WorkerNotifySocket { fd, dir, path })
     }
 
+    /// Takes back the socket a previous image of handover handed over (self-upgrade).
+    pub fn adopt(fd: OwnedFd, dir: PathBuf) -> Self {
+        let path = dir.join("notify.sock");
+        WorkerNotifySocket { fd, dir, path }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     pub fn directory(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
     /// Receives one datagram without blocking: `Ok(None)` when none is queued.

@@ -7,11 +7,15 @@ use anyhow::Context as _;
 use crate::cli::{DemoArgs, RunArgs};
 use crate::config::RunConfig;
 use crate::notify::WorkerNotifySocket;
-use crate::sockets::{self, ListenEnv};
+use crate::sockets::{self, HeldSocket, ListenEnv};
 use crate::supervisor::{Supervisor, task};
+use crate::upgrade;
 
 /// Runs the manager until it stops; returns the process exit code.
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
+    if let Some(handoff) = upgrade::take_from_env()? {
+        return resume(args, handoff);
+    }
     let config = RunConfig::load(args)?;
     // Take the fds before anything else can open (and so be confused with) fd 3, 4, ….
     let held = sockets::collect(&ListenEnv::from_process(), &config.listen)?;
@@ -29,7 +33,38 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         sockets: &held,
         notify_socket: notify,
         args: args.clone(),
-        initial: config,
+        initial: Some(config),
+        resume: None,
+    };
+    runtime.block_on(task::run(sup, ctx))
+}
+
+/// The new image after an in-place upgrade: same pid, same children; takes the sockets
+/// and the supervisor's state back from the old image's handoff.
+fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
+    let held: Vec<HeldSocket> = h
+        .sockets
+        .into_iter()
+        .map(|s| HeldSocket::adopt(upgrade::adopt_fd(s.fd), s.name, s.address, s.unlink))
+        .collect();
+    let notify = WorkerNotifySocket::adopt(upgrade::adopt_fd(h.notify_fd), h.notify_dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let sup = Supervisor::restore(h.supervisor, tokio::time::Instant::now());
+    let resume = task::Resume {
+        commands: h.commands,
+        last_reload: h.last_reload,
+        upgrades: h.upgrades,
+        control: h.control.map(|(fd, path)| (upgrade::adopt_fd(fd), path)),
+    };
+    let ctx = task::Context {
+        sockets: &held,
+        notify_socket: notify,
+        args: args.clone(),
+        initial: None,
+        resume: Some(resume),
     };
     runtime.block_on(task::run(sup, ctx))
 }
@@ -61,6 +96,10 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<i32> {
         command: vec![exe.into(), "demo-worker".into()],
     };
     let pid = std::process::id();
+    if std::env::var_os(upgrade::HANDOFF_ENV).is_some() {
+        // An in-place upgrade of the demo: it already said hello.
+        return run(&run_args);
+    }
     let addr = sockets::spec_text(&args.listen);
     eprintln!(
         "handover demo: {} workers on http://{addr} (manager pid {pid})\n  \

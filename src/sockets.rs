@@ -102,6 +102,24 @@ pub struct HeldSocket {
     unlink: Option<PathBuf>,
 }
 
+impl HeldSocket {
+    /// Takes back a socket a previous image of handover handed over (self-upgrade).
+    pub fn adopt(fd: OwnedFd, name: String, address: String, unlink: Option<PathBuf>) -> Self {
+        set_cloexec(fd.as_fd());
+        HeldSocket {
+            fd,
+            name,
+            address,
+            unlink,
+        }
+    }
+
+    /// The socket file to remove at exit, if handover created it.
+    pub fn unlink_path(&self) -> Option<&std::path::Path> {
+        self.unlink.as_deref()
+    }
+}
+
 impl Drop for HeldSocket {
     fn drop(&mut self) {
         if let Some(path) = &self.unlink {
@@ -251,7 +269,7 @@ fn file_kind(kind: SFlag) -> &'static str {
     }
 }
 
-fn set_cloexec(fd: BorrowedFd<'_>) {
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) {
     // Failing F_SETFD on an fd we own is impossible short of a kernel bug; a leaked fd
     // in a worker would be harmless anyway, so the result is ignored.
     let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));

@@ -239,3 +239,15 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
         std::net::TcpStream::connect(addr).is_err().then_some(())
     });
 }
+
+#[test]
+fn with_a_systemd_watchdog_the_manager_pings_from_its_loop() {
+    let dir = tempfile::tempdir().expect("dir");
+    let env = [("WATCHDOG_USEC", "200000")];
+    let m = Manager::start_with_env(dir, HANDOVER, &env, &["--workers", "1"], &demo_worker());
+    m.wait_ready(1);
+    // Pings come every 100 ms; a few in a row prove the loop drives them.
+    for _ in 0..3 {
+        m.wait_notify(&["WATCHDOG=1"], 2 * SEC);
+    }
+}

@@ -11,11 +11,12 @@ use crate::config::Readiness;
 use crate::notify::SdState;
 
 /// Knobs the state machine obeys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     pub workers: usize,
     pub readiness: Readiness,
     pub ready_timeout: Duration,
+    #[serde(with = "signal_number")]
     pub stop_signal: Signal,
     pub graceful_timeout: Duration,
     /// Rolling reload: start this many new workers, wait for them, stop as many old ones,
@@ -154,4 +155,19 @@ pub struct Worker {
     pub started: Instant,
     /// Crashes in a row of this slot before this worker started.
     pub restarts: u32,
+}
+
+/// Signals travel as their numbers in a self-upgrade handoff.
+mod signal_number {
+    use nix::sys::signal::Signal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Signal, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_i32(*s as i32)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Signal, D::Error> {
+        let n = i32::deserialize(de)?;
+        Signal::try_from(n).map_err(serde::de::Error::custom)
+    }
 }

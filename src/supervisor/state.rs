@@ -16,6 +16,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
+mod snapshot;
+pub use snapshot::Snapshot;
+
 pub use super::model::{
     Action, Event, Generation, Outcome, Settings, Worker, WorkerId, WorkerPhase,
 };

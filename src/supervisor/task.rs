@@ -9,7 +9,7 @@
 //! pending, the task sleeps until a signal, a datagram or a client arrives.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -27,6 +27,7 @@ use crate::control::{self, ControlServer, Incoming, Reply, Request, StatusReport
 use crate::notify::{self, SdState, WorkerNotifySocket};
 use crate::sockets::HeldSocket;
 use crate::spawn::{self, WorkerEnv};
+use crate::upgrade;
 
 /// Everything the task needs, prepared by `run`.
 pub struct Context<'a> {
@@ -34,8 +35,18 @@ pub struct Context<'a> {
     pub notify_socket: WorkerNotifySocket,
     /// The flags, to load the configuration again at each reload.
     pub args: RunArgs,
-    /// The configuration loaded (and checked) at start: the first generation's.
-    pub initial: RunConfig,
+    /// A fresh start: the configuration loaded (and checked) at start, the first
+    /// generation's. `None` when resuming after an upgrade.
+    pub initial: Option<RunConfig>,
+    pub resume: Option<Resume>,
+}
+
+/// What a new image takes over from the old one after an in-place upgrade.
+pub struct Resume {
+    pub commands: BTreeMap<Generation, Command>,
+    pub last_reload: Option<control::ReloadInfo>,
+    pub upgrades: u32,
+    pub control: Option<(std::os::fd::OwnedFd, std::path::PathBuf)>,
 }
 
 /// The task's own bookkeeping beside the state machine.
@@ -43,13 +54,18 @@ struct Manager<'a> {
     env: WorkerEnv<'a>,
     args: RunArgs,
     initial: Option<RunConfig>,
-    listen: Vec<crate::sockets::ListenSpec>,
+    /// The sockets as configured at start, to warn when a reload's config changes them.
+    listen: Option<Vec<crate::sockets::ListenSpec>>,
     /// The command each live generation was started with.
     commands: BTreeMap<Generation, Command>,
     waiters: Waiters,
     systemd: notify::Systemd,
     last_reload: Option<(control::ReloadInfo, Instant)>,
     start_failure: Option<String>,
+    /// The binary an upgrade re-executes, and the state it needs beyond the supervisor.
+    exe: std::path::PathBuf,
+    control: Option<(std::os::fd::OwnedFd, std::path::PathBuf)>,
+    upgrades: u32,
 }
 
 /// Runs the supervisor until it decides to exit; returns the exit code.
@@ -61,19 +77,36 @@ pub async fn run(sup: Supervisor, ctx: Context<'_>) -> anyhow::Result<i32> {
     let mut sigchld = signal(SignalKind::child())?;
     let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
     let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    // Handlers are in place: what an upgrade blocked across its exec may come in now.
+    upgrade::unblock_signals();
     let notify_socket = ctx.notify_socket;
     // SAFETY: the AsyncFd owns this duplicate OwnedFd, which stays open until it drops.
     let notify_fd = unsafe { AsyncFd::register(notify_socket.as_fd().try_clone_to_owned()?)? };
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
-    if let Some(path) = control::socket_path(ctx.args.control.as_deref()) {
-        let server = ControlServer::bind(&path).map_err(|e| {
-            anyhow::anyhow!("cannot create the control socket {}: {e}", path.display())
-        })?;
-        tracing::info!("control socket: {}", server.path().display());
-        tokio::spawn(server.serve(control_tx));
-    } else {
-        drop(control_tx);
-    }
+    let mut resume = ctx.resume;
+    let server = match resume.as_mut().map(|r| r.control.take()) {
+        Some(Some((fd, path))) => Some(ControlServer::adopt(fd, &path)?),
+        Some(None) => None,
+        None => match control::socket_path(ctx.args.control.as_deref()) {
+            Some(path) => Some(ControlServer::bind(&path).map_err(|e| {
+                anyhow::anyhow!("cannot create the control socket {}: {e}", path.display())
+            })?),
+            None => None,
+        },
+    };
+    let control_dup = match server {
+        Some(server) => {
+            tracing::info!("control socket: {}", server.path().display());
+            let dup = (server.duplicate_fd()?, server.path().to_owned());
+            tokio::spawn(server.serve(control_tx));
+            Some(dup)
+        }
+        None => {
+            drop(control_tx);
+            None
+        }
+    };
     let notify_path = notify_socket.path().to_owned();
     let mut m = Manager {
         env: WorkerEnv {
@@ -81,18 +114,43 @@ pub async fn run(sup: Supervisor, ctx: Context<'_>) -> anyhow::Result<i32> {
             fd_names: ctx.sockets.iter().map(|s| s.name.clone()).collect(),
             notify_socket: &notify_path,
         },
-        listen: ctx.initial.listen.clone(),
+        listen: match &ctx.initial {
+            Some(c) => Some(c.listen.clone()),
+            None => RunConfig::load(&ctx.args).ok().map(|c| c.listen),
+        },
         args: ctx.args,
-        initial: Some(ctx.initial),
+        initial: ctx.initial,
         commands: BTreeMap::new(),
         waiters: Waiters::default(),
         systemd: notify::Systemd::from_env(),
         last_reload: None,
         start_failure: None,
+        exe: upgrade::binary_path(),
+        control: control_dup,
+        upgrades: 0,
     };
+    // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
+    let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
     let mut sup = sup;
     let mut buf = vec![0u8; 4096];
-    let mut queue = VecDeque::from([Event::Start]);
+    let mut queue = VecDeque::new();
+    match resume {
+        None => queue.push_back(Event::Start),
+        Some(r) => {
+            m.commands = r.commands;
+            m.upgrades = r.upgrades;
+            let now = Instant::now();
+            m.last_reload = r.last_reload.map(|info| {
+                let ago = std::time::Duration::from_secs_f64(info.ago_secs);
+                (info, now.checked_sub(ago).unwrap_or(now))
+            });
+            tracing::info!(upgrades = m.upgrades, "upgraded in place: {}", sup.status());
+            m.systemd
+                .send(&[SdState::Ready, SdState::Status(sup.status())]);
+            // Workers that exited while the exec ran are waiting to be reaped.
+            reap(&mut queue);
+        }
+    }
     loop {
         while let Some(event) = queue.pop_front() {
             let mut answers = Vec::new();
@@ -121,7 +179,18 @@ pub async fn run(sup: Supervisor, ctx: Context<'_>) -> anyhow::Result<i32> {
             _ = sigttin.recv() => queue.push_back(Event::Scale(1)),
             _ = sigttou.recv() => queue.push_back(Event::Scale(-1)),
             Some(incoming) = control_rx.recv() => {
-                m.on_control(incoming, &sup, ctx.sockets, &mut queue);
+                if incoming.request == Request::Upgrade {
+                    // Returns only if the upgrade did not happen.
+                    let why = m.upgrade(&sup, ctx.sockets, &notify_socket);
+                    let _ = incoming.reply.send(Reply::error(why));
+                } else {
+                    m.on_control(incoming, &sup, ctx.sockets, &mut queue);
+                }
+            }
+            _ = tick(&mut watchdog) => m.systemd.send(&[SdState::Watchdog]),
+            _ = sigusr2.recv() => {
+                let why = m.upgrade(&sup, ctx.sockets, &notify_socket);
+                tracing::error!("upgrade failed, this image keeps running: {why}");
             }
             guard = notify_fd.readable() => {
                 let mut guard = guard?;
@@ -191,7 +260,7 @@ impl Manager<'_> {
             None => RunConfig::load(&self.args).map_err(|e| e.to_string()),
         };
         let result = loaded.map(|config| {
-            if config.listen != self.listen {
+            if self.listen.as_ref().is_some_and(|l| *l != config.listen) {
                 tracing::warn!("the sockets (listen) changed in the configuration: that takes a restart, not a reload");
             }
             // Keep only the commands of generations that still have workers, and the
@@ -261,6 +330,62 @@ impl Manager<'_> {
         }
     }
 
+    /// Re-executes the handover binary in place. Returns only if that did not happen,
+    /// with the reason; this image then carries on as before.
+    fn upgrade(
+        &mut self,
+        sup: &Supervisor,
+        sockets: &[HeldSocket],
+        notify: &WorkerNotifySocket,
+    ) -> String {
+        let now = Instant::now();
+        let supervisor = match sup.snapshot(now) {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        if let Err(e) = upgrade::probe(&self.exe) {
+            return e;
+        }
+        let handoff = upgrade::Handoff {
+            version: upgrade::HANDOFF_VERSION,
+            sockets: sockets
+                .iter()
+                .map(|s| upgrade::SocketHandoff {
+                    fd: s.fd.as_raw_fd(),
+                    name: s.name.clone(),
+                    address: s.address.clone(),
+                    unlink: s.unlink_path().map(ToOwned::to_owned),
+                })
+                .collect(),
+            notify_fd: notify.as_fd().as_raw_fd(),
+            notify_dir: notify.directory().to_owned(),
+            control: self
+                .control
+                .as_ref()
+                .map(|(fd, p)| (fd.as_raw_fd(), p.clone())),
+            supervisor,
+            commands: self.commands.clone(),
+            last_reload: self
+                .last_reload
+                .as_ref()
+                .map(|(info, at)| control::ReloadInfo {
+                    ago_secs: now.saturating_duration_since(*at).as_secs_f64(),
+                    ..info.clone()
+                }),
+            upgrades: self.upgrades + 1,
+        };
+        tracing::info!("upgrading in place: exec {}", self.exe.display());
+        self.waiters
+            .fail_all("the manager is upgrading itself; reload again");
+        let upgrading = format!("{}; upgrading handover in place", sup.status());
+        self.systemd
+            .send(&[SdState::Reloading, SdState::Status(upgrading)]);
+        let why = upgrade::exec(&self.exe, &handoff);
+        self.systemd
+            .send(&[SdState::Ready, SdState::Status(sup.status())]);
+        why
+    }
+
     fn on_control(
         &mut self,
         incoming: Incoming,
@@ -289,6 +414,7 @@ impl Manager<'_> {
                 queue.push_back(Event::Scale(workers as i32 - before as i32));
                 Reply::ok(format!("workers: {before} -> {workers}"))
             }
+            Request::Upgrade => Reply::error("handled by the task"),
             Request::Stop => {
                 queue.push_back(Event::Stop { fast: false });
                 Reply::ok("stopping")
@@ -317,6 +443,8 @@ impl Manager<'_> {
             .collect();
         StatusReport {
             pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            upgrades: self.upgrades,
             status: sup.status(),
             current_generation: sup.current_generation(),
             desired_workers: sup.desired_workers(),
@@ -336,6 +464,16 @@ impl Manager<'_> {
                     ..info.clone()
                 }),
         }
+    }
+}
+
+/// The next watchdog tick, or never when systemd asked for none.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -52,6 +52,27 @@ impl Manager {
 
     /// Like `start`, in a dir the test prepared (scripts, config) beforehand.
     pub fn start_in(dir: tempfile::TempDir, opts: &[&str], cmd: &[&str]) -> Manager {
+        Manager::start_binary(dir, HANDOVER, opts, cmd)
+    }
+
+    /// Like `start_in`, running the manager from `binary` (e.g. a copy a test replaces).
+    pub fn start_binary(
+        dir: tempfile::TempDir,
+        binary: &str,
+        opts: &[&str],
+        cmd: &[&str],
+    ) -> Manager {
+        Manager::start_with_env(dir, binary, &[], opts, cmd)
+    }
+
+    /// The general form: `env` is added to the manager's environment.
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        binary: &str,
+        env: &[(&str, &str)],
+        opts: &[&str],
+        cmd: &[&str],
+    ) -> Manager {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let notify_path = dir.path().join("systemd-notify.sock");
@@ -64,7 +85,7 @@ impl Manager {
             .args([
                 "-c",
                 r#"export LISTEN_PID=$$; exec "$0" "$@""#,
-                HANDOVER,
+                binary,
                 "run",
             ])
             .arg("--control")
@@ -77,6 +98,7 @@ impl Manager {
             .env("NOTIFY_SOCKET", &notify_path)
             .env("HANDOVER_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file);

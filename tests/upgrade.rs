@@ -1,0 +1,133 @@
+//! In-place self-upgrade: `handover upgrade` (and SIGUSR2) re-executes the binary from its
+//! path with the same pid, keeping the sockets, the control socket and every worker, with
+//! no failed request; a missing, broken or incompatible binary fails the upgrade and the
+//! old image keeps running.
+
+mod common;
+
+use std::time::Duration;
+
+use common::load::Load;
+use common::{HANDOVER, Manager, script, wait_for};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// A manager run from a copy of the handover binary in its own dir, so tests can replace
+/// or break "the installed binary" as a package upgrade would.
+fn start_from_copy() -> (Manager, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("dir");
+    let bin = dir.path().join("handover");
+    std::fs::copy(HANDOVER, &bin).expect("copy binary");
+    let worker = [HANDOVER, "demo-worker", "--drain-idle", "1s"];
+    let b = bin.display().to_string();
+    let m = Manager::start_binary(dir, &b, &["--workers", "3"], &worker);
+    (m, bin)
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn upgrades(m: &Manager) -> u64 {
+    let report = text(&m.ctl(&["status", "--json"]));
+    let json: serde_json::Value = serde_json::from_str(&report).expect("status json");
+    json["upgrades"].as_u64().expect("upgrades")
+}
+
+#[test]
+fn upgrade_keeps_the_pid_the_sockets_and_every_worker_under_load() {
+    let (m, bin) = start_from_copy();
+    let workers = m.wait_ready(3);
+    let load = Load::start(m.addr, 6, 2, 60 * SEC);
+    // "A new version": a fresh copy replaces the file, as dpkg does (new inode).
+    let staged = bin.with_extension("new");
+    std::fs::copy(HANDOVER, &staged).expect("stage");
+    std::fs::rename(&staged, &bin).expect("replace");
+
+    let out = m.ctl(&["upgrade"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("upgraded in place"), "{}", text(&out));
+    // systemd sees RELOADING=1 then READY=1 from the same main pid.
+    m.wait_notify(&["RELOADING=1"], 10 * SEC);
+    m.wait_notify(&["READY=1"], 10 * SEC);
+    assert_eq!(upgrades(&m), 1);
+    assert_eq!(m.children(), workers, "every worker kept");
+    // The new image supervises: a reload replaces them all.
+    let out = m.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for(20 * SEC, "the old workers to drain", || {
+        let now = m.children();
+        (now.len() == 3 && now.iter().all(|p| !workers.contains(p))).then_some(())
+    });
+    // SIGUSR2 upgrades too.
+    m.signal(libc::SIGUSR2);
+    wait_for(10 * SEC, "a second upgrade", || {
+        (upgrades(&m) == 2).then_some(())
+    });
+    let tally = load.finish();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    assert!(m.log().contains("upgraded in place"));
+}
+
+/// Breaks the binary with `breakage`, asserts `handover upgrade` fails naming `why`, and
+/// that the old image still serves with the same workers.
+fn failed_upgrade(breakage: impl FnOnce(&std::path::Path), why: &str) {
+    let (m, bin) = start_from_copy();
+    let workers = m.wait_ready(3);
+    let load = Load::start(m.addr, 4, 1, 60 * SEC);
+    breakage(&bin);
+    let out = m.ctl(&["upgrade"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("upgrade failed") && text(&out).contains(why),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(upgrades(&m), 0);
+    assert_eq!(m.children(), workers);
+    assert!(
+        m.ctl(&["reload"]).status.success(),
+        "the old image still reloads"
+    );
+    let tally = load.finish();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+}
+
+#[test]
+fn a_missing_binary_fails_the_upgrade_and_the_old_image_keeps_running() {
+    failed_upgrade(
+        |bin| std::fs::remove_file(bin).expect("rm"),
+        "cannot be run",
+    );
+}
+
+#[test]
+fn a_broken_binary_fails_the_upgrade_and_the_old_image_keeps_running() {
+    // Written beside it and renamed over it, as a package manager does.
+    failed_upgrade(
+        |bin| {
+            let staged = bin.with_extension("new");
+            std::fs::write(&staged, b"\x7fELF not really").expect("write");
+            let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+            std::fs::set_permissions(&staged, mode).expect("chmod");
+            std::fs::rename(&staged, bin).expect("replace");
+        },
+        "cannot be run",
+    );
+}
+
+#[test]
+fn an_incompatible_binary_fails_the_upgrade_and_the_old_image_keeps_running() {
+    failed_upgrade(
+        |bin| {
+            let dir = bin.parent().expect("dir");
+            let fake = script(dir, "fake", "echo 999");
+            std::fs::rename(fake, bin).expect("replace");
+        },
+        "speaks handoff version \"999\"",
+    );
+}
