@@ -152,6 +152,9 @@ pub struct StatusArgs {
 pub struct UpgradeArgs {
     #[command(flatten)]
     pub control: ControlArgs,
+    /// Upgrade every manager found at /run/*/handover.sock (what the packages run).
+    #[arg(long, conflicts_with = "control")]
+    pub all: bool,
     /// Give up waiting for the new image after this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,

@@ -135,14 +135,41 @@ pub fn stop(args: &ControlArgs) -> anyhow::Result<i32> {
 /// Asks for an in-place upgrade and waits until the manager answers again from its new
 /// image (its upgrade count went up; the pid is the same by design).
 pub fn upgrade(args: &UpgradeArgs) -> anyhow::Result<i32> {
-    let before = fetch_status(&args.control)?;
+    if !args.all {
+        return upgrade_one(&args.control, args.timeout);
+    }
+    // Each unit's RuntimeDirectory holds its manager's control socket.
+    let mut failed = 0;
+    let sockets = std::fs::read_dir("/run")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("handover.sock"))
+        .filter(|p| {
+            std::fs::metadata(p)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        });
+    for path in sockets {
+        let control = ControlArgs {
+            control: Some(path.clone()),
+        };
+        if let Err(e) = upgrade_one(&control, args.timeout) {
+            eprintln!("handover: {}: {e:#}", path.display());
+            failed += 1;
+        }
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+fn upgrade_one(control: &ControlArgs, timeout: Duration) -> anyhow::Result<i32> {
+    let before = fetch_status(control)?;
     // The old image answers only when it did not exec; an exec closes the connection.
-    if let Ok(reply) = call(&args.control, &Request::Upgrade, args.timeout, |_| {}) {
+    if let Ok(reply) = call(control, &Request::Upgrade, timeout, |_| {}) {
         return finish(reply, "upgrade");
     }
-    let deadline = Instant::now() + args.timeout;
+    let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(after) = fetch_status(&args.control)
+        if let Ok(after) = fetch_status(control)
             && after.upgrades > before.upgrades
         {
             println!(
@@ -157,8 +184,7 @@ pub fn upgrade(args: &UpgradeArgs) -> anyhow::Result<i32> {
         }
         if Instant::now() >= deadline {
             bail!(
-                "the manager did not come back from the upgrade within {:?}: see journalctl",
-                args.timeout
+                "the manager did not come back from the upgrade within {timeout:?}: see journalctl"
             );
         }
         std::thread::sleep(Duration::from_millis(20));

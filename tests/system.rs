@@ -104,6 +104,11 @@ fn system_test(distro: &str, systemd: u32) {
     });
     step(&app, "broken release rolls back", broken_release);
     step(&app, "gunicorn: deploy and reload under load", gunicorn);
+    step(
+        &app,
+        "package upgrade under load upgrades handover in place",
+        |app| package_upgrade(app, &deb),
+    );
     step(&app, "stop drains in-flight requests", stop_drains);
     step(&app, "journal fields", journal_fields);
     // Type=notify-reload exists from systemd 253 on.
@@ -286,6 +291,34 @@ fn gunicorn(app: &App) -> String {
     app.deploy(Release::Demo);
     app.systemctl_ok(&["reload", "myapp"]);
     summary
+}
+
+/// Installing the package again (dpkg runs postinst as an upgrade) re-executes the
+/// running manager in place: same MAINPID, same workers, no failed request.
+fn package_upgrade(app: &App, deb: &std::path::Path) -> String {
+    let main_pid = || {
+        app.c
+            .ok(&["systemctl", "show", "-p", "MainPID", "--value", "myapp"])
+    };
+    let (pid, before) = (main_pid(), app.status());
+    let load = Load::start(app.addr, 4, 1, LOAD_MAX);
+    std::thread::sleep(BETWEEN_RELOADS);
+    install_package(app.c, deb);
+    let after = wait_for(Duration::from_secs(30), "the upgraded manager", || {
+        let s = app.status();
+        (s.upgrades > before.upgrades).then_some(s)
+    });
+    std::thread::sleep(BETWEEN_RELOADS);
+    let tally = load.finish();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    assert_eq!(main_pid(), pid, "MAINPID unchanged");
+    assert_eq!(serving(&after), serving(&before), "the same workers serve");
+    format!(
+        "MAINPID {} kept, {} workers kept, {} requests, 0 failed",
+        pid.trim(),
+        after.workers.len(),
+        tally.ok
+    )
 }
 
 fn stop_drains(app: &App) -> String {
