@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Readiness, parse_duration, parse_signal};
+use crate::config::{Readiness, parse_duration, parse_signal, parse_size};
 use crate::demo_worker::DemoWorkerArgs;
 use crate::sockets::ListenSpec;
 
@@ -96,6 +96,20 @@ pub struct RunArgs {
     /// [default: 0 = the whole generation at once].
     #[arg(long, value_name = "K")]
     pub batch: Option<u32>,
+
+    /// Replace a worker older than this (plus up to 10 % jitter), its successor ready
+    /// before it stops.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub max_lifetime: Option<Duration>,
+
+    /// Replace a worker whose resident memory exceeds this (e.g. 512M), successor first.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub max_memory: Option<u64>,
+
+    /// Worker watchdog: workers get WATCHDOG_USEC and must send WATCHDOG=1 at least this
+    /// often; a silent one is replaced, successor first.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub watchdog: Option<Duration>,
 
     /// Set an environment variable for the workers (KEY=VALUE). Repeatable.
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env_pair)]

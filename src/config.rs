@@ -55,6 +55,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     ms.map(Duration::from_millis).ok_or_else(bad)
 }
 
+/// Parses a memory size: `512M`, `1G`, `300MiB`, `1048576` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a size: use e.g. 512M, 1G or a number of bytes");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).filter(|&b| b > 0).ok_or_else(bad)
+}
+
 /// The shortest form `parse_duration` reads back: `30s`, `1500ms`, `2m`.
 pub fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -159,6 +180,10 @@ impl RunConfig {
             add(crate::config_file::read_env_file(f)?);
         }
         env.extend(args.env.iter().cloned());
+        // The worker watchdog: workers read it as systemd's (sd_watchdog_enabled()).
+        if let Some(d) = args.watchdog.or(file.watchdog) {
+            env.push(("WATCHDOG_USEC".into(), d.as_micros().to_string().into()));
+        }
         for (k, _) in &env {
             if k.as_bytes().contains(&b'=') || k.as_bytes().contains(&0) || k.is_empty() {
                 return Err(ConfigError::BadEnv(k.to_string_lossy().into_owned()));
@@ -187,6 +212,9 @@ impl RunConfig {
                     .or(file.graceful_timeout)
                     .unwrap_or(DEFAULT_GRACEFUL_TIMEOUT),
                 batch: args.batch.or(file.batch).unwrap_or(0) as usize,
+                max_lifetime: args.max_lifetime.or(file.max_lifetime),
+                max_memory: args.max_memory.or(file.max_memory),
+                watchdog: args.watchdog.or(file.watchdog),
                 ..Settings::default()
             },
             command: Command {
@@ -227,6 +255,15 @@ impl std::fmt::Display for RunConfig {
             show_duration(s.graceful_timeout)
         )?;
         writeln!(f, "batch = {}", s.batch)?;
+        if let Some(d) = s.max_lifetime {
+            writeln!(f, "max_lifetime = \"{}\"", show_duration(d))?;
+        }
+        if let Some(m) = s.max_memory {
+            writeln!(f, "max_memory = {m}")?;
+        }
+        if let Some(d) = s.watchdog {
+            writeln!(f, "watchdog = \"{}\"", show_duration(d))?;
+        }
         if let Some(d) = &self.command.chdir {
             writeln!(f, "chdir = {}", q(d.as_os_str()))?;
         }
@@ -291,6 +328,19 @@ mod tests {
         assert_eq!(parse_signal("quit"), Ok(Signal::SIGQUIT));
         assert_eq!(parse_signal("2"), Ok(Signal::SIGINT));
         assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(
+            parse_size("lots")
+                .unwrap_err()
+                .contains("`lots` is not a size")
+        );
+        assert!(parse_size("0").is_err());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use toml::{Spanned, Value};
 
-use crate::config::{Readiness, parse_duration, parse_signal};
+use crate::config::{Readiness, parse_duration, parse_signal, parse_size};
 use crate::sockets::ListenSpec;
 
 /// The settings a config file may give; `None` (or an empty `env`) means not given.
@@ -58,6 +58,12 @@ pub struct FileConfig {
     pub graceful_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "batch")]
     pub batch: Option<u32>,
+    #[serde(default, deserialize_with = "max_lifetime")]
+    pub max_lifetime: Option<Duration>,
+    #[serde(default, deserialize_with = "max_memory")]
+    pub max_memory: Option<u64>,
+    #[serde(default, deserialize_with = "watchdog")]
+    pub watchdog: Option<Duration>,
     #[serde(default, deserialize_with = "chdir")]
     pub chdir: Option<PathBuf>,
     #[serde(default, deserialize_with = "env_file")]
@@ -315,6 +321,9 @@ field!(ready_timeout: Duration, |v| parsed(v, parse_duration));
 field!(stop_signal: Signal, |v| parsed(v, parse_signal));
 field!(graceful_timeout: Duration, |v| parsed(v, parse_duration));
 field!(batch: u32, |v| number(v, 0, 4096, "a whole number from 0 (all at once) to 4096"));
+field!(max_lifetime: Duration, |v| parsed(v, parse_duration));
+field!(max_memory: u64, |v| parsed(v, parse_size));
+field!(watchdog: Duration, |v| parsed(v, parse_duration));
 field!(chdir: PathBuf, |v| string(v).map(PathBuf::from));
 field!(env_file: PathBuf, |v| string(v).map(PathBuf::from));
 
@@ -381,6 +390,9 @@ ready_timeout = "60s"
 stop_signal = "SIGQUIT"
 graceful_timeout = 30
 batch = 0
+max_lifetime = "1h"
+max_memory = "512M"
+watchdog = "30s"
 chdir = "/srv/app/current"
 env_file = "/etc/myapp/env"
 [env]
@@ -401,6 +413,9 @@ A_FIRST = "x=y"
             stop_signal: Some(Signal::SIGQUIT),
             graceful_timeout: Some(Duration::from_secs(30)),
             batch: Some(0),
+            max_lifetime: Some(Duration::from_secs(3600)),
+            max_memory: Some(512 << 20),
+            watchdog: Some(Duration::from_secs(30)),
             chdir: Some("/srv/app/current".into()),
             env_file: Some("/etc/myapp/env".into()),
             env: vec![
@@ -448,7 +463,10 @@ A_FIRST = "x=y"
         }
         let want = ":1: ready_timeout: `fast` is not a duration: use e.g. 500ms, 30s, 2m";
         assert_eq!(err("ready_timeout = \"fast\""), format!("{PATH}{want}"));
-        assert!(err("worker = 2").ends_with(", batch, chdir, env_file, env"));
+        assert!(
+            err("worker = 2")
+                .ends_with(", batch, max_lifetime, max_memory, watchdog, chdir, env_file, env")
+        );
     }
 
     #[test]

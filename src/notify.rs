@@ -125,6 +125,7 @@ pub fn encode(states: &[SdState], now_usec: u64) -> String {
 pub struct WorkerMessage {
     pub ready: bool,
     pub stopping: bool,
+    pub watchdog: bool,
     pub status: Option<String>,
 }
 
@@ -135,6 +136,7 @@ pub fn parse_message(data: &[u8]) -> WorkerMessage {
         match line {
             b"READY=1" => m.ready = true,
             b"STOPPING=1" => m.stopping = true,
+            b"WATCHDOG=1" => m.watchdog = true,
             _ => {
                 if let Some(s) = line.strip_prefix(b"STATUS=") {
                     m.status = Some(String::from_utf8_lossy(s).into_owned());

@@ -27,6 +27,15 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// A worker that ran this long before it died starts the backoff afresh.
     pub stable_after: Duration,
+    /// Recycling: a worker older than this (plus up to 10 % jitter), using more memory
+    /// than this, or silent for longer than its watchdog interval is replaced — its
+    /// successor ready before it stops.
+    #[serde(default)]
+    pub max_lifetime: Option<Duration>,
+    #[serde(default)]
+    pub max_memory: Option<u64>,
+    #[serde(default)]
+    pub watchdog: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -41,6 +50,9 @@ impl Default for Settings {
             backoff_base: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             stable_after: Duration::from_secs(10),
+            max_lifetime: None,
+            max_memory: None,
+            watchdog: None,
         }
     }
 }
@@ -72,6 +84,15 @@ pub enum Event {
     /// A worker (by pid) sent READY=1.
     Ready {
         pid: i32,
+    },
+    /// A worker (by pid) sent WATCHDOG=1.
+    Ping {
+        pid: i32,
+    },
+    /// A worker's resident memory, sampled by the task when `max_memory` is set.
+    Memory {
+        pid: i32,
+        rss_bytes: u64,
     },
     /// A worker was reaped; `how` describes the exit ("exit status 1", "signal 9").
     Exited {
@@ -155,6 +176,14 @@ pub struct Worker {
     pub started: Instant,
     /// Crashes in a row of this slot before this worker started.
     pub restarts: u32,
+    /// When it became ready, and its last WATCHDOG=1 (worker watchdog).
+    pub ready_since: Option<Instant>,
+    pub pinged: Option<Instant>,
+    /// This worker is the successor being started for another (recycling): it takes
+    /// that one's slot once ready.
+    pub replaces: Option<WorkerId>,
+    /// A failed replacement is not retried before this.
+    pub recycle_after: Option<Instant>,
 }
 
 /// Signals travel as their numbers in a self-upgrade handoff.

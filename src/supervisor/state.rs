@@ -16,6 +16,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
+mod recycle;
 mod snapshot;
 pub use snapshot::Snapshot;
 
@@ -119,7 +120,10 @@ impl Supervisor {
             _ => None,
         });
         let restarts = self.pending.iter().map(|p| p.at);
-        workers.chain(restarts).min()
+        workers
+            .chain(restarts)
+            .chain(self.recycle_deadlines())
+            .min()
     }
 
     /// The one-line status a person reads in `systemctl status`.
@@ -180,7 +184,13 @@ impl Supervisor {
     /// Slots of generation `g` that are meant to be serving: live workers not stopping,
     /// plus crashed ones waiting to restart.
     fn live_slots(&self, g: Generation) -> usize {
-        let live = self.count(g, |p| !matches!(p, WorkerPhase::Stopping { .. }));
+        // A successor being started (recycling) stands in for its predecessor's slot.
+        let live = self
+            .workers
+            .values()
+            .filter(|w| w.generation == g && w.replaces.is_none())
+            .filter(|w| !matches!(w.phase, WorkerPhase::Stopping { .. }))
+            .count();
         live + self.pending.iter().filter(|p| p.generation == g).count()
     }
 
@@ -211,6 +221,15 @@ impl Supervisor {
                     self.mark_ready(id, now, &mut out);
                 }
             }
+            Event::Ping { pid } => {
+                if let Some(w) = self
+                    .worker_by_pid(pid)
+                    .and_then(|id| self.workers.get_mut(&id))
+                {
+                    w.pinged = Some(now);
+                }
+            }
+            Event::Memory { pid, rss_bytes } => self.on_memory(pid, rss_bytes, now, &mut out),
             Event::Exited { pid, how } => self.on_exited(pid, how, now, &mut out),
             Event::Timer => self.on_timer(now, &mut out),
             Event::Stop { fast } => self.on_stop(fast, now, &mut out),
@@ -260,6 +279,10 @@ impl Supervisor {
                 phase: WorkerPhase::Spawning,
                 started: now,
                 restarts,
+                ready_since: None,
+                pinged: None,
+                replaces: None,
+                recycle_after: None,
             },
         );
         Action::Spawn {
@@ -419,7 +442,7 @@ impl Supervisor {
             return;
         };
         tracing::error!(generation = w.generation, slot = w.slot, "{error}");
-        self.worker_lost(w, error, now, out);
+        self.worker_lost(id, w, error, now, out);
     }
 
     fn on_exited(&mut self, pid: i32, how: String, now: Instant, out: &mut Vec<Action>) {
@@ -442,11 +465,21 @@ impl Supervisor {
             "exited"
         };
         tracing::warn!(generation, pid, slot = w.slot, "worker {what} ({how})");
-        self.worker_lost(w, format!("worker {pid} {what} ({how})"), now, out);
+        self.worker_lost(id, w, format!("worker {pid} {what} ({how})"), now, out);
     }
 
     /// A worker that should be serving is gone (exited, failed to spawn, timed out).
-    fn worker_lost(&mut self, w: Worker, reason: String, now: Instant, out: &mut Vec<Action>) {
+    fn worker_lost(
+        &mut self,
+        id: WorkerId,
+        w: Worker,
+        reason: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if self.recycle_lost(&w, id, now) {
+            return;
+        }
         match self.phase {
             Phase::Rolling { candidate, .. } if w.generation == candidate => {
                 self.fail_candidate(reason, now, out);
@@ -494,12 +527,14 @@ impl Supervisor {
             return;
         }
         w.phase = WorkerPhase::Ready;
+        w.ready_since = Some(now);
         tracing::info!(
             generation = w.generation,
             pid = w.pid,
             slot = w.slot,
             "worker ready"
         );
+        self.take_over(id, now, out);
         let Phase::Rolling {
             candidate,
             size,
@@ -694,12 +729,14 @@ impl Supervisor {
             );
             self.stop_worker(id, now, out);
             self.worker_lost(
+                id,
                 w,
                 format!("worker {pid} not ready after {timeout:?}"),
                 now,
                 out,
             );
         }
+        self.recycle_expired(now, out);
         if !matches!(self.phase, Phase::Idle | Phase::Stopping { .. }) {
             let due: Vec<PendingRestart> = self
                 .pending

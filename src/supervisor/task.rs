@@ -131,6 +131,8 @@ pub async fn run(sup: Supervisor, ctx: Context<'_>) -> anyhow::Result<i32> {
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
+    // With max_memory set, workers' RSS is sampled; otherwise nothing ticks.
+    let mut memory: Option<tokio::time::Interval> = None;
     let mut sup = sup;
     let mut buf = vec![0u8; 4096];
     let mut queue = VecDeque::new();
@@ -169,6 +171,12 @@ pub async fn run(sup: Supervisor, ctx: Context<'_>) -> anyhow::Result<i32> {
                 queue.push_front(e);
             }
         }
+        if sup.settings().max_memory.is_some() != memory.is_some() {
+            memory = sup
+                .settings()
+                .max_memory
+                .map(|_| tokio::time::interval(MEMORY_EVERY));
+        }
         let deadline = sup.next_deadline();
         tokio::select! {
             _ = sigchld.recv() => reap(&mut queue),
@@ -188,6 +196,7 @@ pub async fn run(sup: Supervisor, ctx: Context<'_>) -> anyhow::Result<i32> {
                 }
             }
             _ = tick(&mut watchdog) => m.systemd.send(&[SdState::Watchdog]),
+            _ = tick(&mut memory) => sample_memory(&sup, &mut queue),
             _ = sigusr2.recv() => {
                 let why = m.upgrade(&sup, ctx.sockets, &notify_socket);
                 tracing::error!("upgrade failed, this image keeps running: {why}");
@@ -467,7 +476,29 @@ impl Manager<'_> {
     }
 }
 
-/// The next watchdog tick, or never when systemd asked for none.
+/// How often workers' memory is sampled when `max_memory` is set.
+const MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One `Memory` event per live worker, from /proc/<pid>/status VmRSS.
+fn sample_memory(sup: &Supervisor, queue: &mut VecDeque<Event>) {
+    for pid in sup.workers().filter_map(|(_, w)| w.pid) {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        if let Some(kib) = kib {
+            queue.push_back(Event::Memory {
+                pid,
+                rss_bytes: kib * 1024,
+            });
+        }
+    }
+}
+
+/// The next tick of an optional interval; never when there is none.
 async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
     match watchdog {
         Some(interval) => {
@@ -541,6 +572,9 @@ fn read_notifications(
         }
         if msg.ready {
             queue.push_back(Event::Ready { pid: worker_pid });
+        }
+        if msg.watchdog {
+            queue.push_back(Event::Ping { pid: worker_pid });
         }
     }
     false

@@ -35,6 +35,14 @@ struct WorkerSnapshot {
     phase: PhaseSnapshot,
     age_ms: u64,
     restarts: u32,
+    #[serde(default)]
+    ready_age_ms: Option<u64>,
+    #[serde(default)]
+    pinged_age_ms: Option<u64>,
+    #[serde(default)]
+    replaces: Option<WorkerId>,
+    #[serde(default)]
+    recycle_in_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +73,14 @@ fn after(now: Instant, ms: u64) -> Instant {
     now + Duration::from_millis(ms)
 }
 
+fn age(t: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(t).as_millis() as u64
+}
+
+fn ago(now: Instant, ms: u64) -> Instant {
+    now.checked_sub(Duration::from_millis(ms)).unwrap_or(now)
+}
+
 impl Supervisor {
     /// The state to hand to a new image, or why not now.
     pub fn snapshot(&self, now: Instant) -> Result<Snapshot, String> {
@@ -89,15 +105,18 @@ impl Supervisor {
                     kill_in_ms: kill_at.map(|k| until(k, now)),
                 },
             };
-            let age_ms = now.saturating_duration_since(w.started).as_millis() as u64;
             workers.push(WorkerSnapshot {
                 id,
                 generation: w.generation,
                 slot: w.slot,
                 pid,
                 phase,
-                age_ms,
+                age_ms: age(w.started, now),
                 restarts: w.restarts,
+                ready_age_ms: w.ready_since.map(|t| age(t, now)),
+                pinged_age_ms: w.pinged.map(|t| age(t, now)),
+                replaces: w.replaces,
+                recycle_in_ms: w.recycle_after.map(|t| until(t, now)),
             });
         }
         let pending = self
@@ -143,16 +162,17 @@ impl Supervisor {
                     kill_at: kill_in_ms.map(|k| after(now, k)),
                 },
             };
-            let started = now
-                .checked_sub(Duration::from_millis(w.age_ms))
-                .unwrap_or(now);
             let worker = Worker {
                 generation: w.generation,
                 slot: w.slot,
                 pid: Some(w.pid),
                 phase,
-                started,
+                started: ago(now, w.age_ms),
                 restarts: w.restarts,
+                ready_since: w.ready_age_ms.map(|a| ago(now, a)),
+                pinged: w.pinged_age_ms.map(|a| ago(now, a)),
+                replaces: w.replaces,
+                recycle_after: w.recycle_in_ms.map(|r| after(now, r)),
             };
             sup.workers.insert(w.id, worker);
         }
