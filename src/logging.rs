@@ -43,5 +43,7 @@ pub fn init() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // A full disk or a closed stderr must not take the manager down with it.
+        .log_internal_errors(false)
         .init();
 }

@@ -1,6 +1,8 @@
 //! The `handover` binary: parse the command line, set up logging, run, and turn errors
 //! into one line on stderr and a non-zero exit code. Nothing else lives here.
 
+use std::io::Write;
+
 use clap::Parser;
 use handover::cli::{Cli, Command};
 use handover::{client, run};
@@ -33,7 +35,8 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("handover: error: {e:#}");
+            // Not eprintln!: it panics when stderr cannot be written.
+            let _ = writeln!(std::io::stderr(), "handover: error: {e:#}");
             std::process::exit(1);
         }
     }

@@ -524,20 +524,29 @@ fn send_signal(pid: i32, signal: Signal, group: bool) {
 
 /// Reaps every exited child. Safe beside the rest of the program because handover starts
 /// no child processes other than workers (no tokio::process).
+///
+/// What a worker left behind in its process group (which handover created for it) goes
+/// with it: a forked helper must not keep the listening socket, or old code, alive after
+/// its worker is gone. The group id stays reserved while any member lives, so it cannot
+/// name anyone else's processes.
 fn reap(queue: &mut VecDeque<Event>) {
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => queue.push_back(Event::Exited {
-                pid: pid.as_raw(),
-                how: format!("exit status {code}"),
-            }),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => queue.push_back(Event::Exited {
-                pid: pid.as_raw(),
-                how: format!("killed by {sig}"),
-            }),
+        let (pid, how) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exit status {code}")),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, format!("killed by {sig}")),
             Ok(WaitStatus::StillAlive) | Err(_) => break,
             Ok(_) => continue,
+        };
+        if killpg(pid, Signal::SIGKILL).is_ok() {
+            tracing::warn!(
+                pid = pid.as_raw(),
+                "killed what the worker left in its process group"
+            );
         }
+        queue.push_back(Event::Exited {
+            pid: pid.as_raw(),
+            how,
+        });
     }
 }
 
