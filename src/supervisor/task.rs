@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd};
 
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
@@ -179,7 +179,12 @@ pub async fn run(sup: Supervisor, ctx: Context<'_>) -> anyhow::Result<i32> {
         }
         let deadline = sup.next_deadline();
         tokio::select! {
-            _ = sigchld.recv() => reap(&mut queue),
+            _ = sigchld.recv() => {
+                // A worker's last words (STOPPING=1, STATUS=) are read while it is still
+                // known, before its exit is.
+                read_notifications(&notify_socket, &sup, &mut buf, &mut queue);
+                reap(&mut queue);
+            }
             _ = sighup.recv() => queue.push_back(Event::Reload),
             _ = sigterm.recv() => queue.push_back(Event::Stop { fast: false }),
             _ = sigint.recv() => queue.push_back(Event::Stop { fast: false }),
@@ -225,25 +230,19 @@ impl Manager<'_> {
     ) -> Option<i32> {
         match action {
             Action::LoadConfig { generation } => answers.push(self.load_config(generation, sup)),
-            Action::Spawn {
-                id,
-                generation,
-                slot,
-            } => {
+            Action::Spawn { id, generation, .. } => {
                 let Some(command) = self.commands.get(&generation) else {
                     let error = format!("no command recorded for generation {generation}");
                     answers.push(Event::SpawnFailed { id, error });
                     return None;
                 };
+                // The state machine logs a failure, with the worker's generation and slot.
                 answers.push(match spawn::spawn(&self.env, command, generation) {
                     Ok(pid) => Event::Spawned { id, pid },
-                    Err(e) => {
-                        tracing::error!(generation, slot, "{e}");
-                        Event::SpawnFailed {
-                            id,
-                            error: e.to_string(),
-                        }
-                    }
+                    Err(e) => Event::SpawnFailed {
+                        id,
+                        error: e.to_string(),
+                    },
                 });
             }
             Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
@@ -527,22 +526,23 @@ fn send_signal(pid: i32, signal: Signal, group: bool) {
 ///
 /// What a worker left behind in its process group (which handover created for it) goes
 /// with it: a forked helper must not keep the listening socket, or old code, alive after
-/// its worker is gone. The group id stays reserved while any member lives, so it cannot
-/// name anyone else's processes.
+/// its worker is gone. The group is killed while the worker is still an unreaped zombie
+/// (`WNOWAIT`), so its id cannot have been reused by anyone else.
 fn reap(queue: &mut VecDeque<Event>) {
-    loop {
-        let (pid, how) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exit status {code}")),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, format!("killed by {sig}")),
-            Ok(WaitStatus::StillAlive) | Err(_) => break,
-            Ok(_) => continue,
-        };
+    let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    while let Ok(exited) = waitid(Id::All, peek) {
+        let Some(pid) = exited.pid() else { break };
         if killpg(pid, Signal::SIGKILL).is_ok() {
             tracing::warn!(
                 pid = pid.as_raw(),
                 "killed what the worker left in its process group"
             );
         }
+        let how = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
+            Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
+            other => format!("{other:?}"),
+        };
         queue.push_back(Event::Exited {
             pid: pid.as_raw(),
             how,
