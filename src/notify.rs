@@ -93,6 +93,51 @@ impl Systemd {
     }
 }
 
+impl Systemd {
+    /// Sends a datagram as it is (for the rare states `SdState` does not name).
+    pub fn send_raw(&self, message: &str) {
+        let Some((socket, addr)) = &self.target else {
+            return;
+        };
+        if let Err(e) = socket.send_to_addr(message.as_bytes(), addr) {
+            tracing::warn!("cannot notify systemd: {e}");
+        }
+    }
+
+    /// Hands `fd` to systemd's fd store under `name` (FDSTORE=1, the fd as SCM_RIGHTS).
+    /// Without FileDescriptorStoreMax= in the unit systemd just drops it.
+    pub fn store_fd(&self, fd: std::os::fd::BorrowedFd<'_>, name: &str) {
+        let Some((socket, addr)) = &self.target else {
+            return;
+        };
+        let message = format!("FDSTORE=1\nFDNAME={name}\n");
+        let iov = [io::IoSlice::new(message.as_bytes())];
+        let fds = [fd.as_raw_fd()];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let to = match (
+            addr.as_pathname(),
+            std::os::linux::net::SocketAddrExt::as_abstract_name(addr),
+        ) {
+            (Some(p), _) => UnixAddr::new(p),
+            (None, Some(name)) => UnixAddr::new_abstract(name),
+            (None, None) => return,
+        };
+        let sent = to.and_then(|to| {
+            nix::sys::socket::sendmsg(
+                socket.as_raw_fd(),
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&to),
+            )
+        });
+        match sent {
+            Ok(_) => tracing::info!("socket kept in systemd's fd store as {name}"),
+            Err(e) => tracing::warn!("cannot store a socket in systemd's fd store: {e}"),
+        }
+    }
+}
+
 /// CLOCK_MONOTONIC in microseconds, as MONOTONIC_USEC wants it.
 fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {

@@ -2,6 +2,8 @@
 //! create the workers' notify socket, and hand everything to the supervisor task on a
 //! single-threaded runtime.
 
+use std::os::fd::AsFd;
+
 use anyhow::Context as _;
 
 use crate::cli::{DemoArgs, RunArgs};
@@ -18,7 +20,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     }
     let config = RunConfig::load(args)?;
     // Take the fds before anything else can open (and so be confused with) fd 3, 4, ….
-    let held = sockets::collect(&ListenEnv::from_process(), &config.listen)?;
+    let collected = sockets::collect(&ListenEnv::from_process(), &config.listen)?;
+    let held = collected.sockets;
+    // Sockets handover bound itself go to systemd's fd store (when the unit has one), so
+    // that a crashed manager's successor gets the very same sockets back.
+    let systemd = crate::notify::Systemd::from_env();
+    for (i, name) in &collected.to_store {
+        systemd.store_fd(held[*i].fd.as_fd(), name);
+    }
+    for name in &collected.stale {
+        systemd.send_raw(&format!("FDSTOREREMOVE=1\nFDNAME={name}\n"));
+    }
     for s in &held {
         tracing::info!(name = %s.name, "listening on {}", s.address);
     }

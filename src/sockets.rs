@@ -359,16 +359,64 @@ pub fn spec_text(spec: &ListenSpec) -> String {
     }
 }
 
-/// All sockets for a run: systemd's first, in its order, then each `--listen` in order.
-pub fn collect(env: &ListenEnv, specs: &[ListenSpec]) -> Result<Vec<HeldSocket>, SocketError> {
-    let mut sockets = take_inherited(env)?;
+/// The FDNAME under which a socket handover bound for `spec` is kept in systemd's fd
+/// store: derived from the spec, so a restarted manager knows which socket is which.
+pub fn store_name(spec: &ListenSpec) -> String {
+    let hex: String = spec_text(spec)
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{STORE_PREFIX}{hex}")
+}
+
+const STORE_PREFIX: &str = "handover-store-";
+
+/// The sockets of a run, and what to do with systemd's fd store.
+pub struct Collected {
+    /// systemd's sockets first, in its order, then one per `--listen` spec, in order.
+    pub sockets: Vec<HeldSocket>,
+    /// Sockets bound now (indexes into `sockets`) with their store names: to push to the
+    /// fd store, so they survive a crash of the manager.
+    pub to_store: Vec<(usize, String)>,
+    /// Stored sockets no spec asks for any more: to drop from the store.
+    pub stale: Vec<String>,
+}
+
+/// Gathers the sockets for a run. A `--listen` socket that systemd hands back from its fd
+/// store (a restart after a crash) is taken as it is instead of being bound again: the
+/// socket never closed, so no connection was refused meanwhile.
+pub fn collect(env: &ListenEnv, specs: &[ListenSpec]) -> Result<Collected, SocketError> {
+    let (mut stored, mut sockets): (Vec<HeldSocket>, Vec<HeldSocket>) = take_inherited(env)?
+        .into_iter()
+        .partition(|s| s.name.starts_with(STORE_PREFIX));
+    let mut to_store = Vec::new();
     for spec in specs {
-        sockets.push(bind(spec)?);
+        let name = store_name(spec);
+        let socket = match stored.iter().position(|s| s.name == name) {
+            Some(i) => {
+                let mut s = stored.swap_remove(i);
+                s.name = spec.name.clone().unwrap_or_else(|| "listen".to_owned());
+                if let SpecKind::Unix { path, .. } = &spec.kind {
+                    s.unlink = Some(path.clone());
+                }
+                s
+            }
+            None => {
+                to_store.push((sockets.len(), name));
+                bind(spec)?
+            }
+        };
+        sockets.push(socket);
     }
     if sockets.is_empty() {
         return Err(SocketError::None);
     }
-    Ok(sockets)
+    let stale = stored.iter().map(|s| s.name.clone()).collect();
+    Ok(Collected {
+        sockets,
+        to_store,
+        stale,
+    })
 }
 
 #[cfg(test)]

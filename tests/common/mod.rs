@@ -74,6 +74,18 @@ impl Manager {
         cmd: &[&str],
     ) -> Manager {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Manager::start_full(dir, binary, listener, env, opts, cmd)
+    }
+
+    /// The general form, with the listener handed in as fd 3 chosen by the test.
+    pub fn start_full(
+        dir: tempfile::TempDir,
+        binary: &str,
+        listener: TcpListener,
+        env: &[(&str, &str)],
+        opts: &[&str],
+        cmd: &[&str],
+    ) -> Manager {
         let addr = listener.local_addr().expect("local addr");
         let notify_path = dir.path().join("systemd-notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
