@@ -158,8 +158,11 @@ pub fn encode(states: &[SdState], now_usec: u64) -> String {
             SdState::Reloading => out += &format!("RELOADING=1\nMONOTONIC_USEC={now_usec}\n"),
             SdState::Stopping => out += "STOPPING=1\n",
             SdState::Watchdog => out += "WATCHDOG=1\n",
-            // A newline would start a new assignment: keep the status on one line.
-            SdState::Status(s) => out += &format!("STATUS={}\n", s.replace('\n', " ")),
+            // systemd splits assignments at \n and \r and drops a datagram with a NUL:
+            // keep the status one clean line.
+            SdState::Status(s) => {
+                out += &format!("STATUS={}\n", s.replace(['\n', '\r', '\0'], " "))
+            }
         }
     }
     out
@@ -324,6 +327,13 @@ mod tests {
             systemd.send(&[SdState::Status(format!("update {i}"))]);
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_status_stays_one_clean_line() {
+        // Found by the notify fuzz target: a NUL makes systemd drop the datagram.
+        let status = [SdState::Status("a\0b\rc\nd".into())];
+        assert_eq!(encode(&status, 0), "STATUS=a b c d\n");
     }
 
     #[test]
