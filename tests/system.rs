@@ -109,6 +109,11 @@ fn system_test(distro: &str, systemd: u32) {
         "package upgrade under load upgrades handover in place",
         |app| package_upgrade(app, &deb),
     );
+    step(
+        &app,
+        "manager SIGKILLed: systemd restarts it, nothing refused",
+        manager_crash,
+    );
     step(&app, "stop drains in-flight requests", stop_drains);
     step(&app, "journal fields", journal_fields);
     // Type=notify-reload exists from systemd 253 on.
@@ -319,6 +324,68 @@ fn package_upgrade(app: &App, deb: &std::path::Path) -> String {
         after.workers.len(),
         tally.ok
     )
+}
+
+fn main_pid(app: &App) -> String {
+    let pid = app
+        .c
+        .ok(&["systemctl", "show", "-p", "MainPID", "--value", "myapp"]);
+    pid.trim().to_owned()
+}
+
+/// SIGKILLs the manager under load and waits for systemd to start a new one that serves.
+/// Its workers die with it (in-flight requests on them fail), but the listening socket
+/// lives on in systemd, so no connection is refused: `connect` failures must be 0.
+fn crash_under_load(app: &App) -> String {
+    let before = main_pid(app);
+    let load = Load::start(app.addr, 4, 1, LOAD_MAX);
+    std::thread::sleep(BETWEEN_RELOADS);
+    // minbase has no /bin/kill: the shell's builtin.
+    app.c
+        .ok(&["/bin/sh", "-c", &format!("kill -KILL {before}")]);
+    let after = wait_for(Duration::from_secs(30), "systemd to restart myapp", || {
+        let pid = main_pid(app);
+        let up = pid != before && pid != "0" && app.state("myapp.service") == "active";
+        up.then_some(pid)
+    });
+    wait_for(Duration::from_secs(10), "the new manager to serve", || {
+        fetch(app.addr, "/")
+            .ok()
+            .filter(|(status, _)| *status == 200)
+    });
+    std::thread::sleep(BETWEEN_RELOADS);
+    let tally = load.finish();
+    assert_eq!(tally.connect, 0, "refused connections: {tally:?}");
+    format!(
+        "MAINPID {before} → {after}; {} requests, 0 refused, {} in flight on the killed workers failed",
+        tally.ok + tally.failed(),
+        tally.failed()
+    )
+}
+
+fn manager_crash(app: &App) -> String {
+    let with_socket_unit = crash_under_load(app);
+    // Without a socket unit: handover binds the socket itself and keeps it in systemd's
+    // fd store, which hands it back to the restarted manager.
+    app.systemctl_ok(&["stop", "myapp.service", "myapp.socket"]);
+    let unit = SERVICE_UNIT
+        .replace("Requires=myapp.socket\n", "")
+        .replace("After=myapp.socket network.target", "After=network.target")
+        .replace(
+            "--config /etc/myapp/handover.toml",
+            &format!("--config /etc/myapp/handover.toml --listen {}", app.addr),
+        )
+        .replace(
+            "Restart=on-failure",
+            "Restart=on-failure\nFileDescriptorStoreMax=4",
+        );
+    app.set_service(&unit);
+    app.systemctl_ok(&["start", "myapp.service"]);
+    let with_fd_store = crash_under_load(app);
+    app.set_service(SERVICE_UNIT);
+    app.systemctl_ok(&["stop", "myapp.service"]);
+    app.systemctl_ok(&["start", "myapp.socket"]);
+    format!("socket unit: {with_socket_unit}; fd store: {with_fd_store}")
 }
 
 fn stop_drains(app: &App) -> String {
