@@ -139,7 +139,7 @@ impl Systemd {
 }
 
 /// CLOCK_MONOTONIC in microseconds, as MONOTONIC_USEC wants it.
-fn monotonic_usec() -> u64 {
+pub fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

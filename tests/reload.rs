@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::load::Load;
 use common::{HANDOVER, Manager, is_dead, script, wait_for};
+use handover::notify::monotonic_usec;
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -28,16 +29,6 @@ fn keys(msg: &[String]) -> Vec<String> {
             }
         })
         .collect()
-}
-
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 #[test]

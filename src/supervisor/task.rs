@@ -373,13 +373,7 @@ impl Manager<'_> {
                 .map(|(fd, p)| (fd.as_raw_fd(), p.clone())),
             supervisor,
             commands: self.commands.clone(),
-            last_reload: self
-                .last_reload
-                .as_ref()
-                .map(|(info, at)| control::ReloadInfo {
-                    ago_secs: now.saturating_duration_since(*at).as_secs_f64(),
-                    ..info.clone()
-                }),
+            last_reload: self.last_reload_info(now),
             upgrades: self.upgrades + 1,
         };
         tracing::info!("upgrading in place: exec {}", self.exe.display());
@@ -464,14 +458,18 @@ impl Manager<'_> {
                 })
                 .collect(),
             workers,
-            last_reload: self
-                .last_reload
-                .as_ref()
-                .map(|(info, at)| control::ReloadInfo {
-                    ago_secs: now.saturating_duration_since(*at).as_secs_f64(),
-                    ..info.clone()
-                }),
+            last_reload: self.last_reload_info(now),
         }
+    }
+
+    /// The last reload's outcome, aged to `now`.
+    fn last_reload_info(&self, now: Instant) -> Option<control::ReloadInfo> {
+        self.last_reload
+            .as_ref()
+            .map(|(info, at)| control::ReloadInfo {
+                ago_secs: now.saturating_duration_since(*at).as_secs_f64(),
+                ..info.clone()
+            })
     }
 }
 

@@ -723,6 +723,10 @@ fn no_deadline_while_everything_is_steady() {
 
 // Recycling: max_lifetime, worker watchdog, max_memory.
 
+fn memory(d: &mut Driver, pid: i32, rss_bytes: u64) -> Vec<Action> {
+    d.send(Event::Memory { pid, rss_bytes })
+}
+
 fn recycling(f: impl FnOnce(&mut Settings)) -> Driver {
     let mut s = settings(1);
     f(&mut s);
@@ -773,15 +777,9 @@ fn a_worker_whose_watchdog_pings_stop_is_replaced() {
 fn a_worker_over_max_memory_is_replaced() {
     let mut d = recycling(|s| s.max_memory = Some(100 << 20));
     let old = d.pid(1, 0);
-    let small = d.send(Event::Memory {
-        pid: old,
-        rss_bytes: 99 << 20,
-    });
+    let small = memory(&mut d, old, 99 << 20);
     assert!(spawns(&small).is_empty());
-    let a = d.send(Event::Memory {
-        pid: old,
-        rss_bytes: 101 << 20,
-    });
+    let a = memory(&mut d, old, 101 << 20);
     replaced(&mut d, &a, old);
 }
 
@@ -789,24 +787,15 @@ fn a_worker_over_max_memory_is_replaced() {
 fn a_failed_successor_leaves_the_old_worker_serving_and_is_retried_later() {
     let mut d = recycling(|s| s.max_memory = Some(1));
     let old = d.pid(1, 0);
-    d.send(Event::Memory {
-        pid: old,
-        rss_bytes: 2,
-    });
+    memory(&mut d, old, 2);
     let successor = d.pid(1, 0);
     let a = d.exit(successor, "exit status 1");
     assert!(signals(&a).is_empty() && spawns(&a).is_empty(), "{a:?}");
     assert_eq!(d.status(), "gen 1: 1/1 ready");
-    let again = d.send(Event::Memory {
-        pid: old,
-        rss_bytes: 2,
-    });
+    let again = memory(&mut d, old, 2);
     assert!(spawns(&again).is_empty(), "not retried at once");
     d.advance(secs(10));
-    let a = d.send(Event::Memory {
-        pid: old,
-        rss_bytes: 2,
-    });
+    let a = memory(&mut d, old, 2);
     replaced(&mut d, &a, old);
 }
 
@@ -814,10 +803,7 @@ fn a_failed_successor_leaves_the_old_worker_serving_and_is_retried_later() {
 fn a_worker_dying_while_its_successor_starts_hands_it_the_slot() {
     let mut d = recycling(|s| s.max_memory = Some(1));
     let old = d.pid(1, 0);
-    d.send(Event::Memory {
-        pid: old,
-        rss_bytes: 2,
-    });
+    memory(&mut d, old, 2);
     let successor = d.pid(1, 0);
     let a = d.exit(old, "killed by SIGSEGV");
     assert!(
