@@ -343,11 +343,23 @@ fn crash_under_load(app: &App) -> String {
     // minbase has no /bin/kill: the shell's builtin.
     app.c
         .ok(&["/bin/sh", "-c", &format!("kill -KILL {before}")]);
-    let after = wait_for(Duration::from_secs(30), "systemd to restart myapp", || {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
         let pid = main_pid(app);
-        let up = pid != before && pid != "0" && app.state("myapp.service") == "active";
-        up.then_some(pid)
-    });
+        if pid != before && pid != "0" && app.state("myapp.service") == "active" {
+            break pid;
+        }
+        if Instant::now() > deadline {
+            let status = app.systemctl(&["status", "--no-pager", "myapp.service", "myapp.socket"]);
+            panic!(
+                "[{}] systemd did not restart myapp within 60 s (MainPID {pid}):\n{}\n--- journal\n{}",
+                app.c.name,
+                String::from_utf8_lossy(&status.stdout),
+                app.journal_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     wait_for(Duration::from_secs(10), "the new manager to serve", || {
         fetch(app.addr, "/")
             .ok()

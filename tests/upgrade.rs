@@ -32,10 +32,11 @@ fn text(o: &std::process::Output) -> String {
     )
 }
 
-fn upgrades(m: &Manager) -> u64 {
-    let report = text(&m.ctl(&["status", "--json"]));
-    let json: serde_json::Value = serde_json::from_str(&report).expect("status json");
-    json["upgrades"].as_u64().expect("upgrades")
+/// The manager's upgrade count; None while it cannot answer (mid-exec).
+fn upgrades(m: &Manager) -> Option<u64> {
+    let out = m.ctl(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    json["upgrades"].as_u64()
 }
 
 #[test]
@@ -54,7 +55,7 @@ fn upgrade_keeps_the_pid_the_sockets_and_every_worker_under_load() {
     // systemd sees RELOADING=1 then READY=1 from the same main pid.
     m.wait_notify(&["RELOADING=1"], 10 * SEC);
     m.wait_notify(&["READY=1"], 10 * SEC);
-    assert_eq!(upgrades(&m), 1);
+    assert_eq!(upgrades(&m), Some(1));
     assert_eq!(m.children(), workers, "every worker kept");
     // The new image supervises: a reload replaces them all.
     let out = m.ctl(&["reload"]);
@@ -66,7 +67,7 @@ fn upgrade_keeps_the_pid_the_sockets_and_every_worker_under_load() {
     // SIGUSR2 upgrades too.
     m.signal(libc::SIGUSR2);
     wait_for(10 * SEC, "a second upgrade", || {
-        (upgrades(&m) == 2).then_some(())
+        (upgrades(&m)? == 2).then_some(())
     });
     let tally = load.finish();
     assert_eq!(tally.failed(), 0, "{tally:?}");
@@ -87,7 +88,7 @@ fn failed_upgrade(breakage: impl FnOnce(&std::path::Path), why: &str) {
         "{}",
         text(&out)
     );
-    assert_eq!(upgrades(&m), 0);
+    assert_eq!(upgrades(&m), Some(0));
     assert_eq!(m.children(), workers);
     assert!(
         m.ctl(&["reload"]).status.success(),

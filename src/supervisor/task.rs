@@ -530,11 +530,9 @@ fn reap(queue: &mut VecDeque<Event>) {
     let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
     while let Ok(exited) = waitid(Id::All, peek) {
         let Some(pid) = exited.pid() else { break };
+        // Succeeds even when the zombie is the group's only member, so: debug.
         if killpg(pid, Signal::SIGKILL).is_ok() {
-            tracing::warn!(
-                pid = pid.as_raw(),
-                "killed what the worker left in its process group"
-            );
+            tracing::debug!(pid = pid.as_raw(), "cleared the worker's process group");
         }
         let how = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
