@@ -94,8 +94,12 @@ impl Systemd {
 }
 
 impl Systemd {
-    /// Sends a datagram as it is (for the rare states `SdState` does not name).
-    pub fn send_raw(&self, message: &str) {
+    /// Drops the fd stored under `name` from systemd's fd store.
+    pub fn remove_stored(&self, name: &str) {
+        self.send_raw(&format!("FDSTOREREMOVE=1\nFDNAME={name}\n"));
+    }
+
+    fn send_raw(&self, message: &str) {
         let Some((socket, addr)) = &self.target else {
             return;
         };

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 use crate::cli::{DemoArgs, RunArgs};
 use crate::config::RunConfig;
-use crate::notify::WorkerNotifySocket;
+use crate::notify::{Systemd, WorkerNotifySocket};
 use crate::sockets::{self, HeldSocket, ListenEnv};
 use crate::supervisor::{Supervisor, task};
 use crate::upgrade;
@@ -24,30 +24,38 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     let held = collected.sockets;
     // Sockets handover bound itself go to systemd's fd store (when the unit has one), so
     // that a crashed manager's successor gets the very same sockets back.
-    let systemd = crate::notify::Systemd::from_env();
+    let systemd = Systemd::from_env();
     for (i, name) in &collected.to_store {
         systemd.store_fd(held[*i].fd.as_fd(), name);
     }
     for name in &collected.stale {
-        systemd.send_raw(&format!("FDSTOREREMOVE=1\nFDNAME={name}\n"));
+        systemd.remove_stored(name);
     }
     for s in &held {
         tracing::info!(name = %s.name, "listening on {}", s.address);
     }
     let notify =
         WorkerNotifySocket::create().context("cannot create the workers' notify socket")?;
+    let sup = Supervisor::new(config.settings.clone());
+    supervise(
+        sup,
+        task::Context {
+            sockets: &held,
+            notify_socket: notify,
+            systemd,
+            args: args.clone(),
+            initial: Some(config),
+            resume: None,
+        },
+    )
+}
+
+/// Runs the supervisor task on a single-threaded runtime on this (the main) thread.
+fn supervise(sup: Supervisor, ctx: task::Context<'_>) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let sup = Supervisor::new(config.settings.clone());
-    let ctx = task::Context {
-        sockets: &held,
-        notify_socket: notify,
-        args: args.clone(),
-        initial: Some(config),
-        resume: None,
-    };
     runtime.block_on(task::run(sup, ctx))
 }
 
@@ -60,10 +68,6 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         .map(|s| HeldSocket::adopt(upgrade::adopt_fd(s.fd), s.name, s.address, s.unlink))
         .collect();
     let notify = WorkerNotifySocket::adopt(upgrade::adopt_fd(h.notify_fd), h.notify_dir);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let sup = Supervisor::restore(h.supervisor, tokio::time::Instant::now());
     let resume = task::Resume {
         commands: h.commands,
@@ -71,14 +75,17 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         upgrades: h.upgrades,
         control: h.control.map(|(fd, path)| (upgrade::adopt_fd(fd), path)),
     };
-    let ctx = task::Context {
-        sockets: &held,
-        notify_socket: notify,
-        args: args.clone(),
-        initial: None,
-        resume: Some(resume),
-    };
-    runtime.block_on(task::run(sup, ctx))
+    supervise(
+        sup,
+        task::Context {
+            sockets: &held,
+            notify_socket: notify,
+            systemd: Systemd::from_env(),
+            args: args.clone(),
+            initial: None,
+            resume: Some(resume),
+        },
+    )
 }
 
 /// `handover check`: validates the configuration and prints the effective one.

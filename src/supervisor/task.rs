@@ -33,6 +33,8 @@ use crate::upgrade;
 pub struct Context<'a> {
     pub sockets: &'a [HeldSocket],
     pub notify_socket: WorkerNotifySocket,
+    /// handover's line to systemd (NOTIFY_SOCKET), opened once.
+    pub systemd: notify::Systemd,
     /// The flags, to load the configuration again at each reload.
     pub args: RunArgs,
     /// A fresh start: the configuration loaded (and checked) at start, the first
@@ -122,7 +124,7 @@ pub async fn run(sup: Supervisor, ctx: Context<'_>) -> anyhow::Result<i32> {
         initial: ctx.initial,
         commands: BTreeMap::new(),
         waiters: Waiters::default(),
-        systemd: notify::Systemd::from_env(),
+        systemd: ctx.systemd,
         last_reload: None,
         start_failure: None,
         exe: upgrade::binary_path(),
