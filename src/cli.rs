@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Readiness, parse_duration, parse_signal, parse_size};
 use crate::demo_worker::DemoWorkerArgs;
 use crate::sockets::ListenSpec;
+use crate::units::{MAX_WORKERS, Readiness, parse_duration, parse_signal, parse_size};
 
 /// Zero-downtime restarts for any server under systemd.
 ///
@@ -71,7 +71,7 @@ pub struct RunArgs {
     pub listen: Vec<ListenSpec>,
 
     /// Number of worker processes per generation [default: 2].
-    #[arg(long, short = 'w', value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, short = 'w', value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
     pub workers: Option<u32>,
 
     /// How a worker proves it is ready: `notify` (it sends READY=1 to $NOTIFY_SOCKET, the
@@ -119,8 +119,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub env_file: Option<PathBuf>,
 
-    /// Working directory of the workers (resolved at each spawn, so a `current` symlink
-    /// switched by a deploy takes effect at the next reload).
+    /// Working directory of the workers. Resolved (symlinks followed) when a generation
+    /// is created and pinned for its life: a `current` symlink switched by a deploy takes
+    /// effect at the next reload and never reaches a running generation. A relative
+    /// command (`./server`) is found in this directory.
     #[arg(long, value_name = "DIR")]
     pub chdir: Option<PathBuf>,
 
@@ -179,7 +181,7 @@ pub struct ScaleArgs {
     #[command(flatten)]
     pub control: ControlArgs,
     /// The number of workers to run.
-    #[arg(value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
     pub workers: u32,
 }
 
@@ -192,7 +194,7 @@ pub struct InitArgs {
     #[arg(long = "listen", value_name = "SPEC")]
     pub listen: Vec<ListenSpec>,
     /// Workers per generation, written into the config.
-    #[arg(long, short = 'w', default_value_t = 2)]
+    #[arg(long, short = 'w', default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
     pub workers: u32,
     /// Write everything here instead of /etc/systemd/system and /etc/handover.
     #[arg(long, value_name = "DIR")]
@@ -212,7 +214,7 @@ pub struct DemoArgs {
     pub listen: ListenSpec,
 
     /// Number of demo workers.
-    #[arg(long, short = 'w', default_value_t = 2)]
+    #[arg(long, short = 'w', default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
     pub workers: u32,
 
     /// Control socket, for `handover reload|status --control PATH`.

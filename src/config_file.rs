@@ -33,8 +33,8 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use toml::{Spanned, Value};
 
-use crate::config::{Readiness, parse_duration, parse_signal, parse_size};
 use crate::sockets::ListenSpec;
+use crate::units::{Readiness, parse_duration, parse_signal, parse_size};
 
 /// The settings a config file may give; `None` (or an empty `env`) means not given.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]

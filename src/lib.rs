@@ -15,10 +15,16 @@
 //! never noticed. Connections waiting in the kernel's accept queue are taken by whichever
 //! worker accepts next, so none is refused while generations change.
 //!
+//! A generation is a value: when a reload loads its configuration, the release it runs
+//! (program, working directory — symlinks resolved — environment) and its settings are
+//! pinned, so every later spawn for it starts the same code, and a rollback really leaves
+//! the old release serving.
+//!
 //! Modules: [`sockets`] (intake and binding), [`spawn`] (fork/exec with the fds),
-//! [`notify`] (sd_notify both ways), [`supervisor`] (pure state machine + the task that
-//! executes it), [`config`] and [`cli`] (flags), [`logging`], [`demo_worker`] (the
-//! reference worker).
+//! [`notify`] (sd_notify both ways), [`supervisor`] (the pure `Machine` + the task that
+//! executes it), [`release`] (what a generation runs), [`units`] (leaf types and
+//! defaults), [`config`], [`config_file`] and [`cli`] (flags and file), [`logging`],
+//! [`demo_worker`] (the reference worker).
 
 pub mod cli;
 pub mod client;
@@ -30,8 +36,10 @@ pub mod generate;
 pub mod init;
 pub mod logging;
 pub mod notify;
+pub mod release;
 pub mod run;
 pub mod sockets;
 pub mod spawn;
 pub mod supervisor;
+pub mod units;
 pub mod upgrade;

@@ -10,7 +10,7 @@ use crate::cli::{DemoArgs, RunArgs};
 use crate::config::RunConfig;
 use crate::notify::{Systemd, WorkerNotifySocket};
 use crate::sockets::{self, HeldSocket, ListenEnv};
-use crate::supervisor::{Supervisor, task};
+use crate::supervisor::{Machine, task};
 use crate::upgrade;
 
 /// Runs the manager until it stops; returns the process exit code.
@@ -36,9 +36,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     }
     let notify =
         WorkerNotifySocket::create().context("cannot create the workers' notify socket")?;
-    let sup = Supervisor::new(config.settings.clone());
+    let machine = Machine::new(config.settings.clone());
     supervise(
-        sup,
+        machine,
         task::Context {
             sockets: &held,
             notify_socket: notify,
@@ -51,12 +51,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
 }
 
 /// Runs the supervisor task on a single-threaded runtime on this (the main) thread.
-fn supervise(sup: Supervisor, ctx: task::Context<'_>) -> anyhow::Result<i32> {
+fn supervise(machine: Machine, ctx: task::Context<'_>) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(task::run(sup, ctx))
+    runtime.block_on(task::run(machine, ctx))
 }
 
 /// The new image after an in-place upgrade: same pid, same children; takes the sockets
@@ -68,15 +68,14 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         .map(|s| HeldSocket::adopt(upgrade::adopt_fd(s.fd), s.name, s.address, s.unlink))
         .collect();
     let notify = WorkerNotifySocket::adopt(upgrade::adopt_fd(h.notify_fd), h.notify_dir);
-    let sup = Supervisor::restore(h.supervisor, tokio::time::Instant::now());
+    let machine = Machine::restore(h.supervisor, tokio::time::Instant::now());
     let resume = task::Resume {
-        commands: h.commands,
         last_reload: h.last_reload,
         upgrades: h.upgrades,
         control: h.control.map(|(fd, path)| (upgrade::adopt_fd(fd), path)),
     };
     supervise(
-        sup,
+        machine,
         task::Context {
             sockets: &held,
             notify_socket: notify,

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::config::Command;
+use crate::release::Release;
 
 /// What the spawner needs that is the same for every worker of every generation.
 pub struct WorkerEnv<'a> {
@@ -67,11 +67,11 @@ fn env_entry(k: &OsStr, v: &OsStr) -> CString {
 
 /// Builds the worker environment: the manager's own (minus the variables above), the
 /// configured extras, then the socket-activation variables and HANDOVER_GENERATION.
-fn build_env(w: &WorkerEnv<'_>, command: &Command, generation: u64) -> Vec<CString> {
+fn build_env(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Vec<CString> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !STRIPPED.iter().any(|s| k == OsStr::new(s)))
         .collect();
-    for (k, v) in &command.env {
+    for (k, v) in &release.env {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }
@@ -91,26 +91,26 @@ fn build_env(w: &WorkerEnv<'_>, command: &Command, generation: u64) -> Vec<CStri
 }
 
 /// Starts one worker and returns its pid once the exec has succeeded.
-pub fn spawn(w: &WorkerEnv<'_>, command: &Command, generation: u64) -> Result<i32, SpawnError> {
-    let program = cstring(command.program.as_os_str().as_bytes());
+pub fn spawn(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Result<i32, SpawnError> {
+    let program = cstring(release.program.as_os_str().as_bytes());
     let fail = |stage: usize, errno| SpawnError {
-        program: command.program.display().to_string(),
+        program: release.program.display().to_string(),
         stage: STAGES[stage],
         errno,
     };
     let mut argv: Vec<CString> = vec![program.clone()];
-    argv.extend(command.args.iter().map(|a| cstring(a.as_bytes())));
+    argv.extend(release.args.iter().map(|a| cstring(a.as_bytes())));
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
 
-    let env = build_env(w, command, generation);
+    let env = build_env(w, release, generation);
     // "LISTEN_PID=" followed by room for the digits and a NUL, filled in by the child.
     let mut listen_pid = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0";
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(listen_pid.as_ptr().cast());
     env_ptrs.push(std::ptr::null());
 
-    let chdir = command
+    let chdir = release
         .chdir
         .as_ref()
         .map(|d| cstring(d.as_os_str().as_bytes()));

@@ -2,15 +2,14 @@
 //! from its path with the same pid, so systemd's MAINPID never changes, the sockets never
 //! close, and every worker keeps running — they are still this process's children.
 //!
-//! The old image writes a `Handoff` (the supervisor's snapshot, the sockets' fd numbers,
-//! the commands of the live generations) as JSON into a memfd, clears CLOEXEC on exactly
+//! The old image writes a `Handoff` (the machine's snapshot — every generation with its
+//! pinned release — and the sockets' fd numbers) as JSON into a memfd, clears CLOEXEC on exactly
 //! those fds, blocks the signals it handles (so a SIGTERM in the gap is queued, not
 //! fatal), and execs. The new image finds HANDOVER_HANDOFF_FD, takes everything back, and
 //! says READY=1. Before any of that the new binary is probed (`upgrade-probe` must print
 //! our handoff version): a missing or broken binary fails the upgrade while the old image
 //! keeps running. If execve itself fails, the old image undoes the fd flags and carries on.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -19,12 +18,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Command;
 use crate::control::ReloadInfo;
-use crate::supervisor::state::{Generation, Snapshot};
+use crate::supervisor::machine::Snapshot;
 
 /// Bumped whenever `Handoff` changes shape; the probe refuses a binary that differs.
-pub const HANDOFF_VERSION: u32 = 1;
+pub const HANDOFF_VERSION: u32 = 2;
 pub const HANDOFF_ENV: &str = "HANDOVER_HANDOFF_FD";
 
 /// Signals the manager handles: blocked across the exec, unblocked once the new image
@@ -48,7 +46,6 @@ pub struct Handoff {
     pub notify_dir: PathBuf,
     pub control: Option<(RawFd, PathBuf)>,
     pub supervisor: Snapshot,
-    pub commands: BTreeMap<Generation, Command>,
     pub last_reload: Option<ReloadInfo>,
     pub upgrades: u32,
 }

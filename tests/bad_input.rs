@@ -164,3 +164,65 @@ fn a_worker_that_exits_before_ready_fails_the_start() {
         ],
     );
 }
+
+/// Asserts a failed run whose first stderr line (clap's error line) has every `needle`.
+fn assert_first_line(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure: {stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    for n in needles {
+        assert!(
+            first.contains(n),
+            "`{n}` not in `{first}`; stderr:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_count_of_zero_or_above_the_maximum_is_refused_everywhere() {
+    for args in [
+        vec!["run", "--listen", "127.0.0.1:0", "-w", "0", "--", "true"],
+        vec!["run", "--listen", "127.0.0.1:0", "-w", "4097", "--", "true"],
+        vec!["demo", "-w", "0"],
+        vec!["init", "app", "--workers", "0", "--", "/bin/true"],
+    ] {
+        let out = run(&args, &[], None);
+        assert_first_line(&out, &["--workers", "1..=4096"]);
+    }
+}
+
+#[test]
+fn a_dangling_working_directory_names_the_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink(dir.path().join("gone"), &current).expect("symlink");
+    let current = current.display().to_string();
+    let out = run(
+        &with_cmd(
+            &[&LISTEN[..], &["--chdir", &current]].concat(),
+            &["./server"],
+        ),
+        &[],
+        None,
+    );
+    assert_error(&out, &["working directory", &current]);
+}
+
+#[test]
+fn a_relative_command_is_looked_up_in_the_working_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().display().to_string();
+    let out = run(
+        &with_cmd(&[&LISTEN[..], &["--chdir", &d]].concat(), &["./server"]),
+        &[],
+        None,
+    );
+    assert_error(&out, &["`./server` does not exist"]);
+    common::script(dir.path(), "server", "exit 7");
+    let out = run(
+        &with_cmd(&[&LISTEN[..], &["--chdir", &d]].concat(), &["./server"]),
+        &[],
+        None,
+    );
+    assert_error(&out, &["first generation failed", "exit status 7"]);
+}

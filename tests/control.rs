@@ -182,6 +182,18 @@ fn malformed_and_oversized_requests_get_errors_and_the_manager_carries_on() {
         r.contains("malformed request") && r.contains("launch"),
         "{r}"
     );
+    for n in [0, 4097] {
+        let r = raw(
+            &m,
+            format!("{{\"v\":1,\"cmd\":\"scale\",\"workers\":{n}}}\n").as_bytes(),
+        );
+        assert!(
+            r.contains("\"ok\":false")
+                && r.contains(&format!("{n} workers"))
+                && r.contains("1 to 4096"),
+            "{r}"
+        );
+    }
     let r = raw(&m, &vec![b'x'; 100 * 1024]);
     assert!(r.contains("request too large"), "{r}");
     assert!(m.ctl(&["status"]).status.success());
@@ -311,28 +323,38 @@ fn a_rolling_reload_under_load_keeps_n_minus_k_workers_ready_and_fails_nothing()
     let load = Load::start(m.addr, 6, 2, 60 * SEC);
     let path = m.control_path();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Watches every worker's state: at least N-K ready at every moment, and at most
+    // N+K not draining (both generations together), which fails if batching is ignored
+    // (the whole new generation would start beside the old one: 8).
     let watch = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut min_ready = usize::MAX;
+            let (mut min_ready, mut max_serving) = (usize::MAX, 0);
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let mut s = UnixStream::connect(&path).expect("connect");
                 s.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n")
                     .expect("send");
                 let mut reply = String::new();
                 s.read_to_string(&mut reply).expect("reply");
-                min_ready = min_ready.min(reply.matches("\"state\":\"ready\"").count());
+                let ready = reply.matches("\"state\":\"ready\"").count();
+                let starting = reply.matches("\"state\":\"starting\"").count();
+                min_ready = min_ready.min(ready);
+                max_serving = max_serving.max(ready + starting);
             }
-            min_ready
+            (min_ready, max_serving)
         })
     };
     let out = m.ctl(&["reload"]);
     assert!(out.status.success(), "{}", text(&out));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let min_ready = watch.join().expect("watcher");
+    let (min_ready, max_serving) = watch.join().expect("watcher");
     assert!(
         min_ready >= 3,
         "at some moment only {min_ready} of 4 workers were ready (batch 1)"
+    );
+    assert!(
+        max_serving <= 5,
+        "at some moment {max_serving} workers were starting or ready: batch 1 allows 4 + 1"
     );
     let new = wait_for(20 * SEC, "old generation gone", || {
         let c = m.children();

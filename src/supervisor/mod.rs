@@ -1,12 +1,24 @@
-//! Supervision of worker generations: `model` names things, `state` decides, `task` acts, `waiters` tracks the
-//! clients waiting for a reload's outcome.
+//! Supervision of worker generations.
+//!
+//! - `model`: the vocabulary (settings, events, actions, workers);
+//! - `generation`: a generation as a value — its pinned release, settings and workers;
+//! - `machine`: the pure state machine that decides (`step(event, now) -> actions`),
+//!   with `machine/{recycle,snapshot,status}`;
+//! - `notes`: what the machine says happened, logged by the task;
+//! - `task`: the one task that executes the machine's actions and feeds it events;
+//! - `waiters`: the clients waiting for a reload's outcome.
+//!
+//! Three names for three things: the `Machine` (pure decisions), the `task` (its I/O),
+//! and the manager (the `handover run` process, `run.rs`, that hosts both).
 
+pub mod generation;
+pub mod machine;
 mod model;
-pub mod state;
+pub mod notes;
 pub mod task;
 mod waiters;
 
-pub use state::{Action, Event, Outcome, Settings, Supervisor};
+pub use machine::{Action, Event, GenId, Machine, Outcome, Settings, Spec};
 
 #[cfg(test)]
 mod tests;

@@ -1,22 +1,27 @@
-//! The vocabulary of the supervisor: its settings, the events it is fed, the actions it
-//! asks for, and what it knows of each worker. Plain data, shared by the state machine
-//! (`state.rs`), the task that executes it (`task.rs`) and their tests.
+//! The vocabulary of the supervisor: a generation's settings, the events the machine is
+//! fed, the actions it asks for, and what it knows of each worker. Plain data, shared by
+//! the pure machine (`machine.rs`), the task that executes it (`task/`) and their tests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use crate::config::Readiness;
 use crate::notify::SdState;
+use crate::release::Release;
+use crate::units::{self, Readiness};
 
-/// Knobs the state machine obeys.
+/// The settings a generation is created with, from the configuration loaded for it. They
+/// stay with that generation for its life: its workers are readied, restarted, recycled
+/// and stopped by these, even after a reload loaded others.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
+    /// Workers per generation, as configured (a runtime scale is kept beside it).
     pub workers: usize,
     pub readiness: Readiness,
     pub ready_timeout: Duration,
-    #[serde(with = "signal_number")]
+    #[serde(with = "units::signal_number")]
     pub stop_signal: Signal,
     pub graceful_timeout: Duration,
     /// Rolling reload: start this many new workers, wait for them, stop as many old ones,
@@ -41,15 +46,15 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            workers: 2,
+            workers: units::DEFAULT_WORKERS as usize,
             readiness: Readiness::Notify,
-            ready_timeout: Duration::from_secs(60),
-            stop_signal: Signal::SIGTERM,
-            graceful_timeout: Duration::from_secs(30),
+            ready_timeout: units::DEFAULT_READY_TIMEOUT,
+            stop_signal: units::DEFAULT_STOP_SIGNAL,
+            graceful_timeout: units::DEFAULT_GRACEFUL_TIMEOUT,
             batch: 0,
-            backoff_base: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(30),
-            stable_after: Duration::from_secs(10),
+            backoff_base: units::BACKOFF_BASE,
+            backoff_max: units::BACKOFF_MAX,
+            stable_after: units::STABLE_AFTER,
             max_lifetime: None,
             max_memory: None,
             watchdog: None,
@@ -57,8 +62,16 @@ impl Default for Settings {
     }
 }
 
+/// What a reload's configuration gives the generation it creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub settings: Settings,
+    pub release: Arc<Release>,
+}
+
 pub type WorkerId = u64;
-pub type Generation = u64;
+/// A generation's number: 1 for the first, one more per reload.
+pub type GenId = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -66,11 +79,12 @@ pub enum Event {
     Start,
     /// SIGHUP or the control socket.
     Reload,
-    /// Answer to `Action::LoadConfig`: the settings for that generation, or why the
-    /// configuration is invalid (the reload then fails before anything is touched).
+    /// Answer to `Action::LoadConfig`: what the generation runs and with which settings,
+    /// or why the configuration is invalid (the reload then fails before anything is
+    /// touched).
     ConfigLoaded {
-        generation: Generation,
-        result: Result<Box<Settings>, String>,
+        generation: GenId,
+        result: Result<Box<Spec>, String>,
     },
     /// Result of `Action::Spawn`.
     Spawned {
@@ -107,18 +121,22 @@ pub enum Event {
     },
     /// Add (+1) or remove (-1) workers.
     Scale(i32),
+    /// Run exactly this many workers (the control socket's `scale N`).
+    ScaleTo(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Read the configuration again for `generation`; answer with `ConfigLoaded`.
     LoadConfig {
-        generation: Generation,
+        generation: GenId,
     },
+    /// Start a worker of `release` (its generation's, pinned) in `slot`.
     Spawn {
         id: WorkerId,
-        generation: Generation,
+        generation: GenId,
         slot: usize,
+        release: Arc<Release>,
     },
     /// Send `signal` to the worker; with `group`, to its whole process group.
     Signal {
@@ -135,14 +153,14 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Started {
-        generation: Generation,
+        generation: GenId,
     },
     Reloaded {
-        generation: Generation,
+        generation: GenId,
         took: Duration,
     },
     RolledBack {
-        generation: Generation,
+        generation: GenId,
         reason: String,
         took: Duration,
     },
@@ -169,7 +187,6 @@ pub enum WorkerPhase {
 
 #[derive(Debug, Clone)]
 pub struct Worker {
-    pub generation: Generation,
     pub slot: usize,
     pub pid: Option<i32>,
     pub phase: WorkerPhase,
@@ -186,17 +203,8 @@ pub struct Worker {
     pub recycle_after: Option<Instant>,
 }
 
-/// Signals travel as their numbers in a self-upgrade handoff.
-mod signal_number {
-    use nix::sys::signal::Signal;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(s: &Signal, ser: S) -> Result<S::Ok, S::Error> {
-        ser.serialize_i32(*s as i32)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Signal, D::Error> {
-        let n = i32::deserialize(de)?;
-        Signal::try_from(n).map_err(serde::de::Error::custom)
+impl Worker {
+    pub fn is_stopping(&self) -> bool {
+        matches!(self.phase, WorkerPhase::Stopping { .. })
     }
 }

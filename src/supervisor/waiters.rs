@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::state::Generation;
+use super::GenId as Generation;
 use crate::control::Reply;
 
 #[derive(Default)]

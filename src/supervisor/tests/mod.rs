@@ -6,9 +6,14 @@ use std::time::Duration;
 use nix::sys::signal::Signal::{self, SIGKILL, SIGQUIT, SIGTERM};
 use tokio::time::Instant;
 
-use super::state::{Action, Event, Generation, Outcome, Settings, Supervisor, WorkerId};
-use crate::config::Readiness;
+use std::sync::Arc;
+
+use super::machine::{
+    Action, Event, GenId as Generation, Machine, Outcome, Settings, Spec, WorkerId,
+};
 use crate::notify::SdState;
+use crate::release::Release;
+use crate::units::Readiness;
 
 /// A worker the fake spawner was asked for; `pid` once the spawn was answered.
 struct Proc {
@@ -16,27 +21,40 @@ struct Proc {
     generation: Generation,
     slot: usize,
     pid: Option<i32>,
+    /// The release the spawn was asked to start.
+    release: Arc<Release>,
 }
 
 /// Wraps the supervisor with fake I/O: spawns get increasing pids, time is `now`.
 struct Driver {
-    sup: Supervisor,
+    sup: Machine,
     now: Instant,
     next_pid: i32,
     procs: Vec<Proc>,
     /// Answer every `Spawn` with `Spawned` right away, as the task does.
     auto_spawn: bool,
+    /// The settings the next config load answers with (default: the current ones).
+    next_settings: Option<Settings>,
+    /// The release every config load answers with.
+    release: Arc<Release>,
+    /// Answer config loads at once (the task does); else they wait in `loads`.
+    auto_load: bool,
+    loads: Vec<Generation>,
 }
 
 impl Driver {
     fn new(settings: Settings) -> Self {
-        let sup = Supervisor::new(settings);
+        let sup = Machine::new(settings);
         Driver {
             sup,
             now: Instant::now(),
             next_pid: 100,
             procs: Vec::new(),
             auto_spawn: true,
+            next_settings: None,
+            release: Arc::new(release("/srv/app/releases/1")),
+            auto_load: true,
+            loads: Vec::new(),
         }
     }
 
@@ -55,29 +73,34 @@ impl Driver {
         let mut asked = Vec::new();
         let mut loads = Vec::new();
         for a in &out {
-            match *a {
+            match a {
                 Action::Spawn {
                     id,
                     generation,
                     slot,
+                    release,
                 } => {
-                    let pid = None;
                     self.procs.push(Proc {
-                        id,
-                        generation,
-                        slot,
-                        pid,
+                        id: *id,
+                        generation: *generation,
+                        slot: *slot,
+                        pid: None,
+                        release: Arc::clone(release),
                     });
-                    asked.push(id);
+                    asked.push(*id);
                 }
-                Action::LoadConfig { generation } => loads.push(generation),
+                Action::LoadConfig { generation } => loads.push(*generation),
                 _ => {}
             }
         }
-        // The task answers a config load at once; the fake keeps the settings as they are.
-        for generation in loads {
-            let result = Ok(Box::new(self.sup.settings().clone()));
-            out.extend(self.send(Event::ConfigLoaded { generation, result }));
+        // The task answers a config load at once; the fake keeps the settings as they are
+        // unless the test set `next_settings`.
+        if self.auto_load {
+            for generation in loads {
+                out.extend(self.load(generation));
+            }
+        } else {
+            self.loads.extend(loads);
         }
         if self.auto_spawn {
             for id in asked {
@@ -85,6 +108,20 @@ impl Driver {
             }
         }
         out
+    }
+
+    /// Answers the config load of `generation` with `next_settings` (or the current
+    /// settings) and `release`.
+    fn load(&mut self, generation: Generation) -> Vec<Action> {
+        let settings = self
+            .next_settings
+            .take()
+            .unwrap_or_else(|| self.sup.settings().clone());
+        let result = Ok(Box::new(Spec {
+            settings,
+            release: Arc::clone(&self.release),
+        }));
+        self.send(Event::ConfigLoaded { generation, result })
     }
 
     /// The fake spawner started worker `id` with the next pid.
@@ -168,6 +205,15 @@ impl Driver {
 
     fn status(&self) -> String {
         self.sup.status()
+    }
+}
+
+fn release(dir: &str) -> Release {
+    Release {
+        program: format!("{dir}/server").into(),
+        args: Vec::new(),
+        env: Vec::new(),
+        chdir: Some(dir.into()),
     }
 }
 
@@ -814,3 +860,5 @@ fn a_worker_dying_while_its_successor_starts_hands_it_the_slot() {
     assert_eq!(d.status(), "gen 1: 1/1 ready");
     assert_eq!(d.sup.next_deadline(), None);
 }
+
+mod generations;

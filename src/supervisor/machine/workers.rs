@@ -1,0 +1,404 @@
+//! The workers' lifecycle inside the machine: spawning one for a generation (from that
+//! generation's release), what its start, exit or timeout means, crash restarts with
+//! backoff, stopping (with its generation's signal and graceful timeout), a runtime
+//! scale, and stopping everything. The reload flow that calls these is in `machine.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+use super::{
+    Action, GenId, Machine, Outcome, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase,
+};
+use crate::notify::SdState;
+use crate::supervisor::generation::{Generation, PendingRestart};
+use crate::supervisor::notes::Note;
+use crate::units::Readiness;
+
+impl Machine {
+    /// A new worker of generation `g` in `slot`, started from `g`'s own release.
+    pub(super) fn spawn(
+        &mut self,
+        g: GenId,
+        slot: usize,
+        restarts: u32,
+        now: Instant,
+    ) -> Option<Action> {
+        let id = self.next_id;
+        let generation = self.generations.get_mut(&g)?;
+        self.next_id += 1;
+        generation.workers.insert(
+            id,
+            Worker {
+                slot,
+                pid: None,
+                phase: WorkerPhase::Spawning,
+                started: now,
+                restarts,
+                ready_since: None,
+                pinged: None,
+                replaces: None,
+                recycle_after: None,
+            },
+        );
+        Some(Action::Spawn {
+            id,
+            generation: g,
+            slot,
+            release: Arc::clone(&generation.release),
+        })
+    }
+
+    pub(super) fn on_spawned(
+        &mut self,
+        id: WorkerId,
+        pid: i32,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let stopping = self.is_stopping();
+        let Some(g) = self.find_id(id) else { return };
+        let Some(generation) = self.generations.get_mut(&g) else {
+            return;
+        };
+        let s = &generation.settings;
+        let Some(w) = generation.workers.get_mut(&id) else {
+            return;
+        };
+        w.pid = Some(pid);
+        self.notes.push(Note::WorkerStarted {
+            generation: g,
+            pid,
+            slot: w.slot,
+        });
+        if stopping || w.is_stopping() {
+            // A stop (of everything, or of its generation) came while it was spawning.
+            w.phase = WorkerPhase::Stopping {
+                kill_at: Some(now + s.graceful_timeout),
+            };
+            out.push(Action::Signal {
+                pid,
+                signal: s.stop_signal,
+                group: false,
+            });
+            return;
+        }
+        let ready_at = match s.readiness {
+            Readiness::Notify => None,
+            Readiness::Delay(d) => Some(now + d),
+        };
+        w.phase = WorkerPhase::Starting {
+            deadline: now + s.ready_timeout,
+            ready_at,
+        };
+    }
+
+    /// Takes worker `id` out of generation `g` (it is gone).
+    fn remove_worker(&mut self, g: GenId, id: WorkerId) -> Option<Worker> {
+        self.generations.get_mut(&g)?.workers.remove(&id)
+    }
+
+    pub(super) fn on_spawn_failed(
+        &mut self,
+        id: WorkerId,
+        error: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(g) = self.find_id(id) else { return };
+        let Some(w) = self.remove_worker(g, id) else {
+            return;
+        };
+        self.notes.push(Note::SpawnFailed {
+            generation: g,
+            slot: w.slot,
+            error: error.clone(),
+        });
+        self.worker_lost(g, id, w, error, now, out);
+    }
+
+    pub(super) fn on_exited(&mut self, pid: i32, how: String, now: Instant, out: &mut Vec<Action>) {
+        let Some((g, id)) = self.find(pid) else {
+            return;
+        };
+        let Some(w) = self.remove_worker(g, id) else {
+            return;
+        };
+        if w.is_stopping() {
+            self.notes.push(Note::WorkerStopped {
+                generation: g,
+                pid,
+                how,
+            });
+            return;
+        }
+        let before_ready = matches!(w.phase, WorkerPhase::Starting { .. });
+        let what = if before_ready {
+            "exited before it was ready"
+        } else {
+            "exited"
+        };
+        let reason = format!("worker {pid} {what} ({how})");
+        self.notes.push(Note::WorkerExited {
+            generation: g,
+            pid,
+            slot: w.slot,
+            how,
+            before_ready,
+        });
+        self.worker_lost(g, id, w, reason, now, out);
+    }
+
+    /// A worker of generation `g` that should be serving is gone (exited, failed to
+    /// spawn, timed out).
+    pub(super) fn worker_lost(
+        &mut self,
+        g: GenId,
+        id: WorkerId,
+        w: Worker,
+        reason: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if self.recycle_lost(g, &w, id, now) {
+            return;
+        }
+        if self.candidate() == Some(g) {
+            self.fail_candidate(reason, now, out);
+            return;
+        }
+        if Some(g) != self.current || !self.restarts_may_run() {
+            return;
+        }
+        let Some(generation) = self.generations.get_mut(&g) else {
+            return;
+        };
+        let s = &generation.settings;
+        // Only a worker that served for a while earns a fresh backoff.
+        let stable = w.phase == WorkerPhase::Ready
+            && now.saturating_duration_since(w.started) >= s.stable_after;
+        let restarts = if stable { 1 } else { w.restarts + 1 };
+        let delay = backoff(s, restarts);
+        generation.pending.push(PendingRestart {
+            slot: w.slot,
+            at: now + delay,
+            restarts,
+        });
+        self.notes.push(Note::RestartScheduled {
+            generation: g,
+            slot: w.slot,
+            restarts,
+            delay,
+        });
+    }
+
+    /// Stops every worker of generation `g` and drops its pending restarts.
+    pub(super) fn stop_generation(&mut self, g: GenId, now: Instant, out: &mut Vec<Action>) {
+        let Some(generation) = self.generations.get_mut(&g) else {
+            return;
+        };
+        generation.pending.clear();
+        let ids: Vec<WorkerId> = generation.workers.keys().copied().collect();
+        for id in ids {
+            self.stop_worker(g, id, now, out);
+        }
+    }
+
+    /// Sends its generation's stop signal to a worker (once), with its generation's
+    /// graceful timeout; a worker still spawning gets it once its pid is known.
+    pub(super) fn stop_worker(
+        &mut self,
+        g: GenId,
+        id: WorkerId,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(generation) = self.generations.get_mut(&g) else {
+            return;
+        };
+        let s = &generation.settings;
+        let Some(w) = generation.workers.get_mut(&id) else {
+            return;
+        };
+        if w.is_stopping() {
+            return;
+        }
+        w.phase = WorkerPhase::Stopping {
+            kill_at: Some(now + s.graceful_timeout),
+        };
+        if let Some(pid) = w.pid {
+            out.push(Action::Signal {
+                pid,
+                signal: s.stop_signal,
+                group: false,
+            });
+        }
+    }
+
+    pub(super) fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let mut ready = Vec::new();
+        let mut late = Vec::new();
+        for generation in self.generations.values_mut() {
+            let g = generation.id;
+            for (id, w) in generation.workers.iter_mut() {
+                match w.phase {
+                    WorkerPhase::Starting {
+                        ready_at: Some(r), ..
+                    } if r <= now => ready.push((g, *id)),
+                    WorkerPhase::Starting { deadline, .. } if deadline <= now => {
+                        late.push((g, *id, generation.settings.ready_timeout))
+                    }
+                    WorkerPhase::Stopping { kill_at: Some(k) } if k <= now => {
+                        w.phase = WorkerPhase::Stopping { kill_at: None };
+                        if let Some(pid) = w.pid {
+                            self.notes.push(Note::KilledLate { generation: g, pid });
+                            out.push(Action::Signal {
+                                pid,
+                                signal: Signal::SIGKILL,
+                                group: true,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (g, id) in ready {
+            self.mark_ready(g, id, now, out);
+        }
+        for (g, id, timeout) in late {
+            let Some(w) = self
+                .generations
+                .get(&g)
+                .and_then(|x| x.workers.get(&id))
+                .cloned()
+            else {
+                continue;
+            };
+            let pid = w.pid.unwrap_or_default();
+            self.notes.push(Note::NotReady {
+                generation: g,
+                pid,
+                timeout,
+            });
+            self.stop_worker(g, id, now, out);
+            let reason = format!("worker {pid} not ready after {timeout:?}");
+            self.worker_lost(g, id, w, reason, now, out);
+        }
+        self.recycle_expired(now, out);
+        self.restart_due(now, out);
+    }
+
+    /// Starts the current generation's crashed workers whose backoff has passed.
+    pub(super) fn restart_due(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.restarts_may_run() {
+            return;
+        }
+        let Some(g) = self.current else { return };
+        let Some(generation) = self.generations.get_mut(&g) else {
+            return;
+        };
+        let (due, waiting): (Vec<PendingRestart>, Vec<PendingRestart>) =
+            generation.pending.drain(..).partition(|p| p.at <= now);
+        generation.pending = waiting;
+        for p in due {
+            out.extend(self.spawn(g, p.slot, p.restarts, now));
+        }
+    }
+
+    pub(super) fn on_stop(&mut self, fast: bool, now: Instant, out: &mut Vec<Action>) {
+        let interrupted = match &self.phase {
+            Phase::Rolling(r) => Some((r.candidate, r.started)),
+            Phase::Loading {
+                generation,
+                started,
+                ..
+            } => Some((*generation, *started)),
+            _ => None,
+        };
+        if let Some((candidate, started)) = interrupted
+            && self.current.is_some()
+        {
+            out.push(Action::Outcome(Outcome::RolledBack {
+                generation: candidate,
+                reason: "the manager is stopping".to_owned(),
+                took: now.saturating_duration_since(started),
+            }));
+        }
+        if !self.is_stopping() {
+            self.phase = Phase::Stopping { code: 0 };
+            out.push(Action::Notify(vec![SdState::Stopping]));
+        }
+        let all: Vec<GenId> = self.generations.keys().copied().collect();
+        for g in all {
+            if !fast {
+                self.stop_generation(g, now, out);
+                continue;
+            }
+            let Some(generation) = self.generations.get_mut(&g) else {
+                continue;
+            };
+            generation.pending.clear();
+            for w in generation.workers.values_mut() {
+                w.phase = WorkerPhase::Stopping { kill_at: None };
+                if let Some(pid) = w.pid {
+                    out.push(Action::Signal {
+                        pid,
+                        signal: Signal::SIGKILL,
+                        group: true,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A runtime scale to `n` workers: applied to the serving generation now (or once a
+    /// reload in progress settles) and kept across reloads (see `Scaled`).
+    pub(super) fn on_scale(&mut self, n: usize, now: Instant, out: &mut Vec<Action>) {
+        let from = self.desired_workers();
+        let base = self.settings().workers;
+        self.notes.push(Note::Scaled { from, to: n });
+        self.scaled = (n != base).then_some(Scaled { base, workers: n });
+        if self.phase == Phase::Running {
+            self.reconcile(now, out);
+        }
+    }
+
+    /// Brings the current generation to its desired number of serving slots.
+    pub(super) fn reconcile(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let want = self.desired_workers();
+        let Some(g) = self.current else { return };
+        let Some(mut have) = self.generations.get(&g).map(Generation::live_slots) else {
+            return;
+        };
+        while have < want {
+            let Some(slot) = self.generations.get(&g).map(Generation::free_slot) else {
+                return;
+            };
+            out.extend(self.spawn(g, slot, 0, now));
+            have += 1;
+        }
+        while have > want {
+            let Some(generation) = self.generations.get_mut(&g) else {
+                return;
+            };
+            // Drop a waiting restart first, else stop the worker with the highest slot.
+            if generation.pending.pop().is_none()
+                && let Some(id) = generation.highest_serving()
+            {
+                self.stop_worker(g, id, now, out);
+            }
+            have -= 1;
+        }
+    }
+}
+
+/// The delay before the `restarts`-th restart in a row: base, doubling, capped.
+fn backoff(s: &Settings, restarts: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(restarts.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    s.backoff_base.saturating_mul(factor).min(s.backoff_max)
+}

@@ -1,0 +1,157 @@
+//! What happened inside the machine, for the log. The pure machine records a `Note` for
+//! each thing a person would want to read; the task writes them out with `log`, so the
+//! machine itself never touches tracing and its tests can read what it would have said.
+
+use std::time::Duration;
+
+use super::model::GenId;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    WorkerStarted {
+        generation: GenId,
+        pid: i32,
+        slot: usize,
+    },
+    WorkerReady {
+        generation: GenId,
+        pid: i32,
+        slot: usize,
+    },
+    /// A worker exited after it was asked to stop: expected.
+    WorkerStopped {
+        generation: GenId,
+        pid: i32,
+        how: String,
+    },
+    /// A worker exited on its own (`before_ready`: it never got ready).
+    WorkerExited {
+        generation: GenId,
+        pid: i32,
+        slot: usize,
+        how: String,
+        before_ready: bool,
+    },
+    SpawnFailed {
+        generation: GenId,
+        slot: usize,
+        error: String,
+    },
+    RestartScheduled {
+        generation: GenId,
+        slot: usize,
+        restarts: u32,
+        delay: Duration,
+    },
+    NotReady {
+        generation: GenId,
+        pid: i32,
+        timeout: Duration,
+    },
+    KilledLate {
+        generation: GenId,
+        pid: i32,
+    },
+    ReloadQueued,
+    ReloadIgnored,
+    Scaled {
+        from: usize,
+        to: usize,
+    },
+    Replacing {
+        generation: GenId,
+        pid: i32,
+        slot: usize,
+        why: String,
+    },
+    ReplacementFailed {
+        generation: GenId,
+        pid: i32,
+    },
+}
+
+impl Note {
+    /// Writes the note to the log, with the worker's fields for the journal.
+    pub fn log(&self) {
+        match self {
+            Note::WorkerStarted {
+                generation,
+                pid,
+                slot,
+            } => {
+                tracing::info!(generation, pid, slot, "worker started")
+            }
+            Note::WorkerReady {
+                generation,
+                pid,
+                slot,
+            } => {
+                tracing::info!(generation, pid, slot, "worker ready")
+            }
+            Note::WorkerStopped {
+                generation,
+                pid,
+                how,
+            } => {
+                tracing::info!(generation, pid, "worker exited after stop ({how})")
+            }
+            Note::WorkerExited {
+                generation,
+                pid,
+                slot,
+                how,
+                before_ready,
+            } => {
+                let what = if *before_ready {
+                    "exited before it was ready"
+                } else {
+                    "exited"
+                };
+                tracing::warn!(generation, pid, slot, "worker {what} ({how})")
+            }
+            Note::SpawnFailed {
+                generation,
+                slot,
+                error,
+            } => {
+                tracing::error!(generation, slot, "{error}")
+            }
+            Note::RestartScheduled {
+                generation,
+                slot,
+                restarts,
+                delay,
+            } => {
+                tracing::warn!(generation, slot, restarts, "restarting worker in {delay:?}")
+            }
+            Note::NotReady {
+                generation,
+                pid,
+                timeout,
+            } => {
+                tracing::warn!(generation, pid, "worker not ready after {timeout:?}")
+            }
+            Note::KilledLate { generation, pid } => {
+                tracing::warn!(generation, pid, "worker did not stop in time: SIGKILL")
+            }
+            Note::ReloadQueued => {
+                tracing::info!("reload requested during a reload: one more will follow")
+            }
+            Note::ReloadIgnored => tracing::info!("reload ignored: not running"),
+            Note::Scaled { from, to } => tracing::info!("workers: {from} -> {to}"),
+            Note::Replacing {
+                generation,
+                pid,
+                slot,
+                why,
+            } => {
+                tracing::info!(generation, pid, slot, "replacing worker: {why}")
+            }
+            Note::ReplacementFailed { generation, pid } => tracing::warn!(
+                generation,
+                pid,
+                "replacement failed; the old worker keeps serving"
+            ),
+        }
+    }
+}

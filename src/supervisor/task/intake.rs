@@ -1,0 +1,91 @@
+//! What workers tell the manager without being asked: their sd_notify datagrams on
+//! handover's notify socket, and (with `max_memory`) their resident memory.
+
+use std::collections::VecDeque;
+
+use crate::notify::WorkerNotifySocket;
+use crate::supervisor::{Event, Machine};
+
+/// How often workers' memory is sampled when `max_memory` is set.
+pub const MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One `Memory` event per live worker, from /proc/<pid>/status VmRSS.
+pub fn sample_memory(m: &Machine, queue: &mut VecDeque<Event>) {
+    for pid in m.workers().filter_map(|(_, _, w)| w.pid) {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        if let Some(kib) = kib {
+            queue.push_back(Event::Memory {
+                pid,
+                rss_bytes: kib * 1024,
+            });
+        }
+    }
+}
+
+/// Drains the notify socket. Messages from pids that are not workers are logged and
+/// dropped; a descendant of a worker (a program that forks before it notifies) counts as
+/// that worker. Returns true once the socket is empty.
+pub fn read_notifications(
+    socket: &WorkerNotifySocket,
+    m: &Machine,
+    buf: &mut [u8],
+    queue: &mut VecDeque<Event>,
+) -> bool {
+    // Bounded, so a flood cannot starve signals and timers.
+    for _ in 0..256 {
+        let (pid, msg) = match socket.try_recv(buf) {
+            Ok(Some(message)) => message,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!("notify socket: {e}");
+                return true;
+            }
+        };
+        let Some(worker_pid) = owning_worker(m, pid) else {
+            tracing::warn!(
+                pid,
+                "ignored a notify message from a process that is not a worker"
+            );
+            continue;
+        };
+        if let Some(status) = &msg.status {
+            tracing::debug!(pid = worker_pid, "worker status: {status}");
+        }
+        if msg.ready {
+            queue.push_back(Event::Ready { pid: worker_pid });
+        }
+        if msg.watchdog {
+            queue.push_back(Event::Ping { pid: worker_pid });
+        }
+    }
+    false
+}
+
+/// The worker `pid` belongs to: itself, or its nearest worker ancestor (up to 4 levels).
+pub fn owning_worker(m: &Machine, pid: i32) -> Option<i32> {
+    let is_worker = |p: i32| m.workers().any(|(_, _, w)| w.pid == Some(p));
+    let mut p = pid;
+    for _ in 0..4 {
+        if p <= 1 {
+            return None;
+        }
+        if is_worker(p) {
+            return Some(p);
+        }
+        p = parent_of(p)?;
+    }
+    None
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}

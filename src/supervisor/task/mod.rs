@@ -1,0 +1,303 @@
+//! The one task that owns the workers: it turns signals, reaped children, worker notify
+//! messages, control requests and deadlines into `Event`s for the state machine, and
+//! carries out the `Action`s it returns (load config, fork/exec, kill, sd_notify, answer
+//! clients).
+//!
+//! Its parts, one job each: `reap` (SIGCHLD, process groups), `intake` (the workers'
+//! notify datagrams and memory), `requests` (control requests, replies, reload outcomes) and
+//! `upgrade` (the in-place exec).
+//!
+//! It runs on a single-threaded runtime on the main thread, on purpose: workers set
+//! PR_SET_PDEATHSIG, which fires when the *thread* that forked them exits, and fork is
+//! only sound when no other thread can hold a lock. Nothing here polls: with no deadline
+//! pending, the task sleeps until a signal, a datagram or a client arrives.
+
+mod intake;
+mod reap;
+mod requests;
+mod upgrade;
+
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use super::waiters::Waiters;
+use super::{Action, Event, GenId, Machine, Spec};
+use crate::cli::RunArgs;
+use crate::config::RunConfig;
+use crate::control::{self, ControlServer, Reply, Request};
+use crate::notify::{self, SdState, WorkerNotifySocket};
+use crate::sockets::HeldSocket;
+use crate::spawn::{self, WorkerEnv};
+use crate::upgrade as self_upgrade;
+use intake::{MEMORY_EVERY, read_notifications, sample_memory};
+use reap::{reap, send_signal};
+
+/// Everything the task needs, prepared by `run`.
+pub struct Context<'a> {
+    pub sockets: &'a [HeldSocket],
+    pub notify_socket: WorkerNotifySocket,
+    /// handover's line to systemd (NOTIFY_SOCKET), opened once.
+    pub systemd: notify::Systemd,
+    /// The flags, to load the configuration again at each reload.
+    pub args: RunArgs,
+    /// A fresh start: the configuration loaded (and checked) at start, the first
+    /// generation's. `None` when resuming after an upgrade.
+    pub initial: Option<RunConfig>,
+    pub resume: Option<Resume>,
+}
+
+/// What a new image takes over from the old one after an in-place upgrade.
+pub struct Resume {
+    pub last_reload: Option<control::ReloadInfo>,
+    pub upgrades: u32,
+    pub control: Option<(std::os::fd::OwnedFd, std::path::PathBuf)>,
+}
+
+/// The task's own bookkeeping beside the state machine.
+struct Task<'a> {
+    env: WorkerEnv<'a>,
+    args: RunArgs,
+    initial: Option<RunConfig>,
+    /// The sockets as configured at start, to warn when a reload's config changes them.
+    listen: Option<Vec<crate::sockets::ListenSpec>>,
+    waiters: Waiters,
+    systemd: notify::Systemd,
+    last_reload: Option<(control::ReloadInfo, Instant)>,
+    start_failure: Option<String>,
+    /// The binary an upgrade re-executes, and the state it needs beyond the supervisor.
+    exe: std::path::PathBuf,
+    control: Option<(std::os::fd::OwnedFd, std::path::PathBuf)>,
+    upgrades: u32,
+}
+
+/// Runs the supervisor until it decides to exit; returns the exit code.
+pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> {
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigquit = signal(SignalKind::quit())?;
+    let mut sigchld = signal(SignalKind::child())?;
+    let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
+    let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    // Handlers are in place: what an upgrade blocked across its exec may come in now.
+    self_upgrade::unblock_signals();
+    let notify_socket = ctx.notify_socket;
+    // SAFETY: the AsyncFd owns this duplicate OwnedFd, which stays open until it drops.
+    let notify_fd = unsafe { AsyncFd::register(notify_socket.as_fd().try_clone_to_owned()?)? };
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    let mut resume = ctx.resume;
+    let server = match resume.as_mut().map(|r| r.control.take()) {
+        Some(Some((fd, path))) => Some(ControlServer::adopt(fd, &path)?),
+        Some(None) => None,
+        None => match control::socket_path(ctx.args.control.as_deref()) {
+            Some(path) => Some(ControlServer::bind(&path).map_err(|e| {
+                anyhow::anyhow!("cannot create the control socket {}: {e}", path.display())
+            })?),
+            None => None,
+        },
+    };
+    let control_dup = match server {
+        Some(server) => {
+            tracing::info!("control socket: {}", server.path().display());
+            let dup = (server.duplicate_fd()?, server.path().to_owned());
+            tokio::spawn(server.serve(control_tx));
+            Some(dup)
+        }
+        None => {
+            drop(control_tx);
+            None
+        }
+    };
+    let notify_path = notify_socket.path().to_owned();
+    let mut task = Task {
+        env: WorkerEnv {
+            fds: ctx.sockets.iter().map(|s| s.fd.as_fd()).collect(),
+            fd_names: ctx.sockets.iter().map(|s| s.name.clone()).collect(),
+            notify_socket: &notify_path,
+        },
+        listen: match &ctx.initial {
+            Some(c) => Some(c.listen.clone()),
+            None => RunConfig::load(&ctx.args).ok().map(|c| c.listen),
+        },
+        args: ctx.args,
+        initial: ctx.initial,
+        waiters: Waiters::default(),
+        systemd: ctx.systemd,
+        last_reload: None,
+        start_failure: None,
+        exe: self_upgrade::binary_path(),
+        control: control_dup,
+        upgrades: 0,
+    };
+    // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
+    let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
+    // With max_memory set, workers' RSS is sampled; otherwise nothing ticks.
+    let mut memory: Option<tokio::time::Interval> = None;
+    let mut buf = vec![0u8; 4096];
+    let mut queue = VecDeque::new();
+    match resume {
+        None => queue.push_back(Event::Start),
+        Some(r) => {
+            task.upgrades = r.upgrades;
+            let now = Instant::now();
+            task.last_reload = r.last_reload.map(|info| {
+                let ago = std::time::Duration::from_secs_f64(info.ago_secs);
+                (info, now.checked_sub(ago).unwrap_or(now))
+            });
+            tracing::info!(
+                upgrades = task.upgrades,
+                "upgraded in place: {}",
+                machine.status()
+            );
+            task.systemd
+                .send(&[SdState::Ready, SdState::Status(machine.status())]);
+            // Workers that exited while the exec ran are waiting to be reaped.
+            reap(&mut queue);
+        }
+    }
+    loop {
+        while let Some(event) = queue.pop_front() {
+            let mut answers = Vec::new();
+            let actions = machine.step(event, Instant::now());
+            for note in machine.take_notes() {
+                note.log();
+            }
+            for action in actions {
+                if let Some(code) = task.execute(action, &mut answers) {
+                    task.waiters.fail_all("the manager stopped");
+                    if let Some(reason) = task.start_failure.take() {
+                        anyhow::bail!("the first generation failed: {reason}");
+                    }
+                    return Ok(code);
+                }
+            }
+            // Answers (spawned pids, loaded config) go back in first, in order, so the
+            // state machine knows them before it hears of anything else.
+            for e in answers.into_iter().rev() {
+                queue.push_front(e);
+            }
+        }
+        if machine.settings().max_memory.is_some() != memory.is_some() {
+            memory = machine
+                .settings()
+                .max_memory
+                .map(|_| tokio::time::interval(MEMORY_EVERY));
+        }
+        let deadline = machine.next_deadline();
+        tokio::select! {
+            _ = sigchld.recv() => {
+                // A worker's last words (STOPPING=1, STATUS=) are read while it is still
+                // known, before its exit is.
+                read_notifications(&notify_socket, &machine, &mut buf, &mut queue);
+                reap(&mut queue);
+            }
+            _ = sighup.recv() => queue.push_back(Event::Reload),
+            _ = sigterm.recv() => queue.push_back(Event::Stop { fast: false }),
+            _ = sigint.recv() => queue.push_back(Event::Stop { fast: false }),
+            _ = sigquit.recv() => queue.push_back(Event::Stop { fast: true }),
+            _ = sigttin.recv() => queue.push_back(Event::Scale(1)),
+            _ = sigttou.recv() => queue.push_back(Event::Scale(-1)),
+            Some(incoming) = control_rx.recv() => {
+                if incoming.request == Request::Upgrade {
+                    // Returns only if the upgrade did not happen.
+                    let why = task.upgrade(&machine, ctx.sockets, &notify_socket);
+                    let _ = incoming.reply.send(Reply::error(why));
+                } else {
+                    task.on_control(incoming, &machine, ctx.sockets, &mut queue);
+                }
+            }
+            _ = tick(&mut watchdog) => task.systemd.send(&[SdState::Watchdog]),
+            _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
+            _ = sigusr2.recv() => {
+                let why = task.upgrade(&machine, ctx.sockets, &notify_socket);
+                tracing::error!("upgrade failed, this image keeps running: {why}");
+            }
+            guard = notify_fd.readable() => {
+                let mut guard = guard?;
+                if read_notifications(&notify_socket, &machine, &mut buf, &mut queue) {
+                    guard.clear_ready();
+                }
+            }
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                queue.push_back(Event::Timer);
+            }
+        }
+    }
+}
+
+impl Task<'_> {
+    /// Carries out one action; answers for the state machine are appended to `answers`.
+    /// Returns the exit code when the action is to exit.
+    fn execute(&mut self, action: Action, answers: &mut Vec<Event>) -> Option<i32> {
+        match action {
+            Action::LoadConfig { generation } => answers.push(self.load_config(generation)),
+            Action::Spawn {
+                id,
+                generation,
+                release,
+                ..
+            } => {
+                // The machine logs a failure, with the worker's generation and slot.
+                answers.push(match spawn::spawn(&self.env, &release, generation) {
+                    Ok(pid) => Event::Spawned { id, pid },
+                    Err(e) => Event::SpawnFailed {
+                        id,
+                        error: e.to_string(),
+                    },
+                });
+            }
+            Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
+            Action::Notify(states) => {
+                for s in &states {
+                    if let SdState::Status(status) = s {
+                        self.waiters.progress(status);
+                    }
+                }
+                self.systemd.send(&states);
+            }
+            Action::Outcome(o) => self.on_outcome(o),
+            Action::Exit(code) => return Some(code),
+        }
+        None
+    }
+
+    /// Reads the configuration for `generation` (the one loaded at start for the first):
+    /// its release is resolved and pinned here, once.
+    fn load_config(&mut self, generation: GenId) -> Event {
+        self.waiters.attach_next(generation);
+        let loaded = match self.initial.take() {
+            Some(c) => Ok(c),
+            None => RunConfig::load(&self.args).map_err(|e| e.to_string()),
+        };
+        let result = loaded.map(|config| {
+            if self.listen.as_ref().is_some_and(|l| *l != config.listen) {
+                tracing::warn!("the sockets (listen) changed in the configuration: that takes a restart, not a reload");
+            }
+            Box::new(Spec {
+                settings: config.settings,
+                release: Arc::new(config.release),
+            })
+        });
+        if let Err(e) = &result {
+            tracing::error!(generation, "invalid configuration: {e}");
+        }
+        Event::ConfigLoaded { generation, result }
+    }
+}
+
+/// The next tick of an optional interval; never when there is none.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

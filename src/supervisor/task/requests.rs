@@ -1,0 +1,155 @@
+//! Control requests in (`handover reload|status|scale|stop`), replies out; and the
+//! outcome of each reload, to the clients waiting for it and to `handover status`.
+
+use std::collections::VecDeque;
+
+use tokio::time::Instant;
+
+use super::Task;
+use crate::control::{self, Incoming, Reply, Request, StatusReport};
+use crate::sockets::HeldSocket;
+use crate::supervisor::machine::WorkerPhase;
+use crate::supervisor::{Event, Machine, Outcome};
+use crate::units;
+
+impl Task<'_> {
+    pub(super) fn on_control(
+        &mut self,
+        incoming: Incoming,
+        m: &Machine,
+        sockets: &[HeldSocket],
+        queue: &mut VecDeque<Event>,
+    ) {
+        let Incoming { request, reply } = incoming;
+        tracing::debug!(?request, "control request");
+        let answer = match request {
+            Request::Status => Reply::Status {
+                v: control::VERSION,
+                status: self.report(m, sockets),
+            },
+            _ if m.is_stopping() => Reply::error("the manager is stopping"),
+            Request::Reload { wait } => {
+                queue.push_back(Event::Reload);
+                if wait {
+                    self.waiters.wait_next(reply);
+                    return;
+                }
+                Reply::ok("reload started")
+            }
+            Request::Scale { workers } => match units::check_workers(u64::from(workers)) {
+                Ok(n) => {
+                    let before = m.desired_workers();
+                    queue.push_back(Event::ScaleTo(n));
+                    Reply::ok(format!(
+                        "workers: {before} -> {n} (kept across reloads until the configuration's workers changes)"
+                    ))
+                }
+                Err(e) => Reply::error(format!("scale: {e}")),
+            },
+            Request::Upgrade => Reply::error("handled by the task"),
+            Request::Stop => {
+                queue.push_back(Event::Stop { fast: false });
+                Reply::ok("stopping")
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn report(&self, m: &Machine, sockets: &[HeldSocket]) -> StatusReport {
+        let now = Instant::now();
+        let workers = m
+            .workers()
+            .map(|(generation, _, w)| control::WorkerInfo {
+                pid: w.pid,
+                generation,
+                slot: w.slot,
+                state: match w.phase {
+                    WorkerPhase::Spawning | WorkerPhase::Starting { .. } => "starting",
+                    WorkerPhase::Ready => "ready",
+                    WorkerPhase::Stopping { .. } => "draining",
+                }
+                .to_owned(),
+                age_secs: now.saturating_duration_since(w.started).as_secs_f64(),
+                restarts: w.restarts,
+            })
+            .collect();
+        StatusReport {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            upgrades: self.upgrades,
+            status: m.status(),
+            current_generation: m.current_generation(),
+            desired_workers: m.desired_workers(),
+            sockets: sockets
+                .iter()
+                .map(|s| control::SocketInfo {
+                    name: s.name.clone(),
+                    address: s.address.clone(),
+                })
+                .collect(),
+            workers,
+            last_reload: self.last_reload_info(now),
+        }
+    }
+
+    /// The last reload's outcome, aged to `now`.
+    pub(super) fn last_reload_info(&self, now: Instant) -> Option<control::ReloadInfo> {
+        self.last_reload
+            .as_ref()
+            .map(|(info, at)| control::ReloadInfo {
+                ago_secs: now.saturating_duration_since(*at).as_secs_f64(),
+                ..info.clone()
+            })
+    }
+
+    pub(super) fn on_outcome(&mut self, o: Outcome) {
+        let now = Instant::now();
+        let (generation, ok, message, took) = match o {
+            Outcome::Started { generation } => {
+                tracing::info!(generation, "ready: serving");
+                return;
+            }
+            Outcome::StartFailed { reason } => {
+                tracing::error!("start failed: {reason}");
+                self.start_failure = Some(reason);
+                return;
+            }
+            Outcome::Reloaded { generation, took } => {
+                let took_ms = took.as_millis() as u64;
+                tracing::info!(generation, took_ms, "reload complete");
+                let message = format!("gen {generation} serving (reload took {took_ms} ms)");
+                (generation, true, message, took_ms)
+            }
+            Outcome::RolledBack {
+                generation,
+                reason,
+                took,
+            } => {
+                let took_ms = took.as_millis() as u64;
+                tracing::error!(
+                    generation,
+                    took_ms,
+                    "reload failed, old generation keeps serving: {reason}"
+                );
+                let message = format!(
+                    "gen {generation} rolled back, the old generation keeps serving: {reason}"
+                );
+                (generation, false, message, took_ms)
+            }
+        };
+        let reply = if ok {
+            Reply::ok(message.clone())
+        } else {
+            Reply::error(message.clone())
+        };
+        self.waiters.resolve(generation, reply);
+        let info = control::ReloadInfo {
+            generation,
+            ok,
+            message,
+            took_ms: took,
+            ago_secs: 0.0,
+        };
+        self.last_reload = Some((info, now));
+    }
+}

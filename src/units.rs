@@ -1,0 +1,197 @@
+//! The leaf types of handover's settings, and every default, defined once: durations,
+//! sizes, signals, readiness modes and worker counts. The flags (`cli`), the config file
+//! (`config_file`) and the effective configuration (`config`) all parse through here, so a
+//! value reads the same and fails with the same message wherever it is given; this module
+//! imports nothing of the crate.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+/// Workers per generation when nothing sets it.
+pub const DEFAULT_WORKERS: u32 = 2;
+/// The most workers a generation may have (flags, config file, control socket alike).
+pub const MAX_WORKERS: u32 = 4096;
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_STOP_SIGNAL: Signal = Signal::SIGTERM;
+/// Crash restarts: the first delay, doubling per crash in a row up to the cap; a worker
+/// that served this long before it died starts afresh.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Checks a worker count: 1 to MAX_WORKERS.
+pub fn check_workers(n: u64) -> Result<usize, String> {
+    if (1..=u64::from(MAX_WORKERS)).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(format!(
+            "{n} workers: use a whole number from 1 to {MAX_WORKERS}"
+        ))
+    }
+}
+
+/// How a new worker proves it is ready to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Readiness {
+    /// The worker sends `READY=1` to handover's notify socket (checked by sender pid).
+    Notify,
+    /// The worker is assumed ready after a fixed delay: for programs that cannot notify.
+    Delay(Duration),
+}
+
+impl FromStr for Readiness {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "notify" {
+            return Ok(Readiness::Notify);
+        }
+        if let Some(d) = s.strip_prefix("delay:") {
+            return parse_duration(d).map(Readiness::Delay);
+        }
+        Err(format!(
+            "`{s}` is not a readiness mode: use `notify` or `delay:DURATION` (e.g. delay:2s)"
+        ))
+    }
+}
+
+/// Parses `500ms`, `2s`, `1m`, `1h`; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration: use e.g. 500ms, 30s, 2m");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" | "min" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    };
+    ms.map(Duration::from_millis).ok_or_else(bad)
+}
+
+/// Parses a memory size: `512M`, `1G`, `300MiB`, `1048576` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a size: use e.g. 512M, 1G or a number of bytes");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).filter(|&b| b > 0).ok_or_else(bad)
+}
+
+/// The shortest form `parse_duration` reads back: `30s`, `1500ms`, `2m`.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        _ if ms.is_multiple_of(60_000) && ms > 0 => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// Parses `SIGTERM`, `TERM`, `term` or a number such as `15`.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let bad = || format!("`{s}` is not a signal: use a name such as SIGTERM, SIGINT, SIGQUIT");
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name).map_err(|_| bad())
+}
+
+/// Signals travel as their numbers in a self-upgrade handoff.
+pub mod signal_number {
+    use nix::sys::signal::Signal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Signal, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_i32(*s as i32)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Signal, D::Error> {
+        let n = i32::deserialize(de)?;
+        Signal::try_from(n).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for d in ["1500ms", "30s", "2m", "0s"] {
+            assert_eq!(show_duration(parse_duration(d).unwrap()), d);
+        }
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(
+            parse_duration("fast")
+                .unwrap_err()
+                .contains("`fast` is not a duration")
+        );
+        assert!(parse_duration("3 s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("SIGTERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("quit"), Ok(Signal::SIGQUIT));
+        assert_eq!(parse_signal("2"), Ok(Signal::SIGINT));
+        assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(
+            parse_size("lots")
+                .unwrap_err()
+                .contains("`lots` is not a size")
+        );
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn readiness() {
+        assert_eq!("notify".parse(), Ok(Readiness::Notify));
+        assert_eq!(
+            "delay:2s".parse(),
+            Ok(Readiness::Delay(Duration::from_secs(2)))
+        );
+        assert!("ready".parse::<Readiness>().unwrap_err().contains("notify"));
+    }
+
+    #[test]
+    fn worker_counts() {
+        assert_eq!(check_workers(1), Ok(1));
+        assert_eq!(check_workers(4096), Ok(4096));
+        assert!(check_workers(0).unwrap_err().contains("from 1 to 4096"));
+        assert!(check_workers(4097).is_err());
+    }
+}
