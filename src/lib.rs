@@ -30,6 +30,7 @@ pub mod generate;
 pub mod init;
 pub mod logging;
 pub mod notify;
+pub mod readiness;
 pub mod run;
 pub mod sockets;
 pub mod spawn;
