@@ -267,3 +267,59 @@ fn an_unreadable_tree_is_an_error_naming_the_file() {
     );
     eprintln!("{line}");
 }
+
+/// Go's shape: `net.FileListener(os.NewFile(3, ""))`, then `http.Serve`; an idle Go
+/// program parks one thread in `epoll_pwait` on its netpoll set.
+#[test]
+fn go_serving_on_fd_3() {
+    if Command::new("go").arg("version").output().is_err() {
+        eprintln!("skipped: no `go` on PATH (Debian: golang-go)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.go"),
+        r#"package main
+
+import (
+	"net"
+	"net/http"
+	"os"
+)
+
+func main() {
+	l, err := net.FileListener(os.NewFile(3, ""))
+	if err != nil {
+		panic(err)
+	}
+	http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+}
+"#,
+    )
+    .unwrap();
+    let bin = dir.path().join("server");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg("main.go")
+        .current_dir(dir.path())
+        .env("GO111MODULE", "off")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let t = Tree::start(bin.to_str().unwrap(), &[]);
+    let w = t.wait_waiting();
+    assert!(matches!(w.how, How::Epoll { .. }), "{w}");
+    // FileListener dups fd 3; Go closes nothing of ours, the dup is what it watches.
+    assert!(w.pid == t.pid() && w.fd > 3, "{w}");
+    assert_eq!(
+        common::get(t.listener.local_addr().unwrap(), "/")
+            .unwrap()
+            .0,
+        200
+    );
+}
