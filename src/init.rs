@@ -53,6 +53,25 @@ pub fn render(args: &InitArgs, handover: &Path) -> anyhow::Result<Vec<(PathBuf, 
     if let Some(first) = names.first() {
         writeln!(socket, "FileDescriptorName={first}")?;
     }
+    // NoDelay: see SpecKind::Tcp (servers handed an fd never set TCP_NODELAY). systemd
+    // applies it to every socket of the unit, so the specs must agree.
+    let nodelay: Vec<bool> = args
+        .listen
+        .iter()
+        .filter_map(|l| match l.kind {
+            SpecKind::Tcp { nodelay, .. } => Some(nodelay),
+            _ => None,
+        })
+        .collect();
+    if nodelay.contains(&true) && nodelay.contains(&false) {
+        bail!(
+            "NoDelay= applies to every socket of {name}.socket: give nodelay=false on all \
+             TCP --listen addresses or on none"
+        );
+    }
+    if nodelay.first() == Some(&true) {
+        socket += "NoDelay=yes\n";
+    }
     socket += "Backlog=4096\n\n[Install]\nWantedBy=sockets.target\n";
 
     let service = format!(
@@ -92,7 +111,7 @@ pub fn render(args: &InitArgs, handover: &Path) -> anyhow::Result<Vec<(PathBuf, 
 
 fn listen_line(spec: &ListenSpec) -> String {
     match &spec.kind {
-        SpecKind::Tcp(a) => format!("ListenStream={a}\n"),
+        SpecKind::Tcp { addr, .. } => format!("ListenStream={addr}\n"),
         SpecKind::Udp(a) => format!("ListenDatagram={a}\n"),
         SpecKind::Unix { path, mode } => {
             let mut s = format!("ListenStream={}\n", path.display());
@@ -165,7 +184,9 @@ mod tests {
         assert_eq!(run(&a).unwrap(), 0);
         let socket = std::fs::read_to_string(dir.path().join("web.socket")).unwrap();
         assert!(
-            socket.contains("ListenStream=0.0.0.0:8000\nFileDescriptorName=http\n"),
+            socket.contains(
+                "ListenStream=0.0.0.0:8000\nFileDescriptorName=http\nNoDelay=yes\nBacklog="
+            ),
             "{socket}"
         );
         let service = std::fs::read_to_string(dir.path().join("web.service")).unwrap();
@@ -192,11 +213,16 @@ mod tests {
             d,
             "--force",
             "--listen",
-            "0.0.0.0:9000",
+            "0.0.0.0:9000,nodelay=false",
             "--",
             "/bin/true",
         ]);
         assert_eq!(run(&forced).unwrap(), 0);
+        let socket = std::fs::read_to_string(dir.path().join("web.socket")).unwrap();
+        assert!(
+            socket.contains("ListenStream=0.0.0.0:9000\n") && !socket.contains("NoDelay"),
+            "{socket}"
+        );
     }
 
     #[test]
@@ -210,5 +236,14 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("--listen"));
         let e = render(&args(&["a", "--listen", "0.0.0.0:1"]), Path::new("/h"));
         assert!(e.unwrap_err().to_string().contains("no worker command"));
+        let mixed = &[
+            "a",
+            "--listen",
+            "0.0.0.0:1",
+            "--listen",
+            "0.0.0.0:2,nodelay=false",
+        ];
+        let e = render(&args(&[&mixed[..], &["--", "x"]].concat()), Path::new("/h"));
+        assert!(e.unwrap_err().to_string().contains("nodelay=false on all"));
     }
 }

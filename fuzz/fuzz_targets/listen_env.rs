@@ -21,8 +21,13 @@ fuzz_target!(|data: &[u8]| {
 
     match ListenSpec::from_str(text) {
         Ok(spec) => {
-            // spec_text shows the address: a unix socket's mode is not part of it.
+            // spec_text shows the address: a unix socket's mode and a TCP socket's
+            // nodelay are not part of it.
             let address = |k: &SpecKind| match k {
+                SpecKind::Tcp { addr, .. } => SpecKind::Tcp {
+                    addr: *addr,
+                    nodelay: true,
+                },
                 SpecKind::Unix { path, .. } => SpecKind::Unix {
                     path: path.clone(),
                     mode: None,

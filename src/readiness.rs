@@ -1,0 +1,308 @@
+//! Readiness read from the kernel: is a process of this worker's tree waiting for
+//! connections on one of the held sockets?
+//!
+//! A worker is ready when it really serves, and only it can say so (`READY=1`), or its
+//! own kernel state can: a thread of it (or of a process it forked) blocked in `accept`
+//! on the socket, or in `poll`/`select`/`epoll_wait` on a set that holds the socket for
+//! reading. That needs nothing from the worker (uvicorn, Node, Go, a gunicorn worker
+//! forked after an early `READY=1`) and, unlike a connect probe, it is about *that*
+//! worker: a connect to the shared socket is answered by the old generation too.
+//!
+//! Evidence, per process of the tree (the root and every descendant, found by a scan of
+//! `/proc/*/stat`: `/proc/PID/task/*/children` would be cheaper, but it needs
+//! CONFIG_PROC_CHILDREN, which kernels lack, and the kernel documents it as unreliable
+//! while children come and go):
+//!
+//! 1. a thread in `accept`/`accept4` whose fd (first argument, in `/proc/PID/task/TID/syscall`)
+//!    links to `socket:[INODE]` of a held socket;
+//! 2. a thread in `poll`/`ppoll` or `select`/`pselect6` whose fd set (read from
+//!    `/proc/PID/mem`) asks for input on such an fd, or on an epoll fd as in 3;
+//! 3. a thread in `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on an epoll fd whose
+//!    `/proc/PID/fdinfo/N` has a `tfd:` line watching the socket (by `ino:` and `sdev:`,
+//!    never by fd number: workers dup the fd) with EPOLLIN.
+//!
+//! An epoll set that merely holds the socket is not enough: asyncio registers the
+//! listener in `start_server`, and a program that then warms up (blocking) before its
+//! loop runs would be counted ready while nothing accepts. A thread must be blocked on
+//! the set. Not seen (so such a worker needs `--ready notify`): io_uring, an epoll set
+//! nested in another epoll set, a server that only busy-polls.
+//!
+//! This module only reads /proc: it never signals, traces or stops a process. It reads
+//! `syscall` and `mem`, which the kernel allows to an ancestor of the same uid or root
+//! (ptrace access): the manager is the ancestor of every worker. A process that goes away
+//! mid-read simply is not waiting; a file that cannot be read is an error naming it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+mod thread;
+
+/// A held socket as the kernel names it: its inode and the device of sockfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketId {
+    pub ino: u64,
+    /// `st_dev` in the kernel's own encoding (`MAJOR << 20 | MINOR`), as fdinfo's `sdev:`.
+    pub dev: u64,
+}
+
+/// The identities of the held sockets (fstat of each fd): computed once, for every probe.
+pub fn socket_ids(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<SocketId>> {
+    fds.iter()
+        .map(|fd| {
+            // SAFETY: fstat only writes into the zeroed stat buffer; the fd is borrowed, so
+            // open for the whole call.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let (major, minor) = (libc::major(st.st_dev) as u64, libc::minor(st.st_dev) as u64);
+            Ok(SocketId {
+                ino: st.st_ino,
+                dev: major << 20 | minor,
+            })
+        })
+        .collect()
+}
+
+/// What a waiting thread is blocked in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    Accept,
+    Poll,
+    Select,
+    /// `epoll_wait` on the epoll fd `epfd`, whose set watches the socket.
+    Epoll {
+        epfd: RawFd,
+    },
+}
+
+/// The first thread of the tree found waiting for connections on a held socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    pub pid: i32,
+    pub tid: i32,
+    /// The socket's fd number in that process.
+    pub fd: RawFd,
+    pub how: How,
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Waiting { pid, tid, fd, how } = self;
+        match how {
+            How::Accept => write!(f, "pid {pid} (thread {tid}) is in accept on fd {fd}"),
+            How::Poll => write!(f, "pid {pid} (thread {tid}) polls fd {fd}"),
+            How::Select => write!(f, "pid {pid} (thread {tid}) selects on fd {fd}"),
+            How::Epoll { epfd } => write!(
+                f,
+                "pid {pid} (thread {tid}) is in epoll_wait on fd {epfd}, which watches fd {fd}"
+            ),
+        }
+    }
+}
+
+/// At most this many processes in one worker's tree are looked at.
+pub const MAX_PROCESSES: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "cannot read {} (worker tree of pid {root}): {cause}; handover must run as root or as \
+         the workers' uid, with /proc mounted without hidepid and ptrace not restricted; \
+         otherwise use --ready notify", path.display()
+    )]
+    Unreadable {
+        root: i32,
+        path: PathBuf,
+        cause: io::Error,
+    },
+    #[error(
+        "pid {root} runs but /proc/{root} is not visible (/proc mounted with hidepid?): \
+         use --ready notify"
+    )]
+    Hidden { root: i32 },
+    #[error(
+        "the tree of pid {root} has more than {MAX_PROCESSES} processes: too many to watch \
+         for readiness; use --ready notify"
+    )]
+    TooMany { root: i32 },
+    #[error("{} does not exist on this kernel: use --ready notify", path.display())]
+    Unsupported { path: PathBuf },
+}
+
+/// Which thread of the tree rooted at `root` (itself and all its descendants) is waiting
+/// for connections on one of `sockets`, if any. `Ok(None)` also when `root` has exited.
+pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, ProbeError> {
+    for pid in tree(root)? {
+        let found = process_waiting(pid, sockets).map_err(|f| match f {
+            Failed::Read(path, cause) => ProbeError::Unreadable { root, path, cause },
+            Failed::Unsupported(path) => ProbeError::Unsupported { path },
+        })?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// `root` and its descendants, root first. Empty if root has exited.
+fn tree(root: i32) -> Result<Vec<i32>, ProbeError> {
+    let proc = Path::new("/proc");
+    if !proc.join(root.to_string()).exists() {
+        // kill(pid, 0) tells whether the process exists (EPERM: it does, another uid's).
+        // SAFETY: signal 0 sends nothing.
+        let alive = unsafe { libc::kill(root, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        return if alive {
+            Err(ProbeError::Hidden { root })
+        } else {
+            Ok(Vec::new())
+        };
+    }
+    let unreadable = |cause| ProbeError::Unreadable {
+        root,
+        path: proc.into(),
+        cause,
+    };
+    let mut parent_of = Vec::new();
+    for entry in proc.read_dir().map_err(unreadable)? {
+        let Some(pid) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        else {
+            continue;
+        };
+        // Gone meanwhile (stat is readable to all unless hidepid, checked above).
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some(ppid) = parse_ppid(&stat) {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parent_of.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        if tree.len() > MAX_PROCESSES {
+            return Err(ProbeError::TooMany { root });
+        }
+        i += 1;
+    }
+    Ok(tree)
+}
+
+/// The ppid field of `/proc/PID/stat`: the fourth, counted after the `(comm)` that may
+/// itself hold spaces and parentheses.
+fn parse_ppid(stat: &str) -> Option<i32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+/// Why a process could not be looked at.
+enum Failed {
+    /// A /proc file that could not be read, and why.
+    Read(PathBuf, io::Error),
+    /// A /proc file this kernel does not have.
+    Unsupported(PathBuf),
+}
+
+fn read_failed(path: &Path) -> impl FnOnce(io::Error) -> Failed + '_ {
+    move |e| Failed::Read(path.into(), e)
+}
+
+/// A process's fds that matter: the held sockets and the epoll fds.
+struct Fds {
+    sockets: Vec<RawFd>,
+    epolls: Vec<RawFd>,
+}
+
+/// The first thread of `pid` waiting on a held socket. Processes without a held socket
+/// or an epoll fd (the usual master, a shell) cost one directory read.
+fn process_waiting(pid: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, Failed> {
+    let Some(fds) = gone_is_none(fds_of(pid, sockets))? else {
+        return Ok(None);
+    };
+    if fds.sockets.is_empty() && fds.epolls.is_empty() {
+        return Ok(None);
+    }
+    // What each epoll fd of the process watches, read at most once per probe.
+    let mut watches = HashMap::new();
+    let task_dir = PathBuf::from(format!("/proc/{pid}/task"));
+    let Some(tasks) = gone_is_none(task_dir.read_dir().map_err(read_failed(&task_dir)))? else {
+        return Ok(None);
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if let Some(Some(w)) = gone_is_none(thread::waiting(pid, tid, &fds, sockets, &mut watches))?
+        {
+            return Ok(Some(w));
+        }
+    }
+    Ok(None)
+}
+
+/// A race with an exiting process or thread (ENOENT, ESRCH) is "not there": `Ok(None)`.
+fn gone_is_none<T>(r: Result<T, Failed>) -> Result<Option<T>, Failed> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Failed::Read(_, e)) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
+            Ok(None)
+        }
+        Err(f) => Err(f),
+    }
+}
+
+fn fds_of(pid: i32, sockets: &[SocketId]) -> Result<Fds, Failed> {
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let mut fds = Fds {
+        sockets: Vec::new(),
+        epolls: Vec::new(),
+    };
+    for entry in dir.read_dir().map_err(read_failed(&dir))? {
+        let Ok(entry) = entry else { continue };
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        // A link that vanished is an fd closed meanwhile: skip it.
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if target == "anon_inode:[eventpoll]" {
+            fds.epolls.push(fd);
+        } else if let Some(ino) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse::<u64>().ok())
+            && sockets.iter().any(|s| s.ino == ino)
+        {
+            fds.sockets.push(fd);
+        }
+    }
+    Ok(fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_ppid_after_any_comm() {
+        assert_eq!(parse_ppid("12 (a) b) (c) S 7 12 12 0"), Some(7));
+    }
+
+    #[test]
+    fn an_exited_root_waits_for_nothing() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert!(waiting_on(pid, &[]).unwrap().is_none());
+    }
+}
