@@ -74,9 +74,10 @@ pub struct RunArgs {
     #[arg(long, short = 'w', value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
     pub workers: Option<u32>,
 
-    /// How a worker proves it is ready: `notify` (it sends READY=1 to $NOTIFY_SOCKET, the
-    /// default and the only proof) or `delay:DURATION` (assume ready after a fixed time;
-    /// weaker: a slow start is taken for a ready one).
+    /// How a new worker proves it serves [default: auto]. `auto`: a process of its tree
+    /// is seen waiting for connections on a held socket, and a worker that speaks
+    /// sd_notify has also sent READY=1; `listen`: the socket alone; `notify`: READY=1
+    /// alone; `delay:DURATION`: a timer (weaker: a slow start is taken for a ready one).
     #[arg(long, value_name = "MODE")]
     pub ready: Option<Readiness>,
 

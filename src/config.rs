@@ -89,7 +89,7 @@ impl RunConfig {
             listen,
             settings: Settings {
                 workers: args.workers.or(file.workers).unwrap_or(DEFAULT_WORKERS) as usize,
-                readiness: args.ready.or(file.ready).unwrap_or(Readiness::Notify),
+                readiness: args.ready.or(file.ready).unwrap_or(Readiness::Auto),
                 ready_timeout: args
                     .ready_timeout
                     .or(file.ready_timeout)
@@ -134,10 +134,7 @@ impl std::fmt::Display for RunConfig {
             .map(|l| format!("{:?}", crate::sockets::spec_text(l)))
             .collect();
         writeln!(f, "listen = [{}]", listen.join(", "))?;
-        let ready = match s.readiness {
-            Readiness::Notify => "notify".to_owned(),
-            Readiness::Delay(d) => format!("delay:{}", show_duration(d)),
-        };
+        let ready = s.readiness.text();
         writeln!(f, "ready = \"{ready}\"")?;
         writeln!(f, "ready_timeout = \"{}\"", show_duration(s.ready_timeout))?;
         writeln!(f, "stop_signal = \"{}\"", s.stop_signal)?;

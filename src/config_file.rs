@@ -7,7 +7,7 @@
 //! args = ["--port-fd", "3"]
 //! workers = 4                              # 1 to 4096
 //! listen = ["127.0.0.1:8080"]              # only when handover binds the sockets itself
-//! ready = "notify"                         # or "delay:2s"
+//! ready = "auto"                           # or "listen", "notify", "delay:2s"
 //! ready_timeout = "60s"
 //! stop_signal = "SIGTERM"
 //! graceful_timeout = "30s"

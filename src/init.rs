@@ -96,7 +96,7 @@ pub fn render(args: &InitArgs, handover: &Path) -> anyhow::Result<Vec<(PathBuf, 
     let config = format!(
         "# {name}: handover configuration, read again at every `systemctl reload {name}`.\n\
          # See `man handover` and /usr/share/doc/handover/examples/handover.toml.\n\
-         command = {}\nargs = [{}]\nworkers = {}\nready = \"notify\"\nready_timeout = \"60s\"\n\
+         command = {}\nargs = [{}]\nworkers = {}\nready = \"auto\"\nready_timeout = \"60s\"\n\
          graceful_timeout = \"30s\"\n",
         quote(program),
         args_list.join(", "),

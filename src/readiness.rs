@@ -136,7 +136,50 @@ pub enum ProbeError {
 /// Which thread of the tree rooted at `root` (itself and all its descendants) is waiting
 /// for connections on one of `sockets`, if any. `Ok(None)` also when `root` has exited.
 pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, ProbeError> {
-    for pid in tree(root)? {
+    let table = process_table(root)?;
+    waiting_in_tree(root, &table, sockets)
+}
+
+/// `waiting_on` for several roots with one scan of /proc (the manager probes every
+/// pending worker at once).
+pub fn waiting_on_each(
+    roots: &[i32],
+    sockets: &[SocketId],
+) -> Vec<(i32, Result<Option<Waiting>, ProbeError>)> {
+    let Some(first) = roots.first() else {
+        return Vec::new();
+    };
+    match process_table(*first) {
+        Err(e) => {
+            let shown = e.to_string();
+            let mut out = vec![(*first, Err(e))];
+            out.extend(roots[1..].iter().map(|r| {
+                let cause = io::Error::other(shown.clone());
+                let path = PathBuf::from("/proc");
+                (
+                    *r,
+                    Err(ProbeError::Unreadable {
+                        root: *r,
+                        path,
+                        cause,
+                    }),
+                )
+            }));
+            out
+        }
+        Ok(table) => roots
+            .iter()
+            .map(|r| (*r, waiting_in_tree(*r, &table, sockets)))
+            .collect(),
+    }
+}
+
+fn waiting_in_tree(
+    root: i32,
+    table: &[(i32, i32)],
+    sockets: &[SocketId],
+) -> Result<Option<Waiting>, ProbeError> {
+    for pid in tree(root, table)? {
         let found = process_waiting(pid, sockets).map_err(|f| match f {
             Failed::Read(path, cause) => ProbeError::Unreadable { root, path, cause },
             Failed::Unsupported(path) => ProbeError::Unsupported { path },
@@ -148,20 +191,10 @@ pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, Pr
     Ok(None)
 }
 
-/// `root` and its descendants, root first. Empty if root has exited.
-fn tree(root: i32) -> Result<Vec<i32>, ProbeError> {
+/// (pid, parent pid) of every process, from one scan of `/proc/*/stat`; `root` names the
+/// probe an error is about.
+fn process_table(root: i32) -> Result<Vec<(i32, i32)>, ProbeError> {
     let proc = Path::new("/proc");
-    if !proc.join(root.to_string()).exists() {
-        // kill(pid, 0) tells whether the process exists (EPERM: it does, another uid's).
-        // SAFETY: signal 0 sends nothing.
-        let alive = unsafe { libc::kill(root, 0) } == 0
-            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        return if alive {
-            Err(ProbeError::Hidden { root })
-        } else {
-            Ok(Vec::new())
-        };
-    }
     let unreadable = |cause| ProbeError::Unreadable {
         root,
         path: proc.into(),
@@ -175,7 +208,6 @@ fn tree(root: i32) -> Result<Vec<i32>, ProbeError> {
         else {
             continue;
         };
-        // Gone meanwhile (stat is readable to all unless hidepid, checked above).
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
@@ -183,11 +215,26 @@ fn tree(root: i32) -> Result<Vec<i32>, ProbeError> {
             parent_of.push((pid, ppid));
         }
     }
+    Ok(parent_of)
+}
+
+/// `root` and its descendants, per `table`.
+fn tree(root: i32, table: &[(i32, i32)]) -> Result<Vec<i32>, ProbeError> {
+    if !table.iter().any(|(pid, _)| *pid == root) {
+        // SAFETY: kill with signal 0 only checks that the pid exists.
+        let alive = unsafe { libc::kill(root, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        return if alive && !Path::new(&format!("/proc/{root}")).exists() {
+            Err(ProbeError::Hidden { root })
+        } else {
+            Ok(Vec::new())
+        };
+    }
     let mut tree = vec![root];
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
-        tree.extend(parent_of.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        tree.extend(table.iter().filter(|p| p.1 == parent).map(|p| p.0));
         if tree.len() > MAX_PROCESSES {
             return Err(ProbeError::TooMany { root });
         }
@@ -196,8 +243,6 @@ fn tree(root: i32) -> Result<Vec<i32>, ProbeError> {
     Ok(tree)
 }
 
-/// The ppid field of `/proc/PID/stat`: the fourth, counted after the `(comm)` that may
-/// itself hold spaces and parentheses.
 fn parse_ppid(stat: &str) -> Option<i32> {
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_ascii_whitespace().nth(1)?.parse().ok()

@@ -33,26 +33,55 @@ pub fn check_workers(n: u64) -> Result<usize, String> {
     }
 }
 
-/// How a new worker proves it is ready to serve.
+/// How a new worker proves it is ready to serve. Every mode but `delay` is an
+/// acknowledgement about *that* worker, never a timer (README "Readiness").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Readiness {
-    /// The worker sends `READY=1` to handover's notify socket (checked by sender pid).
+    /// The default: a process of the worker's tree is seen waiting for connections on a
+    /// held socket (`listen`), and a worker that speaks sd_notify must also have sent
+    /// `READY=1`. Needs nothing from uvicorn, Node or Go; waits for gunicorn's forked
+    /// workers past its master's early READY=1.
+    Auto,
+    /// Only a process of the worker's tree waiting on a held socket counts.
+    Listen,
+    /// Only the worker's `READY=1` to handover's notify socket counts (by sender pid).
     Notify,
-    /// The worker is assumed ready after a fixed delay: for programs that cannot notify.
+    /// The worker is assumed ready after a fixed delay: weaker, a slow start is taken
+    /// for a ready one.
     Delay(Duration),
+}
+
+impl Readiness {
+    /// The mode as `FromStr` reads it back.
+    pub fn text(&self) -> String {
+        match self {
+            Readiness::Auto => "auto".into(),
+            Readiness::Listen => "listen".into(),
+            Readiness::Notify => "notify".into(),
+            Readiness::Delay(d) => format!("delay:{}", show_duration(*d)),
+        }
+    }
+
+    /// Whether this mode reads the workers' state from /proc.
+    pub fn watches_sockets(&self) -> bool {
+        matches!(self, Readiness::Auto | Readiness::Listen)
+    }
 }
 
 impl FromStr for Readiness {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "notify" {
-            return Ok(Readiness::Notify);
+        match s {
+            "auto" => return Ok(Readiness::Auto),
+            "listen" => return Ok(Readiness::Listen),
+            "notify" => return Ok(Readiness::Notify),
+            _ => {}
         }
         if let Some(d) = s.strip_prefix("delay:") {
             return parse_duration(d).map(Readiness::Delay);
         }
         Err(format!(
-            "`{s}` is not a readiness mode: use `notify` or `delay:DURATION` (e.g. delay:2s)"
+            "`{s}` is not a readiness mode: use `auto`, `listen`, `notify` or `delay:DURATION` (e.g. delay:2s)"
         ))
     }
 }
@@ -179,12 +208,25 @@ mod tests {
 
     #[test]
     fn readiness() {
+        for r in [
+            Readiness::Auto,
+            Readiness::Listen,
+            Readiness::Notify,
+            Readiness::Delay(Duration::from_millis(1500)),
+        ] {
+            assert_eq!(r.text().parse(), Ok(r));
+        }
         assert_eq!("notify".parse(), Ok(Readiness::Notify));
         assert_eq!(
             "delay:2s".parse(),
             Ok(Readiness::Delay(Duration::from_secs(2)))
         );
-        assert!("ready".parse::<Readiness>().unwrap_err().contains("notify"));
+        assert!(
+            "ready"
+                .parse::<Readiness>()
+                .unwrap_err()
+                .contains("`auto`, `listen`, `notify`")
+        );
     }
 
     #[test]

@@ -392,7 +392,16 @@ fn an_old_worker_exiting_badly_during_its_drain_is_not_restarted() {
 
 #[test]
 fn an_old_worker_ignoring_sigterm_is_killed_with_its_group_after_the_graceful_timeout() {
-    let (r, old, load) = serving(&["--workers", "2", "--graceful-timeout", "2s"], &[]);
+    // The stubborn worker only says READY=1 (it never accepts): notify readiness.
+    let opts = [
+        "--workers",
+        "2",
+        "--graceful-timeout",
+        "2s",
+        "--ready",
+        "notify",
+    ];
+    let (r, old, load) = serving(&opts, &[]);
     // A third worker that ignores SIGTERM and has a child (both hold the socket).
     r.switch("stubborn", true);
     assert!(r.ctl(&["scale", "3"]).status.success());
@@ -501,7 +510,16 @@ fn a_notify_flood_leaves_the_manager_responsive() {
 
 #[test]
 fn ready_counts_for_the_real_sender_only() {
-    let (r, old, load) = serving(&["--workers", "2", "--ready-timeout", "5s"], &[]);
+    // READY=1 is what this is about: notify readiness.
+    let opts = [
+        "--workers",
+        "2",
+        "--ready-timeout",
+        "5s",
+        "--ready",
+        "notify",
+    ];
+    let (r, old, load) = serving(&opts, &[]);
     // In the candidate, one worker says nothing; the other sends READY=1 with
     // MAINPID=<the quiet one>.
     r.switch("spoof", true);

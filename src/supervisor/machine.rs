@@ -24,7 +24,7 @@ pub use snapshot::Snapshot;
 
 use super::generation::Generation;
 pub use super::model::{
-    Action, Event, GenId, Outcome, Settings, Spec, Worker, WorkerId, WorkerPhase,
+    Ack, Action, Event, GenId, Outcome, Settings, Spec, Worker, WorkerId, WorkerPhase,
 };
 use super::notes::Note;
 use crate::notify::SdState;
@@ -212,11 +212,18 @@ impl Machine {
             }
             Event::Spawned { id, pid } => self.on_spawned(id, pid, now, &mut out),
             Event::SpawnFailed { id, error } => self.on_spawn_failed(id, error, now, &mut out),
-            Event::Ready { pid } => {
-                if let Some((g, id)) = self.find(pid) {
-                    self.mark_ready(g, id, now, &mut out);
-                }
-            }
+            Event::Ready { pid } => self.on_ack(
+                pid,
+                |a| {
+                    a.ready = true;
+                    a.spoke = true;
+                },
+                now,
+                &mut out,
+            ),
+            Event::Spoke { pid } => self.on_ack(pid, |a| a.spoke = true, now, &mut out),
+            Event::Listening { pid } => self.on_ack(pid, |a| a.listening = true, now, &mut out),
+            Event::ProbeFailed { pid, error } => self.on_probe_failed(pid, error, now, &mut out),
             Event::Ping { pid } => {
                 if let Some((g, id)) = self.find(pid)
                     && let Some(w) = self.worker_mut(g, id)

@@ -47,7 +47,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             workers: units::DEFAULT_WORKERS as usize,
-            readiness: Readiness::Notify,
+            readiness: Readiness::Auto,
             ready_timeout: units::DEFAULT_READY_TIMEOUT,
             stop_signal: units::DEFAULT_STOP_SIGNAL,
             graceful_timeout: units::DEFAULT_GRACEFUL_TIMEOUT,
@@ -95,9 +95,23 @@ pub enum Event {
         id: WorkerId,
         error: String,
     },
-    /// A worker (by pid) sent READY=1.
+    /// A worker (by pid, or a process of its tree) sent READY=1.
     Ready {
         pid: i32,
+    },
+    /// A worker sent an sd_notify message without READY=1 (STATUS=, …): it speaks the
+    /// protocol, so under `auto` its READY=1 is waited for too.
+    Spoke {
+        pid: i32,
+    },
+    /// A process of the worker's tree was seen waiting for connections on a held socket.
+    Listening {
+        pid: i32,
+    },
+    /// The worker's tree could not be read to judge its readiness (`error` says why).
+    ProbeFailed {
+        pid: i32,
+        error: String,
     },
     /// A worker (by pid) sent WATCHDOG=1.
     Ping {
@@ -185,6 +199,57 @@ pub enum WorkerPhase {
     },
 }
 
+/// What a starting worker has shown of its readiness so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ack {
+    /// It sent READY=1.
+    pub ready: bool,
+    /// It sent any sd_notify message.
+    pub spoke: bool,
+    /// A process of its tree was seen waiting on a held socket.
+    pub listening: bool,
+}
+
+impl Ack {
+    /// Whether this is enough for `mode` (a delay is the timer's business; a READY=1
+    /// still ends it early, as it always did).
+    pub fn enough(&self, mode: Readiness) -> bool {
+        match mode {
+            Readiness::Auto => self.listening && (self.ready || !self.spoke),
+            Readiness::Listen => self.listening,
+            Readiness::Notify | Readiness::Delay(_) => self.ready,
+        }
+    }
+
+    /// What is still missing under `mode`, and what to try: for the ready timeout's reason.
+    pub fn missing(&self, mode: Readiness) -> &'static str {
+        const NOT_SEEN: &str =
+            "no process of its tree was seen waiting for connections on a held socket";
+        match (mode, self.listening, self.ready) {
+            (Readiness::Notify, ..) => {
+                "it never sent READY=1 (a server that cannot notify: use ready = \"auto\")"
+            }
+            (Readiness::Listen, ..) => concat!(
+                "no process of its tree was seen waiting for connections on a held socket ",
+                "(does it serve the inherited fd 3? io_uring or busy-polling servers need ready = \"notify\")"
+            ),
+            (Readiness::Auto, false, true) => concat!(
+                "it sent READY=1, but no process of its tree was seen waiting for connections on a held socket ",
+                "(does it serve the inherited fd 3? if it cannot be seen, use ready = \"notify\")"
+            ),
+            (Readiness::Auto, true, false) => concat!(
+                "it waits on the socket and speaks sd_notify, but never sent READY=1 ",
+                "(if it never will, use ready = \"listen\")"
+            ),
+            (Readiness::Auto, ..) => concat!(
+                "no process of its tree was seen waiting for connections on a held socket, ",
+                "and it never sent READY=1 (a slow start? raise ready_timeout)"
+            ),
+            (Readiness::Delay(_), ..) => NOT_SEEN,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Worker {
     pub slot: usize,
@@ -201,6 +266,8 @@ pub struct Worker {
     pub replaces: Option<WorkerId>,
     /// A failed replacement is not retried before this.
     pub recycle_after: Option<Instant>,
+    /// What it has shown of its readiness while starting.
+    pub ack: Ack,
 }
 
 impl Worker {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{GenId, Machine, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase};
+use super::{Ack, GenId, Machine, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase};
 use crate::release::Release;
 use crate::supervisor::generation::{Generation, PendingRestart};
 
@@ -50,6 +50,7 @@ struct WorkerSnapshot {
     pinged_age_ms: Option<u64>,
     replaces: Option<WorkerId>,
     recycle_in_ms: Option<u64>,
+    ack: Ack,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +114,7 @@ fn worker_snapshot(id: WorkerId, w: &Worker, now: Instant) -> Result<WorkerSnaps
         pinged_age_ms: w.pinged.map(|t| age(t, now)),
         replaces: w.replaces,
         recycle_in_ms: w.recycle_after.map(|t| until(t, now)),
+        ack: w.ack,
     })
 }
 
@@ -140,6 +142,7 @@ fn restore_worker(w: WorkerSnapshot, now: Instant) -> Worker {
         pinged: w.pinged_age_ms.map(|a| ago(now, a)),
         replaces: w.replaces,
         recycle_after: w.recycle_in_ms.map(|r| after(now, r)),
+        ack: w.ack,
     }
 }
 
@@ -224,7 +227,11 @@ mod tests {
     #[test]
     fn a_steady_machine_round_trips_through_json() {
         let now = Instant::now();
-        let mut m = Machine::new(Settings::default());
+        let notify = Settings {
+            readiness: crate::units::Readiness::Notify,
+            ..Settings::default()
+        };
+        let mut m = Machine::new(notify.clone());
         let release = Arc::new(Release {
             program: "/srv/app/releases/1/server".into(),
             args: vec!["--port-fd".into(), "3".into()],
@@ -236,7 +243,7 @@ mod tests {
             Event::ConfigLoaded {
                 generation: 1,
                 result: Ok(Box::new(Spec {
-                    settings: Settings::default(),
+                    settings: notify,
                     release: Arc::clone(&release),
                 })),
             },

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::{
-    Action, GenId, Machine, Outcome, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase,
+    Ack, Action, GenId, Machine, Outcome, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase,
 };
 use crate::notify::SdState;
 use crate::supervisor::generation::{Generation, PendingRestart};
@@ -41,6 +41,7 @@ impl Machine {
                 pinged: None,
                 replaces: None,
                 recycle_after: None,
+                ack: Ack::default(),
             },
         );
         Some(Action::Spawn {
@@ -86,13 +87,80 @@ impl Machine {
             return;
         }
         let ready_at = match s.readiness {
-            Readiness::Notify => None,
             Readiness::Delay(d) => Some(now + d),
+            _ => None,
         };
         w.phase = WorkerPhase::Starting {
             deadline: now + s.ready_timeout,
             ready_at,
         };
+    }
+
+    /// A starting worker showed something of its readiness (`update` records it); it is
+    /// ready once that is enough for its generation's mode.
+    pub(super) fn on_ack(
+        &mut self,
+        pid: i32,
+        update: impl FnOnce(&mut Ack),
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some((g, id)) = self.find(pid) else {
+            return;
+        };
+        let Some(generation) = self.generations.get_mut(&g) else {
+            return;
+        };
+        let mode = generation.settings.readiness;
+        let Some(w) = generation.workers.get_mut(&id) else {
+            return;
+        };
+        update(&mut w.ack);
+        if w.ack.enough(mode) {
+            self.mark_ready(g, id, now, out);
+        }
+    }
+
+    /// A worker whose readiness cannot be judged (its tree cannot be read) fails as if
+    /// it had timed out, with the reason, at once rather than at the ready timeout.
+    pub(super) fn on_probe_failed(
+        &mut self,
+        pid: i32,
+        error: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some((g, id)) = self.find(pid) else {
+            return;
+        };
+        let Some(w) = self.worker_copy(g, id) else {
+            return;
+        };
+        if !matches!(w.phase, WorkerPhase::Starting { .. }) {
+            return;
+        }
+        self.stop_worker(g, id, now, out);
+        let reason = format!("worker {pid}: readiness: {error}");
+        self.worker_lost(g, id, w, reason, now, out);
+    }
+
+    /// Pids of the starting workers whose readiness is read from /proc and not seen yet:
+    /// the task probes them (and nothing while this is empty).
+    pub fn probing(&self) -> Vec<i32> {
+        let watched = self
+            .generations
+            .values()
+            .filter(|g| g.settings.readiness.watches_sockets());
+        watched
+            .flat_map(|g| g.workers.values())
+            .filter(|w| matches!(w.phase, WorkerPhase::Starting { .. }) && !w.ack.listening)
+            .filter_map(|w| w.pid)
+            .collect()
+    }
+
+    /// A copy of worker `id` of `g`, to judge it while the machine changes.
+    fn worker_copy(&self, g: GenId, id: WorkerId) -> Option<Worker> {
+        self.generations.get(&g)?.workers.get(&id).cloned()
     }
 
     /// Takes worker `id` out of generation `g` (it is gone).
@@ -269,12 +337,7 @@ impl Machine {
             self.mark_ready(g, id, now, out);
         }
         for (g, id, timeout) in late {
-            let Some(w) = self
-                .generations
-                .get(&g)
-                .and_then(|x| x.workers.get(&id))
-                .cloned()
-            else {
+            let Some(w) = self.worker_copy(g, id) else {
                 continue;
             };
             let pid = w.pid.unwrap_or_default();
@@ -283,8 +346,10 @@ impl Machine {
                 pid,
                 timeout,
             });
+            let mode = self.generations.get(&g).map(|x| x.settings.readiness);
+            let missing = mode.map_or("", |m| w.ack.missing(m));
+            let reason = format!("worker {pid} not ready after {timeout:?}: {missing}");
             self.stop_worker(g, id, now, out);
-            let reason = format!("worker {pid} not ready after {timeout:?}");
             self.worker_lost(g, id, w, reason, now, out);
         }
         self.recycle_expired(now, out);

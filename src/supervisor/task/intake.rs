@@ -57,9 +57,13 @@ pub fn read_notifications(
         if let Some(status) = &msg.status {
             tracing::debug!(pid = worker_pid, "worker status: {status}");
         }
-        if msg.ready {
-            queue.push_back(Event::Ready { pid: worker_pid });
-        }
+        // Any message shows the worker speaks sd_notify (under `auto` its READY=1 is
+        // then waited for, not only its socket).
+        queue.push_back(if msg.ready {
+            Event::Ready { pid: worker_pid }
+        } else {
+            Event::Spoke { pid: worker_pid }
+        });
         if msg.watchdog {
             queue.push_back(Event::Ping { pid: worker_pid });
         }

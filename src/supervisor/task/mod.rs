@@ -4,7 +4,7 @@
 //! clients).
 //!
 //! Its parts, one job each: `reap` (SIGCHLD, process groups), `intake` (the workers'
-//! notify datagrams and memory), `requests` (control requests, replies, reload outcomes) and
+//! notify datagrams and memory), `readiness` (probing starting workers' trees), `requests` (control requests, replies, reload outcomes) and
 //! `upgrade` (the in-place exec).
 //!
 //! It runs on a single-threaded runtime on the main thread, on purpose: workers set
@@ -13,6 +13,7 @@
 //! pending, the task sleeps until a signal, a datagram or a client arrives.
 
 mod intake;
+mod readiness;
 mod reap;
 mod requests;
 mod upgrade;
@@ -36,6 +37,7 @@ use crate::sockets::HeldSocket;
 use crate::spawn::{self, WorkerEnv};
 use crate::upgrade as self_upgrade;
 use intake::{MEMORY_EVERY, read_notifications, sample_memory};
+use readiness::PROBE_EVERY;
 use reap::{reap, send_signal};
 
 /// Everything the task needs, prepared by `run`.
@@ -140,6 +142,9 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
     // With max_memory set, workers' RSS is sampled; otherwise nothing ticks.
     let mut memory: Option<tokio::time::Interval> = None;
+    // While workers wait to be seen serving, their trees are probed; otherwise nothing.
+    let mut probes: Option<tokio::time::Interval> = None;
+    let socket_ids = crate::readiness::socket_ids(&task.env.fds)?;
     let mut buf = vec![0u8; 4096];
     let mut queue = VecDeque::new();
     match resume {
@@ -190,6 +195,10 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 .max_memory
                 .map(|_| tokio::time::interval(MEMORY_EVERY));
         }
+        let probing = !machine.probing().is_empty();
+        if probing != probes.is_some() {
+            probes = probing.then(|| tokio::time::interval(PROBE_EVERY));
+        }
         let deadline = machine.next_deadline();
         tokio::select! {
             _ = sigchld.recv() => {
@@ -215,6 +224,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             }
             _ = tick(&mut watchdog) => task.systemd.send(&[SdState::Watchdog]),
             _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
+            _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &mut queue),
             _ = sigusr2.recv() => {
                 let why = task.upgrade(&machine, ctx.sockets, &notify_socket);
                 tracing::error!("upgrade failed, this image keeps running: {why}");

@@ -217,9 +217,12 @@ fn release(dir: &str) -> Release {
     }
 }
 
+/// Settings for `workers` with `notify` readiness: the stories below drive readiness by
+/// READY=1 (the `auto` and `listen` modes have their own, in `readiness.rs`).
 fn settings(workers: usize) -> Settings {
     Settings {
         workers,
+        readiness: Readiness::Notify,
         ..Settings::default()
     }
 }
@@ -455,7 +458,10 @@ fn a_new_worker_not_ready_in_time_rolls_back() {
     assert_eq!(d.timer(), []);
 
     let a = d.tick();
-    let reason = format!("worker {} not ready after 60s", new[1]);
+    let reason = format!(
+        "worker {} not ready after 60s: it never sent READY=1 (a server that cannot notify: use ready = \"auto\")",
+        new[1]
+    );
     assert_eq!(a, rolled_back(&[new[1], new[0]], 2, reason, secs(60)));
     assert_eq!(d.sup.current_generation(), Some(1));
 }
@@ -862,3 +868,4 @@ fn a_worker_dying_while_its_successor_starts_hands_it_the_slot() {
 }
 
 mod generations;
+mod readiness;
