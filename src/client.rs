@@ -244,18 +244,19 @@ pub fn render(s: &StatusReport) -> String {
         None => out += "last reload: none yet\n",
     }
     out += &format!(
-        "{:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}\n",
+        "{:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  STATUS\n",
         "PID", "GEN", "SLOT", "STATE", "AGE", "RESTARTS"
     );
     for w in &s.workers {
         let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
         out += &format!(
-            "{pid:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}\n",
+            "{pid:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  {}\n",
             w.generation,
             w.slot,
             w.state,
             age(w.age_secs),
-            w.restarts
+            w.restarts,
+            w.status.as_deref().unwrap_or("")
         );
     }
     out

@@ -121,6 +121,9 @@ pub struct WorkerInfo {
     pub state: String,
     pub age_secs: f64,
     pub restarts: u32,
+    /// The worker's own last `STATUS=` (sd_notify), if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

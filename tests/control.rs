@@ -366,3 +366,21 @@ fn a_rolling_reload_under_load_keeps_n_minus_k_workers_ready_and_fails_nothing()
     let log = m.log();
     assert!(log.matches("generation=1").count() > 0);
 }
+
+#[test]
+fn a_workers_own_status_line_is_shown_per_worker() {
+    // The demo worker says STATUS=serving on 1 sockets once it serves.
+    let m = Manager::start(&["--workers", "2"], &[HANDOVER, "demo-worker"]);
+    m.wait_ready(2);
+    let out = wait_for(10 * SEC, "the workers' status", || {
+        let out = text(&m.ctl(&["status"]));
+        (out.matches("  serving on 1 sockets\n").count() == 2).then_some(out)
+    });
+    assert!(out.contains("RESTARTS  STATUS"), "{out}");
+    let json = text(&m.ctl(&["status", "--json"]));
+    assert_eq!(
+        json.matches("\"status\": \"serving on 1 sockets\"").count(),
+        2,
+        "{json}"
+    );
+}

@@ -1,10 +1,40 @@
 //! What workers tell the manager without being asked: their sd_notify datagrams on
 //! handover's notify socket, and (with `max_memory`) their resident memory.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::notify::WorkerNotifySocket;
 use crate::supervisor::{Event, Machine};
+
+/// Each worker's last `STATUS=`, shown per worker by `handover status`.
+#[derive(Default)]
+pub struct Statuses(BTreeMap<i32, String>);
+
+/// A worker's status line is cut to this many characters.
+const STATUS_MAX: usize = 200;
+
+impl Statuses {
+    /// Keeps `status` for worker `pid` (control characters, which could drive a
+    /// terminal, become spaces), and forgets the statuses of workers that are gone.
+    fn set(&mut self, m: &Machine, pid: i32, status: &str) {
+        self.0.insert(pid, printable(status));
+        self.0
+            .retain(|p, _| m.workers().any(|(_, _, w)| w.pid == Some(*p)));
+    }
+
+    pub fn get(&self, pid: Option<i32>) -> Option<String> {
+        self.0.get(&pid?).cloned()
+    }
+}
+
+/// `status` without control characters (they become spaces), at most STATUS_MAX long.
+fn printable(status: &str) -> String {
+    status
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(STATUS_MAX)
+        .collect()
+}
 
 /// How often workers' memory is sampled when `max_memory` is set.
 pub const MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -35,6 +65,7 @@ pub fn read_notifications(
     socket: &WorkerNotifySocket,
     m: &Machine,
     buf: &mut [u8],
+    statuses: &mut Statuses,
     queue: &mut VecDeque<Event>,
 ) -> bool {
     // Bounded, so a flood cannot starve signals and timers.
@@ -56,6 +87,7 @@ pub fn read_notifications(
         };
         if let Some(status) = &msg.status {
             tracing::debug!(pid = worker_pid, "worker status: {status}");
+            statuses.set(m, worker_pid, status);
         }
         // Any message shows the worker speaks sd_notify (under `auto` its READY=1 is
         // then waited for, not only its socket).
@@ -92,4 +124,15 @@ fn parent_of(pid: i32) -> Option<i32> {
     // Fields after the command name (which may hold spaces) follow the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_cannot_drive_a_terminal() {
+        assert_eq!(printable("warm \x1b[31mred\r\n"), "warm  [31mred  ");
+        assert_eq!(printable(&"x".repeat(500)).len(), STATUS_MAX);
+    }
 }

@@ -76,6 +76,8 @@ struct Task<'a> {
     exe: std::path::PathBuf,
     control: Option<(std::os::fd::OwnedFd, std::path::PathBuf)>,
     upgrades: u32,
+    /// Each worker's own last STATUS=.
+    statuses: intake::Statuses,
 }
 
 /// Runs the supervisor until it decides to exit; returns the exit code.
@@ -137,6 +139,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         exe: self_upgrade::binary_path(),
         control: control_dup,
         upgrades: 0,
+        statuses: intake::Statuses::default(),
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
@@ -204,7 +207,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             _ = sigchld.recv() => {
                 // A worker's last words (STOPPING=1, STATUS=) are read while it is still
                 // known, before its exit is.
-                read_notifications(&notify_socket, &machine, &mut buf, &mut queue);
+                read_notifications(&notify_socket, &machine, &mut buf, &mut task.statuses, &mut queue);
                 reap(&mut queue);
             }
             _ = sighup.recv() => queue.push_back(Event::Reload),
@@ -231,7 +234,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             }
             guard = notify_fd.readable() => {
                 let mut guard = guard?;
-                if read_notifications(&notify_socket, &machine, &mut buf, &mut queue) {
+                if read_notifications(&notify_socket, &machine, &mut buf, &mut task.statuses, &mut queue) {
                     guard.clear_ready();
                 }
             }

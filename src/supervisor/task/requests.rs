@@ -71,6 +71,7 @@ impl Task<'_> {
                 .to_owned(),
                 age_secs: now.saturating_duration_since(w.started).as_secs_f64(),
                 restarts: w.restarts,
+                status: self.statuses.get(w.pid),
             })
             .collect();
         StatusReport {
