@@ -9,8 +9,9 @@
 //! answer, old pids no longer take new requests, and no request waited longer than a
 //! second (the old bug: gunicorn without `--preload` stalled every client for the length
 //! of its import at each reload). For stacks that drain keep-alive connections properly
-//! (the Node and Go apps here, gunicorn sync): 0 failed requests. uvicorn closes idle
-//! keep-alive connections on SIGTERM: its failures per reload are printed, not asserted.
+//! (the Node and Go apps here, gunicorn sync, uvicorn with tests/recipes/uvicorn_drain.py):
+//! 0 failed requests. Plain uvicorn closes idle keep-alive connections on SIGTERM: its
+//! failures per reload are printed, not asserted.
 //!
 //! Printed per stack: reload return time against the first answer from a new pid,
 //! failed requests per reload, p99. Without the dependencies (outside CI) each test
@@ -143,7 +144,20 @@ fn run(stack: Stack) {
     let cmd: Vec<&str> = stack.cmd.iter().map(String::as_str).collect();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut m = Manager::start_full(dir, HANDOVER, nodelay_listener(), &[], &opts, &cmd);
-    m.wait_notify(&["READY=1"], 30 * SEC);
+    wait_for(30 * SEC, "the first generation's READY=1", || {
+        let sent = m.drain_notify();
+        if sent.iter().flatten().any(|l| l == "READY=1") {
+            return Some(());
+        }
+        let log = m.log();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+        assert!(
+            !common::is_dead(m.pid()),
+            "{}: handover exited, its first generation never became ready: {errors:?}",
+            stack.name
+        );
+        None
+    });
     // The first start is not what is measured: wait until the app answers at all.
     wait_for(30 * SEC, "the first answer", || {
         common::get(m.addr, "/").ok().filter(|(s, _)| *s == 200)
@@ -157,7 +171,10 @@ fn run(stack: Stack) {
     let mut children = m.children();
     for i in 0..RELOADS {
         m.drain_notify();
-        let old = m.descendants();
+        // The old generation: every process under the manager, and every pid that ever
+        // answered (a gunicorn worker may have come and gone).
+        let mut old = m.descendants();
+        old.extend(load.live.lock().map(|l| l.clone()).unwrap_or_default());
         let started = Instant::now();
         let out = m.ctl(&["reload"]);
         let returned = Instant::now();
@@ -179,7 +196,7 @@ fn run(stack: Stack) {
         wait_for(20 * SEC, "the take-over window", || {
             m.drain_notify();
             let live = load.live.lock().ok()?;
-            let answered = live.iter().any(|p| !old.contains(p) && *p != m.pid());
+            let answered = live.iter().any(|p| !old.contains(p));
             let now = Instant::now();
             (now > end || (answered && now > returned + TAKEOVER + SEC / 2)).then_some(())
         });
@@ -251,7 +268,8 @@ fn run(stack: Stack) {
 struct Mark {
     started: Instant,
     returned: Instant,
-    /// Every process under the manager just before (the old generation's whole trees).
+    /// Every process under the manager just before (the old generation's whole trees)
+    /// and every pid that answered before.
     old: BTreeSet<i32>,
 }
 
@@ -365,26 +383,26 @@ fn gunicorn_sync_with_preload_and_a_slow_import() {
     gunicorn("gunicorn sync -w 2, 2 s import, --preload", true);
 }
 
-#[test]
-fn uvicorn_on_fd_3() {
+fn uvicorn(name: &'static str, app: &str, drains: bool) {
     let dir = app_dir();
-    let Some(mut s) = python_stack(
-        "uvicorn --fd 3",
-        "uvicorn",
-        &[
-            "--fd",
-            "3",
-            "--app-dir",
-            &dir,
-            "--no-access-log",
-            "app:asgi",
-        ],
-    ) else {
+    let args = ["--fd", "3", "--app-dir", &dir, "--no-access-log", app];
+    let Some(mut s) = python_stack(name, "uvicorn", &args) else {
         return;
     };
-    // uvicorn closes idle keep-alive connections on SIGTERM: measured, not asserted.
-    s.drains = false;
+    s.drains = drains;
     run(s);
+}
+
+#[test]
+fn uvicorn_on_fd_3() {
+    // uvicorn closes idle keep-alive connections on SIGTERM: measured, not asserted.
+    uvicorn("uvicorn --fd 3", "app:asgi", false);
+}
+
+#[test]
+fn uvicorn_on_fd_3_with_the_keepalive_drain() {
+    // tests/recipes/uvicorn_drain.py: the smallest change that makes it 0.
+    uvicorn("uvicorn --fd 3, uvicorn_drain", "uvicorn_drain:asgi", true);
 }
 
 #[test]
