@@ -5,8 +5,8 @@ keep-alive connection at once; a client that sends on one at that moment gets a 
 (one failed request per keep-alive connection per reload). No uvicorn option changes
 that (`--timeout-graceful-shutdown` only bounds the wait for requests in flight).
 Imported before the app, this module makes shutdown answer the next request on each
-connection with `Connection: close`, and close a connection only if it is still idle a
-second later. Run `uvicorn --fd 3 uvicorn_drain:asgi` (it re-exports app.asgi).
+connection with `Connection: close` (uvicorn closes after such a response without the
+header), and close a connection only if it is still idle a second later. Run `uvicorn --fd 3 uvicorn_drain:asgi` (it re-exports app.asgi).
 """
 
 from uvicorn.protocols.http import h11_impl
@@ -20,10 +20,21 @@ def _patch(module, protocol):
     cycle_init = cycle.__init__
     close_now = protocol.shutdown
 
+    cycle_send = cycle.send
+
     def __init__(self, *args, **kwargs):
         cycle_init(self, *args, **kwargs)
         if _draining:
-            self.keep_alive = False  # this response says Connection: close
+            self.keep_alive = False
+
+    async def send(self, message):
+        # uvicorn closes a connection after a keep_alive = False response without
+        # saying so: the client would send its next request into the closed socket.
+        if message["type"] == "http.response.start" and not self.keep_alive:
+            headers = list(message.get("headers", []))
+            if not any(k.lower() == b"connection" for k, _ in headers):
+                message = {**message, "headers": headers + [(b"connection", b"close")]}
+        await cycle_send(self, message)
 
     def idle(self):
         return self.cycle is None or self.cycle.response_complete
@@ -37,6 +48,7 @@ def _patch(module, protocol):
             close_now(self)  # in flight: uvicorn's own keep_alive = False
 
     cycle.__init__ = __init__
+    cycle.send = send
     protocol.shutdown = shutdown
 
 
