@@ -16,7 +16,8 @@
 //! Printed per stack: reload return time against the first answer from a new pid,
 //! failed requests per reload, p99. Without the dependencies (outside CI) each test
 //! prints "SKIPPED: … run scripts/recipe-deps" and passes; under CI=true it fails.
-//! `RECIPES_READY=delay:3s` adds `--ready delay:3s`, to check the harness itself.
+//! `RECIPES_READY=delay:3s` adds `--ready delay:3s`, to check the harness itself;
+//! `RECIPES_HANDOVER=PATH` runs another handover binary as the manager.
 
 mod common;
 
@@ -143,7 +144,8 @@ fn run(stack: Stack) {
     let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
     let cmd: Vec<&str> = stack.cmd.iter().map(String::as_str).collect();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut m = Manager::start_full(dir, HANDOVER, nodelay_listener(), &[], &opts, &cmd);
+    let binary = std::env::var("RECIPES_HANDOVER").unwrap_or_else(|_| HANDOVER.into());
+    let mut m = Manager::start_full(dir, &binary, nodelay_listener(), &[], &opts, &cmd);
     wait_for(30 * SEC, "the first generation's READY=1", || {
         let sent = m.drain_notify();
         if sent.iter().flatten().any(|l| l == "READY=1") {
@@ -176,7 +178,13 @@ fn run(stack: Stack) {
         let mut old = m.descendants();
         old.extend(load.live.lock().map(|l| l.clone()).unwrap_or_default());
         let started = Instant::now();
-        let out = m.ctl(&["reload"]);
+        let out = std::process::Command::new(&binary)
+            .arg("reload")
+            .arg("--control")
+            .arg(m.control_path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run handover reload");
         let returned = Instant::now();
         assert!(
             out.status.success(),
