@@ -105,6 +105,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<i32> {
         ready: None,
         ready_timeout: Some(std::time::Duration::from_secs(10)),
         stop_signal: None,
+        stop_to: None,
         graceful_timeout: Some(std::time::Duration::from_secs(10)),
         batch: None,
         max_lifetime: None,
