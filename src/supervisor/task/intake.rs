@@ -86,6 +86,14 @@ pub fn read_notifications(
             );
             continue;
         };
+        // Ignored on purpose: `MAINPID=` (a worker cannot hand its identity to another
+        // process; the stop signal reaches its whole group anyway, and a forged MAINPID
+        // must not make another process count), `STOPPING=1` (its exit is what counts,
+        // and a crash it announces is still a crash), `RELOADING=1` (a worker's own
+        // reload is its business).
+        if msg.stopping || msg.mainpid.is_some() {
+            tracing::debug!(pid = worker_pid, stopping = msg.stopping, mainpid = ?msg.mainpid, "ignored: STOPPING=/MAINPID= from a worker");
+        }
         if let Some(status) = &msg.status {
             tracing::debug!(pid = worker_pid, "worker status: {status}");
             statuses.set(m, worker_pid, status);
