@@ -137,6 +137,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", env = "HANDOVER_CONTROL")]
     pub control: Option<PathBuf>,
 
+    /// Write the manager's pid here once the sockets are held (kept across an in-place
+    /// upgrade, removed at exit); a file naming a running handover refuses the start.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
     /// The worker command and its arguments (after `--`), unless the config file has it.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,

@@ -25,6 +25,8 @@ pub struct RunConfig {
     pub settings: Settings,
     /// What the generation loaded with this configuration runs, pinned now.
     pub release: Release,
+    /// Where the manager writes its pid (read at start; a reload does not move it).
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +111,7 @@ impl RunConfig {
                 watchdog: args.watchdog.or(file.watchdog),
                 ..Settings::default()
             },
+            pid_file: args.pid_file.clone().or(file.pid_file.clone()),
             release: Release::pin(
                 &program,
                 rest,

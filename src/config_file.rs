@@ -15,6 +15,7 @@
 //! batch = 0                                # rolling reload batch size, 0 = all at once
 //! chdir = "/srv/app/current"
 //! env_file = "/etc/myapp/env"              # relative: against this file's directory
+//! pid_file = "/run/myapp/handover.pid"     # read at start only
 //! [env]
 //! RUST_LOG = "info"
 //! ```
@@ -71,6 +72,8 @@ pub struct FileConfig {
     pub chdir: Option<PathBuf>,
     #[serde(default, deserialize_with = "env_file")]
     pub env_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "pid_file")]
+    pub pid_file: Option<PathBuf>,
     /// The `[env]` table, in file order.
     #[serde(default, deserialize_with = "env_table")]
     pub env: Vec<(String, String)>,
@@ -329,6 +332,7 @@ field!(max_lifetime: Duration, |v| parsed(v, parse_duration));
 field!(max_memory: u64, |v| parsed(v, parse_size));
 field!(watchdog: Duration, |v| parsed(v, parse_duration));
 field!(chdir: PathBuf, |v| string(v).map(PathBuf::from));
+field!(pid_file: PathBuf, |v| string(v).map(PathBuf::from));
 field!(env_file: PathBuf, |v| string(v).map(PathBuf::from));
 
 /// The `[env]` table. The toml deserializer hands keys over sorted, so each key is taken
@@ -424,6 +428,7 @@ A_FIRST = "x=y"
             watchdog: Some(Duration::from_secs(30)),
             chdir: Some("/srv/app/current".into()),
             env_file: Some("/etc/myapp/env".into()),
+            pid_file: None,
             env: vec![
                 ("RUST_LOG".into(), "info".into()),
                 ("A_FIRST".into(), "x=y".into()),
@@ -469,10 +474,9 @@ A_FIRST = "x=y"
         }
         let want = ":1: ready_timeout: `fast` is not a duration: use e.g. 500ms, 30s, 2m";
         assert_eq!(err("ready_timeout = \"fast\""), format!("{PATH}{want}"));
-        assert!(
-            err("worker = 2")
-                .ends_with(", batch, max_lifetime, max_memory, watchdog, chdir, env_file, env")
-        );
+        assert!(err("worker = 2").ends_with(
+            ", batch, max_lifetime, max_memory, watchdog, chdir, env_file, pid_file, env"
+        ));
     }
 
     #[test]
