@@ -104,6 +104,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "K")]
     pub batch: Option<u32>,
 
+    /// Probation: once a reload's new workers are ready, the old generation keeps serving
+    /// beside them this long; a new worker that exits meanwhile rolls the reload back.
+    /// `handover reload` returns after the window [default: none].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub probation: Option<Duration>,
+
     /// Replace a worker older than this (plus up to 10 % jitter), its successor ready
     /// before it stops.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]

@@ -109,6 +109,7 @@ impl RunConfig {
                 max_lifetime: args.max_lifetime.or(file.max_lifetime),
                 max_memory: args.max_memory.or(file.max_memory),
                 watchdog: args.watchdog.or(file.watchdog),
+                probation: args.probation.or(file.probation),
                 ..Settings::default()
             },
             pid_file: args.pid_file.clone().or(file.pid_file.clone()),
@@ -157,6 +158,9 @@ impl std::fmt::Display for RunConfig {
         }
         if let Some(d) = s.watchdog {
             writeln!(f, "watchdog = \"{}\"", show_duration(d))?;
+        }
+        if let Some(d) = s.probation {
+            writeln!(f, "probation = \"{}\"", show_duration(d))?;
         }
         if let Some(d) = &self.release.chdir {
             writeln!(f, "chdir = {}", q(d.as_os_str()))?;

@@ -68,6 +68,8 @@ pub struct FileConfig {
     pub max_memory: Option<u64>,
     #[serde(default, deserialize_with = "watchdog")]
     pub watchdog: Option<Duration>,
+    #[serde(default, deserialize_with = "probation")]
+    pub probation: Option<Duration>,
     #[serde(default, deserialize_with = "chdir")]
     pub chdir: Option<PathBuf>,
     #[serde(default, deserialize_with = "env_file")]
@@ -332,6 +334,7 @@ field!(max_lifetime: Duration, |v| parsed(v, parse_duration));
 field!(max_memory: u64, |v| parsed(v, parse_size));
 field!(watchdog: Duration, |v| parsed(v, parse_duration));
 field!(chdir: PathBuf, |v| string(v).map(PathBuf::from));
+field!(probation: Duration, |v| parsed(v, parse_duration));
 field!(pid_file: PathBuf, |v| string(v).map(PathBuf::from));
 field!(env_file: PathBuf, |v| string(v).map(PathBuf::from));
 
@@ -429,6 +432,7 @@ A_FIRST = "x=y"
             chdir: Some("/srv/app/current".into()),
             env_file: Some("/etc/myapp/env".into()),
             pid_file: None,
+            probation: None,
             env: vec![
                 ("RUST_LOG".into(), "info".into()),
                 ("A_FIRST".into(), "x=y".into()),
@@ -475,7 +479,7 @@ A_FIRST = "x=y"
         let want = ":1: ready_timeout: `fast` is not a duration: use e.g. 500ms, 30s, 2m";
         assert_eq!(err("ready_timeout = \"fast\""), format!("{PATH}{want}"));
         assert!(err("worker = 2").ends_with(
-            ", batch, max_lifetime, max_memory, watchdog, chdir, env_file, pid_file, env"
+            ", batch, max_lifetime, max_memory, watchdog, probation, chdir, env_file, pid_file, env"
         ));
     }
 

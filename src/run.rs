@@ -115,6 +115,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<i32> {
         stop_signal: None,
         stop_to: None,
         pid_file: None,
+        probation: None,
         graceful_timeout: Some(std::time::Duration::from_secs(10)),
         batch: None,
         max_lifetime: None,

@@ -177,3 +177,40 @@ fn a_rolled_back_generation_keeps_serving_its_release_through_restarts_scaling_a
     let tally = load.finish();
     assert_eq!(tally.failed(), 0, "{tally:?}");
 }
+
+#[test]
+fn a_release_that_crashes_after_it_is_ready_is_rolled_back_on_probation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().display().to_string();
+    // While `late` exists, a worker serves, then dies a second after it started (a
+    // missing column found by the first real requests).
+    let worker = script(
+        dir.path(),
+        "worker.sh",
+        &format!(
+            "if [ -e {d}/late ]; then (sleep 1; kill -KILL $$) & fi\n\
+             exec {HANDOVER} demo-worker --drain-idle 1s"
+        ),
+    );
+    let m = Manager::start_in(dir, &["--workers", "2", "--probation", "3s"], &[&worker]);
+    let old = m.wait_ready(2);
+    let load = Load::start(m.addr, 4, 1, 60 * SEC);
+    std::fs::write(m.path("late"), "").expect("switch");
+    let out = m.ctl(&["reload"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "promoted a release that crashed on probation");
+    assert!(said.contains("killed by SIGKILL"), "{said}");
+    wait_for(20 * SEC, "only the old workers", || {
+        (m.children() == old).then_some(())
+    });
+    // The same release without the crash serves its probation and is promoted.
+    std::fs::remove_file(m.path("late")).expect("unswitch");
+    let t = std::time::Instant::now();
+    let out = m.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(t.elapsed() >= 3 * SEC, "returned before the probation ended");
+    let tally = load.finish();
+    // The crashed workers' own connections fail; none on the old generation.
+    assert!(tally.connect == 0, "{tally:?}");
+    assert!(old.iter().all(|p| tally.pids.contains(p)));
+}

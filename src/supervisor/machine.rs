@@ -41,6 +41,9 @@ struct Reload {
     retired: usize,
     started: Instant,
     follow_up: bool,
+    /// Every new worker is ready and the generation is on probation until then: the old
+    /// generation still serves, a new worker's exit still rolls back.
+    probation_until: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +171,7 @@ impl Machine {
         workers
             .chain(restarts)
             .chain(self.recycle_deadlines())
+            .chain(self.probation_until())
             .min()
     }
 
@@ -335,6 +339,7 @@ impl Machine {
             retired: 0,
             started,
             follow_up,
+            probation_until: None,
         };
         match result {
             Ok(spec) => {
@@ -412,7 +417,7 @@ impl Machine {
         // Only the candidate's own workers count: the old generation's never do.
         let ready = self.generations.get(&g).map_or(0, |c| c.ready());
         if ready >= size {
-            self.promote(now, out);
+            self.on_probation_or_promote(now, out);
         } else if ready == spawned {
             // A batch is ready: retire as many old workers, then start the next batch.
             self.retire_old(ready - retired, now, out);
@@ -420,6 +425,33 @@ impl Machine {
                 r.retired = ready;
             }
             self.spawn_batch(now, out);
+        }
+    }
+
+    /// Every new worker is ready: with a probation (and an old generation to keep), the
+    /// old one serves on beside it until the window ends; otherwise it is promoted now.
+    fn on_probation_or_promote(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Rolling(r) = &mut self.phase else {
+            return;
+        };
+        let probation = self
+            .generations
+            .get(&r.candidate)
+            .and_then(|g| g.settings.probation)
+            .filter(|p| !p.is_zero());
+        match probation {
+            Some(p) if self.current.is_some() && r.probation_until.is_none() => {
+                r.probation_until = Some(now + p);
+            }
+            _ => self.promote(now, out),
+        }
+    }
+
+    /// The probation deadline of a reload in progress, if one is running.
+    fn probation_until(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Rolling(r) => r.probation_until,
+            _ => None,
         }
     }
 

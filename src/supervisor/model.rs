@@ -44,6 +44,10 @@ pub struct Settings {
     pub max_memory: Option<u64>,
     #[serde(default)]
     pub watchdog: Option<Duration>,
+    /// Probation: once a reload's new generation is ready, the old one keeps serving
+    /// beside it this long; a new worker that exits meanwhile rolls the reload back.
+    #[serde(default)]
+    pub probation: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -62,6 +66,7 @@ impl Default for Settings {
             max_lifetime: None,
             max_memory: None,
             watchdog: None,
+            probation: None,
         }
     }
 }

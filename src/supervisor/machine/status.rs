@@ -24,7 +24,11 @@ impl Machine {
         match &self.phase {
             Phase::Rolling(r) => {
                 let ready = self.generations.get(&r.candidate).map_or(0, |c| c.ready());
-                parts.push(format!("gen {} starting {ready}/{}", r.candidate, r.size));
+                let what = match r.probation_until {
+                    Some(_) => "on probation",
+                    None => "starting",
+                };
+                parts.push(format!("gen {} {what} {ready}/{}", r.candidate, r.size));
             }
             Phase::Loading { generation, .. } => {
                 parts.push(format!("gen {generation} loading configuration"))

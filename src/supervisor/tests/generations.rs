@@ -300,3 +300,57 @@ fn every_deadline_kind_acts_in_every_phase() {
     acts_on_every_deadline(&mut d, 10);
     assert_eq!(d.sup.current_generation(), Some(2));
 }
+
+// Probation.
+
+fn on_probation() -> (Driver, Vec<i32>) {
+    let mut d = Driver::running(settings(2));
+    let old = d.pids(1);
+    d.next_settings = Some(Settings {
+        probation: Some(secs(30)),
+        ..settings(2)
+    });
+    d.send(Event::Reload);
+    let a = d.ready_all(2);
+    assert!(
+        signals(&a).is_empty(),
+        "the old generation serves on: {a:?}"
+    );
+    assert!(outcomes(&a).is_empty());
+    assert_eq!(d.status(), "gen 1: 2/2 ready, gen 2 on probation 2/2");
+    (d, old)
+}
+
+#[test]
+fn a_generation_that_serves_its_probation_is_promoted_when_the_window_ends() {
+    let (mut d, old) = on_probation();
+    let ready_at = d.now;
+    assert_eq!(d.sup.next_deadline(), Some(ready_at + secs(30)));
+    let a = d.tick();
+    assert_eq!(signals(&a), stop(&old, SIGTERM));
+    assert!(matches!(
+        outcomes(&a)[..],
+        [Outcome::Reloaded { generation: 2, .. }]
+    ));
+}
+
+#[test]
+fn a_new_worker_exiting_on_probation_rolls_back_and_the_old_generation_was_never_stopped() {
+    let (mut d, _old) = on_probation();
+    d.advance(secs(10));
+    let new = d.pids(2);
+    let a = d.exit(new[0], "exit status 1");
+    assert_eq!(
+        signals(&a),
+        stop(&new[1..], SIGTERM),
+        "only the new one stops"
+    );
+    assert!(matches!(
+        outcomes(&a)[..],
+        [Outcome::RolledBack { generation: 2, .. }]
+    ));
+    assert_eq!(d.sup.current_generation(), Some(1));
+    // No probation deadline is left to act on.
+    d.exit_all(&new[1..]);
+    assert_eq!(d.sup.next_deadline(), None);
+}
