@@ -198,7 +198,10 @@ fn a_release_that_crashes_after_it_is_ready_is_rolled_back_on_probation() {
     std::fs::write(m.path("late"), "").expect("switch");
     let out = m.ctl(&["reload"]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "promoted a release that crashed on probation");
+    assert!(
+        !out.status.success(),
+        "promoted a release that crashed on probation"
+    );
     assert!(said.contains("killed by SIGKILL"), "{said}");
     wait_for(20 * SEC, "only the old workers", || {
         (m.children() == old).then_some(())
@@ -207,8 +210,15 @@ fn a_release_that_crashes_after_it_is_ready_is_rolled_back_on_probation() {
     std::fs::remove_file(m.path("late")).expect("unswitch");
     let t = std::time::Instant::now();
     let out = m.ctl(&["reload"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(t.elapsed() >= 3 * SEC, "returned before the probation ended");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t.elapsed() >= 3 * SEC,
+        "returned before the probation ended"
+    );
     let tally = load.finish();
     // The crashed workers' own connections fail; none on the old generation.
     assert!(tally.connect == 0, "{tally:?}");

@@ -80,10 +80,18 @@ pub fn read_notifications(
             }
         };
         let Some(worker_pid) = owning_worker(m, pid) else {
-            tracing::warn!(
-                pid,
-                "ignored a notify message from a process that is not a worker"
-            );
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                tracing::warn!(
+                    pid,
+                    "ignored a notify message from a process that is not a worker"
+                );
+            } else {
+                // Its last words (STOPPING=1, STATUS=), read after it was reaped.
+                tracing::debug!(
+                    pid,
+                    "ignored a notify message from a process that has exited"
+                );
+            }
             continue;
         };
         // Ignored on purpose: `MAINPID=` (a worker cannot hand its identity to another
