@@ -97,12 +97,20 @@ pub fn init_app(c: &Container) -> String {
     let names = c.ok(&["cat", "/var/lib/web/fdnames"]);
     let names: BTreeSet<&str> = names.trim().split(':').collect();
     assert_eq!(names, BTreeSet::from(["admin", "http"]), "LISTEN_FDNAMES");
+    // Workers answer before systemd has handled READY=1, and a reload job queued behind
+    // the start job would merge into it and reload nothing.
+    wait_for(Duration::from_secs(10), "web.service to be active", || {
+        let state = c.run(&["systemctl", "is-active", "web.service"]);
+        (String::from_utf8_lossy(&state.stdout).trim() == "active").then_some(())
+    });
     c.ok(&["systemctl", "reload", "web"]);
     let log = c.ok(&["cat", "/var/log/web/worker.log"]);
     let started = log.lines().filter(|l| l.contains("started")).count();
+    let status = || c.ok(&["handover", "status", "--control", "/run/web/handover.sock"]);
     assert!(
         started >= 4,
-        "2 workers × 2 generations in worker.log:\n{log}"
+        "2 workers × 2 generations in worker.log:\n{log}\n--- status\n{}",
+        status()
     );
     let user = c.ok(&["systemctl", "show", "-p", "DynamicUser", "--value", "web"]);
     assert_eq!(user.trim(), "yes");
