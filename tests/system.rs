@@ -29,6 +29,9 @@
 //!
 //! Scenarios:
 //!
+//! 0. `systemd-analyze security` of the shipped units is ≤ 4.5; an app made by
+//!    `handover init` (DynamicUser=, two named sockets) starts, gets each fd with its
+//!    name, writes its state and logs, reloads, and scores ≤ 4.5 too;
 //! 1. socket activation: `systemctl start myapp.socket`; the first connection starts
 //!    myapp.service;
 //! 2. 10 × `systemctl reload myapp` under keep-alive load: 0 failed requests, each reload
