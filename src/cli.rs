@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::demo_worker::DemoWorkerArgs;
 use crate::sockets::ListenSpec;
-use crate::units::{MAX_WORKERS, Readiness, parse_duration, parse_signal, parse_size};
+use crate::units::{MAX_WORKERS, Readiness, StopTo, parse_duration, parse_signal, parse_size};
 
 /// Zero-downtime restarts for any server under systemd.
 ///
@@ -89,6 +89,12 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_signal, value_name = "SIGNAL")]
     pub stop_signal: Option<nix::sys::signal::Signal>,
 
+    /// Where the stop signal goes: `group` (the worker's process group, so a wrapper
+    /// without `exec` passes nothing and its server still drains) or `main` (only the
+    /// process handover started) [default: group].
+    #[arg(long, value_name = "TARGET")]
+    pub stop_to: Option<StopTo>,
+
     /// How long a draining worker may take before it is killed with SIGKILL [default: 30s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub graceful_timeout: Option<Duration>,
@@ -130,6 +136,11 @@ pub struct RunArgs {
     /// Control socket path [default: $RUNTIME_DIRECTORY/handover.sock under systemd].
     #[arg(long, value_name = "PATH", env = "HANDOVER_CONTROL")]
     pub control: Option<PathBuf>,
+
+    /// Write the manager's pid here once the sockets are held (kept across an in-place
+    /// upgrade, removed at exit); a file naming a running handover refuses the start.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
 
     /// The worker command and its arguments (after `--`), unless the config file has it.
     #[arg(last = true, value_name = "CMD")]

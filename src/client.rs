@@ -243,21 +243,35 @@ pub fn render(s: &StatusReport) -> String {
         }
         None => out += "last reload: none yet\n",
     }
+    // Memory of each generation: the sum of its workers' trees.
+    let mut by_generation: std::collections::BTreeMap<u64, u64> = Default::default();
+    for w in &s.workers {
+        *by_generation.entry(w.generation).or_default() += w.tree_rss_bytes.unwrap_or(0);
+    }
+    for (g, bytes) in by_generation.iter().rev() {
+        out += &format!("gen {g} memory: {}\n", mib(*bytes));
+    }
     out += &format!(
-        "{:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  STATUS\n",
-        "PID", "GEN", "SLOT", "STATE", "AGE", "RESTARTS"
+        "{:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  {:>9}  STATUS\n",
+        "PID", "GEN", "SLOT", "STATE", "AGE", "RESTARTS", "TREE MEM"
     );
     for w in &s.workers {
         let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
         out += &format!(
-            "{pid:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  {}\n",
+            "{pid:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  {:>9}  {}\n",
             w.generation,
             w.slot,
             w.state,
             age(w.age_secs),
             w.restarts,
+            w.tree_rss_bytes.map_or("-".to_owned(), mib),
             w.status.as_deref().unwrap_or("")
         );
     }
     out
+}
+
+/// `12.3 MiB`.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }

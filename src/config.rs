@@ -25,6 +25,8 @@ pub struct RunConfig {
     pub settings: Settings,
     /// What the generation loaded with this configuration runs, pinned now.
     pub release: Release,
+    /// Where the manager writes its pid (read at start; a reload does not move it).
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,7 @@ impl RunConfig {
                     .stop_signal
                     .or(file.stop_signal)
                     .unwrap_or(DEFAULT_STOP_SIGNAL),
+                stop_to: args.stop_to.or(file.stop_to).unwrap_or_default(),
                 graceful_timeout: args
                     .graceful_timeout
                     .or(file.graceful_timeout)
@@ -108,6 +111,7 @@ impl RunConfig {
                 watchdog: args.watchdog.or(file.watchdog),
                 ..Settings::default()
             },
+            pid_file: args.pid_file.clone().or(file.pid_file.clone()),
             release: Release::pin(
                 &program,
                 rest,
@@ -138,6 +142,7 @@ impl std::fmt::Display for RunConfig {
         writeln!(f, "ready = \"{ready}\"")?;
         writeln!(f, "ready_timeout = \"{}\"", show_duration(s.ready_timeout))?;
         writeln!(f, "stop_signal = \"{}\"", s.stop_signal)?;
+        writeln!(f, "stop_to = \"{}\"", s.stop_to.text())?;
         writeln!(
             f,
             "graceful_timeout = \"{}\"",

@@ -10,10 +10,12 @@
 //! ready = "auto"                           # or "listen", "notify", "delay:2s"
 //! ready_timeout = "60s"
 //! stop_signal = "SIGTERM"
+//! stop_to = "group"                        # or "main": the process handover started
 //! graceful_timeout = "30s"
 //! batch = 0                                # rolling reload batch size, 0 = all at once
 //! chdir = "/srv/app/current"
 //! env_file = "/etc/myapp/env"              # relative: against this file's directory
+//! pid_file = "/run/myapp/handover.pid"     # read at start only
 //! [env]
 //! RUST_LOG = "info"
 //! ```
@@ -34,7 +36,7 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess,
 use toml::{Spanned, Value};
 
 use crate::sockets::ListenSpec;
-use crate::units::{Readiness, parse_duration, parse_signal, parse_size};
+use crate::units::{Readiness, StopTo, parse_duration, parse_signal, parse_size};
 
 /// The settings a config file may give; `None` (or an empty `env`) means not given.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -54,6 +56,8 @@ pub struct FileConfig {
     pub ready_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "stop_signal")]
     pub stop_signal: Option<Signal>,
+    #[serde(default, deserialize_with = "stop_to")]
+    pub stop_to: Option<StopTo>,
     #[serde(default, deserialize_with = "graceful_timeout")]
     pub graceful_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "batch")]
@@ -68,6 +72,8 @@ pub struct FileConfig {
     pub chdir: Option<PathBuf>,
     #[serde(default, deserialize_with = "env_file")]
     pub env_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "pid_file")]
+    pub pid_file: Option<PathBuf>,
     /// The `[env]` table, in file order.
     #[serde(default, deserialize_with = "env_table")]
     pub env: Vec<(String, String)>,
@@ -319,12 +325,14 @@ field!(listen: [ListenSpec], |v| parsed(v, ListenSpec::from_str));
 field!(ready: Readiness, |v| parsed(v, Readiness::from_str));
 field!(ready_timeout: Duration, |v| parsed(v, parse_duration));
 field!(stop_signal: Signal, |v| parsed(v, parse_signal));
+field!(stop_to: StopTo, |v| parsed(v, StopTo::from_str));
 field!(graceful_timeout: Duration, |v| parsed(v, parse_duration));
 field!(batch: u32, |v| number(v, 0, 4096, "a whole number from 0 (all at once) to 4096"));
 field!(max_lifetime: Duration, |v| parsed(v, parse_duration));
 field!(max_memory: u64, |v| parsed(v, parse_size));
 field!(watchdog: Duration, |v| parsed(v, parse_duration));
 field!(chdir: PathBuf, |v| string(v).map(PathBuf::from));
+field!(pid_file: PathBuf, |v| string(v).map(PathBuf::from));
 field!(env_file: PathBuf, |v| string(v).map(PathBuf::from));
 
 /// The `[env]` table. The toml deserializer hands keys over sorted, so each key is taken
@@ -388,6 +396,7 @@ listen = ["127.0.0.1:8080", "admin=unix:/run/app.sock,mode=0660"]
 ready = "delay:2s"
 ready_timeout = "60s"
 stop_signal = "SIGQUIT"
+stop_to = "main"
 graceful_timeout = 30
 batch = 0
 max_lifetime = "1h"
@@ -411,6 +420,7 @@ A_FIRST = "x=y"
             ready: Some(Readiness::Delay(Duration::from_secs(2))),
             ready_timeout: Some(Duration::from_secs(60)),
             stop_signal: Some(Signal::SIGQUIT),
+            stop_to: Some(StopTo::Main),
             graceful_timeout: Some(Duration::from_secs(30)),
             batch: Some(0),
             max_lifetime: Some(Duration::from_secs(3600)),
@@ -418,6 +428,7 @@ A_FIRST = "x=y"
             watchdog: Some(Duration::from_secs(30)),
             chdir: Some("/srv/app/current".into()),
             env_file: Some("/etc/myapp/env".into()),
+            pid_file: None,
             env: vec![
                 ("RUST_LOG".into(), "info".into()),
                 ("A_FIRST".into(), "x=y".into()),
@@ -463,10 +474,9 @@ A_FIRST = "x=y"
         }
         let want = ":1: ready_timeout: `fast` is not a duration: use e.g. 500ms, 30s, 2m";
         assert_eq!(err("ready_timeout = \"fast\""), format!("{PATH}{want}"));
-        assert!(
-            err("worker = 2")
-                .ends_with(", batch, max_lifetime, max_memory, watchdog, chdir, env_file, env")
-        );
+        assert!(err("worker = 2").ends_with(
+            ", batch, max_lifetime, max_memory, watchdog, chdir, env_file, pid_file, env"
+        ));
     }
 
     #[test]

@@ -121,6 +121,9 @@ pub struct WorkerInfo {
     pub state: String,
     pub age_secs: f64,
     pub restarts: u32,
+    /// Resident memory of the worker's whole process tree, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_rss_bytes: Option<u64>,
     /// The worker's own last `STATUS=` (sd_notify), if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,

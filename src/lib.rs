@@ -36,6 +36,8 @@ pub mod generate;
 pub mod init;
 pub mod logging;
 pub mod notify;
+pub mod pidfile;
+pub mod procs;
 pub mod readiness;
 pub mod release;
 pub mod run;

@@ -32,13 +32,16 @@
 //! (ptrace access): the manager is the ancestor of every worker. A process that goes away
 //! mid-read simply is not waiting; a file that cannot be read is an error naming it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+mod accepted;
 mod thread;
+
+pub use accepted::{Served, tcp_listeners};
 
 /// A held socket as the kernel names it: its inode and the device of sockfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,8 @@ pub enum How {
     Epoll {
         epfd: RawFd,
     },
+    /// Not waiting, but holding (at `fd`) a connection it accepted from a held socket.
+    Serving,
 }
 
 /// The first thread of the tree found waiting for connections on a held socket.
@@ -96,6 +101,10 @@ impl fmt::Display for Waiting {
             How::Accept => write!(f, "pid {pid} (thread {tid}) is in accept on fd {fd}"),
             How::Poll => write!(f, "pid {pid} (thread {tid}) polls fd {fd}"),
             How::Select => write!(f, "pid {pid} (thread {tid}) selects on fd {fd}"),
+            How::Serving => write!(
+                f,
+                "pid {pid} holds fd {fd}, a connection accepted from a held socket"
+            ),
             How::Epoll { epfd } => write!(
                 f,
                 "pid {pid} (thread {tid}) is in epoll_wait on fd {epfd}, which watches fd {fd}"
@@ -137,14 +146,17 @@ pub enum ProbeError {
 /// for connections on one of `sockets`, if any. `Ok(None)` also when `root` has exited.
 pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, ProbeError> {
     let table = process_table(root)?;
-    waiting_in_tree(root, &table, sockets)
+    waiting_in_tree(root, &table, sockets, &Served::default())
 }
 
 /// `waiting_on` for several roots with one scan of /proc (the manager probes every
 /// pending worker at once).
+/// `served`: the held TCP listeners and the connections accepted from them (`Served::now`);
+/// a process holding one serves even when it is not caught waiting.
 pub fn waiting_on_each(
     roots: &[i32],
     sockets: &[SocketId],
+    served: &Served,
 ) -> Vec<(i32, Result<Option<Waiting>, ProbeError>)> {
     let Some(first) = roots.first() else {
         return Vec::new();
@@ -169,7 +181,7 @@ pub fn waiting_on_each(
         }
         Ok(table) => roots
             .iter()
-            .map(|r| (*r, waiting_in_tree(*r, &table, sockets)))
+            .map(|r| (*r, waiting_in_tree(*r, &table, sockets, served)))
             .collect(),
     }
 }
@@ -178,9 +190,10 @@ fn waiting_in_tree(
     root: i32,
     table: &[(i32, i32)],
     sockets: &[SocketId],
+    served: &Served,
 ) -> Result<Option<Waiting>, ProbeError> {
     for pid in tree(root, table)? {
-        let found = process_waiting(pid, sockets).map_err(|f| match f {
+        let found = process_waiting(pid, sockets, served).map_err(|f| match f {
             Failed::Read(path, cause) => ProbeError::Unreadable { root, path, cause },
             Failed::Unsupported(path) => ProbeError::Unsupported { path },
         })?;
@@ -264,16 +277,37 @@ fn read_failed(path: &Path) -> impl FnOnce(io::Error) -> Failed + '_ {
 struct Fds {
     sockets: Vec<RawFd>,
     epolls: Vec<RawFd>,
+    /// Connections accepted from a held socket.
+    accepted: Vec<RawFd>,
+    /// Other sockets (maybe accepted since `Served::now` read the table).
+    others: Vec<RawFd>,
 }
 
 /// The first thread of `pid` waiting on a held socket. Processes without a held socket
 /// or an epoll fd (the usual master, a shell) cost one directory read.
-fn process_waiting(pid: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, Failed> {
-    let Some(fds) = gone_is_none(fds_of(pid, sockets))? else {
+fn process_waiting(
+    pid: i32,
+    sockets: &[SocketId],
+    served: &Served,
+) -> Result<Option<Waiting>, Failed> {
+    let Some(fds) = gone_is_none(fds_of(pid, sockets, &served.inodes))? else {
         return Ok(None);
     };
+    if let Some(&fd) = fds.accepted.first() {
+        return Ok(Some(Waiting {
+            pid,
+            tid: pid,
+            fd,
+            how: How::Serving,
+        }));
+    }
     if fds.sockets.is_empty() && fds.epolls.is_empty() {
-        return Ok(None);
+        return Ok(served.holds_any(pid, &fds.others).map(|fd| Waiting {
+            pid,
+            tid: pid,
+            fd,
+            how: How::Serving,
+        }));
     }
     // What each epoll fd of the process watches, read at most once per probe.
     let mut watches = HashMap::new();
@@ -290,7 +324,12 @@ fn process_waiting(pid: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, Fa
             return Ok(Some(w));
         }
     }
-    Ok(None)
+    Ok(served.holds_any(pid, &fds.others).map(|fd| Waiting {
+        pid,
+        tid: pid,
+        fd,
+        how: How::Serving,
+    }))
 }
 
 /// A race with an exiting process or thread (ENOENT, ESRCH) is "not there": `Ok(None)`.
@@ -304,11 +343,13 @@ fn gone_is_none<T>(r: Result<T, Failed>) -> Result<Option<T>, Failed> {
     }
 }
 
-fn fds_of(pid: i32, sockets: &[SocketId]) -> Result<Fds, Failed> {
+fn fds_of(pid: i32, sockets: &[SocketId], accepted: &HashSet<u64>) -> Result<Fds, Failed> {
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
     let mut fds = Fds {
         sockets: Vec::new(),
         epolls: Vec::new(),
+        accepted: Vec::new(),
+        others: Vec::new(),
     };
     for entry in dir.read_dir().map_err(read_failed(&dir))? {
         let Ok(entry) = entry else { continue };
@@ -326,9 +367,14 @@ fn fds_of(pid: i32, sockets: &[SocketId]) -> Result<Fds, Failed> {
             .strip_prefix("socket:[")
             .and_then(|t| t.strip_suffix(']'))
             .and_then(|t| t.parse::<u64>().ok())
-            && sockets.iter().any(|s| s.ino == ino)
         {
-            fds.sockets.push(fd);
+            if sockets.iter().any(|s| s.ino == ino) {
+                fds.sockets.push(fd);
+            } else if accepted.contains(&ino) {
+                fds.accepted.push(fd);
+            } else {
+                fds.others.push(fd);
+            }
         }
     }
     Ok(fds)

@@ -44,6 +44,16 @@ pub enum ReleaseError {
 }
 
 impl Release {
+    /// No release: what a generation recreated only to stop its strays holds.
+    pub fn none() -> Release {
+        Release {
+            program: PathBuf::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            chdir: None,
+        }
+    }
+
     /// Resolves and pins a release: the working directory canonicalised; the program found
     /// the way a shell would (a name with a `/` is a path, relative to the working
     /// directory when one is given; anything else is looked up in `path`), its directory

@@ -34,6 +34,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     for s in &held {
         tracing::info!(name = %s.name, "listening on {}", s.address);
     }
+    // Removed when this function returns: a clean exit, or a failed first generation.
+    let _pid_file = match &config.pid_file {
+        Some(path) => Some(crate::pidfile::PidFile::create(path)?),
+        None => None,
+    };
     let notify =
         WorkerNotifySocket::create().context("cannot create the workers' notify socket")?;
     let machine = Machine::new(config.settings.clone());
@@ -69,6 +74,9 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         .collect();
     let notify = WorkerNotifySocket::adopt(upgrade::adopt_fd(h.notify_fd), h.notify_dir);
     let machine = Machine::restore(h.supervisor, tokio::time::Instant::now());
+    // Same pid: the pid file the first image wrote stays; this image removes it at exit.
+    let pid_path = (args.pid_file.clone()).or_else(|| RunConfig::load(args).ok()?.pid_file);
+    let _pid_file = pid_path.map(|p| crate::pidfile::PidFile::adopt(&p));
     let resume = task::Resume {
         last_reload: h.last_reload,
         upgrades: h.upgrades,
@@ -105,6 +113,8 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<i32> {
         ready: None,
         ready_timeout: Some(std::time::Duration::from_secs(10)),
         stop_signal: None,
+        stop_to: None,
+        pid_file: None,
         graceful_timeout: Some(std::time::Duration::from_secs(10)),
         batch: None,
         max_lifetime: None,

@@ -86,6 +86,39 @@ impl FromStr for Readiness {
     }
 }
 
+/// Where the stop signal goes when a worker is asked to drain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StopTo {
+    /// The worker's whole process group (the default): a wrapper without `exec`
+    /// (`sh -c 'node app.js'`, `npm start`) passes nothing on, so the server itself must
+    /// get the signal; gunicorn's master and its workers each drain on SIGTERM.
+    #[default]
+    Group,
+    /// Only the process handover started (for a master that forwards it itself and wants
+    /// its children untouched).
+    Main,
+}
+
+impl FromStr for StopTo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "group" => Ok(StopTo::Group),
+            "main" => Ok(StopTo::Main),
+            _ => Err(format!("`{s}` is not a stop target: use `group` or `main`")),
+        }
+    }
+}
+
+impl StopTo {
+    pub fn text(&self) -> &'static str {
+        match self {
+            StopTo::Group => "group",
+            StopTo::Main => "main",
+        }
+    }
+}
+
 /// Parses `500ms`, `2s`, `1m`, `1h`; a bare number means seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("`{s}` is not a duration: use e.g. 500ms, 30s, 2m");

@@ -232,7 +232,17 @@ impl Machine {
                 }
             }
             Event::Memory { pid, rss_bytes } => self.on_memory(pid, rss_bytes, now, &mut out),
-            Event::Exited { pid, how } => self.on_exited(pid, how, now, &mut out),
+            Event::Exited {
+                pid,
+                how,
+                group_left,
+            } => self.on_exited(pid, how, group_left, now, &mut out),
+            Event::GroupGone { pgid } => self.on_group_gone(pgid),
+            Event::Stray {
+                pid,
+                leader,
+                generation,
+            } => self.on_stray(pid, leader, generation, now, &mut out),
             Event::Timer => self.on_timer(now, &mut out),
             Event::Stop { fast } => self.on_stop(fast, now, &mut out),
             Event::Scale(delta) => {

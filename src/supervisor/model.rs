@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::notify::SdState;
 use crate::release::Release;
-use crate::units::{self, Readiness};
+use crate::units::{self, Readiness, StopTo};
 
 /// The settings a generation is created with, from the configuration loaded for it. They
 /// stay with that generation for its life: its workers are readied, restarted, recycled
@@ -23,6 +23,9 @@ pub struct Settings {
     pub ready_timeout: Duration,
     #[serde(with = "units::signal_number")]
     pub stop_signal: Signal,
+    /// Where the stop signal goes: the worker's process group, or its main process.
+    #[serde(default)]
+    pub stop_to: StopTo,
     pub graceful_timeout: Duration,
     /// Rolling reload: start this many new workers, wait for them, stop as many old ones,
     /// repeat. 0 starts the whole generation at once.
@@ -50,6 +53,7 @@ impl Default for Settings {
             readiness: Readiness::Auto,
             ready_timeout: units::DEFAULT_READY_TIMEOUT,
             stop_signal: units::DEFAULT_STOP_SIGNAL,
+            stop_to: StopTo::Group,
             graceful_timeout: units::DEFAULT_GRACEFUL_TIMEOUT,
             batch: 0,
             backoff_base: units::BACKOFF_BASE,
@@ -123,9 +127,24 @@ pub enum Event {
         rss_bytes: u64,
     },
     /// A worker was reaped; `how` describes the exit ("exit status 1", "signal 9").
+    /// `group_left`: other processes of its process group still run (a draining
+    /// worker's wrapper exited before the server it started).
     Exited {
         pid: i32,
         how: String,
+        group_left: bool,
+    },
+    /// The process group `pgid` of a worker whose main process already exited is empty.
+    GroupGone {
+        pgid: i32,
+    },
+    /// A process of a worker's tree re-parented to handover (the child subreaper), not
+    /// in a worker's process group; `generation` from its HANDOVER_GENERATION; `leader`:
+    /// it leads its own process group.
+    Stray {
+        pid: i32,
+        leader: bool,
+        generation: Option<GenId>,
     },
     /// A deadline from `next_deadline` has passed.
     Timer,
@@ -268,9 +287,34 @@ pub struct Worker {
     pub recycle_after: Option<Instant>,
     /// What it has shown of its readiness while starting.
     pub ack: Ack,
+    /// Its main process exited while draining, and the rest of its process group is still
+    /// draining: `pid` names the group now, SIGKILLed at the graceful timeout.
+    pub remnant: bool,
+    /// Not a worker handover started: a stray of its generation's tree that re-parented
+    /// to handover, stopped with that generation.
+    pub adopted: bool,
 }
 
 impl Worker {
+    /// A worker in `slot` (with `pid` once known) in `phase` since `now`, nothing else
+    /// known of it yet.
+    pub fn new(slot: usize, pid: Option<i32>, phase: WorkerPhase, now: Instant) -> Worker {
+        Worker {
+            slot,
+            pid,
+            phase,
+            started: now,
+            restarts: 0,
+            ready_since: None,
+            pinged: None,
+            replaces: None,
+            recycle_after: None,
+            ack: Ack::default(),
+            remnant: false,
+            adopted: false,
+        }
+    }
+
     pub fn is_stopping(&self) -> bool {
         matches!(self.phase, WorkerPhase::Stopping { .. })
     }

@@ -48,6 +48,16 @@ pub enum Note {
         pid: i32,
         timeout: Duration,
     },
+    /// A draining worker's main process exited; the rest of its group drains on.
+    GroupDraining {
+        generation: GenId,
+        pid: i32,
+    },
+    /// A stray of a generation's tree, re-parented to handover, is being stopped.
+    Adopted {
+        generation: GenId,
+        pid: i32,
+    },
     KilledLate {
         generation: GenId,
         pid: i32,
@@ -131,6 +141,16 @@ impl Note {
             } => {
                 tracing::warn!(generation, pid, "worker not ready after {timeout:?}")
             }
+            Note::GroupDraining { generation, pid } => tracing::info!(
+                generation,
+                pid,
+                "worker's main process exited; the rest of its process group drains until the graceful timeout"
+            ),
+            Note::Adopted { generation, pid } => tracing::info!(
+                generation,
+                pid,
+                "a process left behind by generation {generation} is stopped with it"
+            ),
             Note::KilledLate { generation, pid } => {
                 tracing::warn!(generation, pid, "worker did not stop in time: SIGKILL")
             }

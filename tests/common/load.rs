@@ -22,6 +22,28 @@ pub struct Tally {
     pub status: u64,
     pub pids: BTreeSet<i32>,
     pub errors: Vec<String>,
+    /// Every request, when the load was started with `Load::recording`.
+    pub samples: Samples,
+}
+
+/// The samples of a recording load; `{:?}` shows only how many there are.
+#[derive(Default, Clone)]
+pub struct Samples(pub Vec<Sample>);
+
+impl std::fmt::Debug for Samples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} samples", self.0.len())
+    }
+}
+
+/// One request: when it was sent, how long it took, which pid answered (None: failed).
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub sent: Instant,
+    pub took: Duration,
+    pub pid: Option<i32>,
+    pub failed: bool,
+    pub slow: bool,
 }
 
 impl Tally {
@@ -36,6 +58,7 @@ impl Tally {
         self.read += o.read;
         self.status += o.status;
         self.pids.extend(&o.pids);
+        self.samples.0.extend(&o.samples.0);
         self.errors.extend(
             o.errors
                 .iter()
@@ -54,6 +77,15 @@ pub struct Load {
 impl Load {
     /// `fast` keep-alive clients on `/` and `slow` clients on `/slow?ms=300`.
     pub fn start(addr: SocketAddr, fast: usize, slow: usize, max: Duration) -> Load {
+        Load::spawn(addr, fast, slow, max, false)
+    }
+
+    /// Like `start`, keeping a `Sample` of every request in the tally.
+    pub fn recording(addr: SocketAddr, fast: usize, slow: usize, max: Duration) -> Load {
+        Load::spawn(addr, fast, slow, max, true)
+    }
+
+    fn spawn(addr: SocketAddr, fast: usize, slow: usize, max: Duration, record: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Mutex::new(BTreeSet::new()));
         let deadline = Instant::now() + max;
@@ -61,7 +93,7 @@ impl Load {
         let threads = paths
             .map(|path| {
                 let (stop, live) = (stop.clone(), live.clone());
-                std::thread::spawn(move || client(addr, path, &stop, &live, deadline))
+                std::thread::spawn(move || client(addr, path, &stop, &live, deadline, record))
             })
             .collect();
         Load {
@@ -88,8 +120,10 @@ fn client(
     stop: &AtomicBool,
     live: &Mutex<BTreeSet<i32>>,
     deadline: Instant,
+    record: bool,
 ) -> Tally {
     let mut t = Tally::default();
+    let slow = path != "/";
     let mut conn: Option<BufReader<TcpStream>> = None;
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -109,12 +143,30 @@ fn client(
             },
         };
         let mut c = c;
+        let sent = Instant::now();
+        let sample = |t: &mut Tally, pid: Option<i32>, failed: bool| {
+            if record {
+                let took = sent.elapsed();
+                t.samples.0.push(Sample {
+                    sent,
+                    took,
+                    pid,
+                    failed,
+                    slow,
+                });
+            }
+        };
         if let Err(e) = c.get_mut().write_all(request.as_bytes()) {
             t.write += 1;
             note(&mut t, format!("write: {e}"));
+            sample(&mut t, None, true);
             continue;
         }
-        match read_response(&mut c) {
+        let response = read_response(&mut c);
+        let pid = response.as_ref().ok().and_then(|r| r.pid);
+        let ok = matches!(&response, Ok(r) if r.status == 200);
+        sample(&mut t, pid.filter(|_| ok), !ok);
+        match response {
             Ok(r) if r.status == 200 => {
                 t.ok += 1;
                 if let Some(pid) = r.pid {

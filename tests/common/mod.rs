@@ -9,6 +9,7 @@
 
 pub mod load;
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
@@ -154,6 +155,24 @@ impl Manager {
             .collect()
     }
 
+    /// Reads every datagram handover has sent so far, without waiting. A long test calls
+    /// this now and then: with the queue full, handover waits up to 1 s per state change.
+    pub fn drain_notify(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        self.notify.set_nonblocking(true).expect("nonblocking");
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            out.push(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_owned)
+                    .collect(),
+            );
+        }
+        self.notify.set_nonblocking(false).expect("blocking");
+        out
+    }
+
     /// Reads datagrams until one has a line starting with one of `keys`; returns it.
     /// STATUS-only datagrams are skipped.
     pub fn wait_notify(&self, keys: &[&str], timeout: Duration) -> Vec<String> {
@@ -179,6 +198,27 @@ impl Manager {
             .collect();
         pids.sort();
         pids
+    }
+
+    /// Every process below the manager (workers and what they forked), from /proc.
+    pub fn descendants(&self) -> BTreeSet<i32> {
+        let mut found = BTreeSet::new();
+        let mut todo = vec![self.pid()];
+        while let Some(p) = todo.pop() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                    if found.insert(c) {
+                        todo.push(c);
+                    }
+                }
+            }
+        }
+        found
     }
 
     pub fn log(&self) -> String {

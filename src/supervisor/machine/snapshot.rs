@@ -51,6 +51,8 @@ struct WorkerSnapshot {
     replaces: Option<WorkerId>,
     recycle_in_ms: Option<u64>,
     ack: Ack,
+    remnant: bool,
+    adopted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +117,8 @@ fn worker_snapshot(id: WorkerId, w: &Worker, now: Instant) -> Result<WorkerSnaps
         replaces: w.replaces,
         recycle_in_ms: w.recycle_after.map(|t| until(t, now)),
         ack: w.ack,
+        remnant: w.remnant,
+        adopted: w.adopted,
     })
 }
 
@@ -143,6 +147,8 @@ fn restore_worker(w: WorkerSnapshot, now: Instant) -> Worker {
         replaces: w.replaces,
         recycle_after: w.recycle_in_ms.map(|r| after(now, r)),
         ack: w.ack,
+        remnant: w.remnant,
+        adopted: w.adopted,
     }
 }
 

@@ -15,7 +15,7 @@ use super::{
 use crate::notify::SdState;
 use crate::supervisor::generation::{Generation, PendingRestart};
 use crate::supervisor::notes::Note;
-use crate::units::Readiness;
+use crate::units::{Readiness, StopTo};
 
 impl Machine {
     /// A new worker of generation `g` in `slot`, started from `g`'s own release.
@@ -32,16 +32,8 @@ impl Machine {
         generation.workers.insert(
             id,
             Worker {
-                slot,
-                pid: None,
-                phase: WorkerPhase::Spawning,
-                started: now,
                 restarts,
-                ready_since: None,
-                pinged: None,
-                replaces: None,
-                recycle_after: None,
-                ack: Ack::default(),
+                ..Worker::new(slot, None, WorkerPhase::Spawning, now)
             },
         );
         Some(Action::Spawn {
@@ -82,7 +74,7 @@ impl Machine {
             out.push(Action::Signal {
                 pid,
                 signal: s.stop_signal,
-                group: false,
+                group: s.stop_to == StopTo::Group,
             });
             return;
         }
@@ -158,6 +150,75 @@ impl Machine {
             .collect()
     }
 
+    /// The rest of a drained worker's process group is gone: so is the worker.
+    pub(super) fn on_group_gone(&mut self, pgid: i32) {
+        let Some((g, id)) = self.find(pgid) else {
+            return;
+        };
+        if self.worker_copy(g, id).is_some_and(|w| w.remnant) {
+            self.remove_worker(g, id);
+        }
+    }
+
+    /// A process of a worker's tree re-parented to handover. While its generation serves
+    /// it is left alone (it goes when that generation is stopped); otherwise it is stopped
+    /// now, with its generation's signal and graceful timeout, and tracked until reaped,
+    /// so that nothing of a generation outlives it.
+    pub(super) fn on_stray(
+        &mut self,
+        pid: i32,
+        leader: bool,
+        generation: Option<GenId>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if self.find(pid).is_some() {
+            return;
+        }
+        let serving = [self.current, self.candidate()];
+        if generation.is_some() && serving.contains(&generation) && !self.is_stopping() {
+            return;
+        }
+        let g = generation.unwrap_or(0);
+        if !self.generations.contains_key(&g) {
+            // Its generation is gone already: its settings are no longer known.
+            let release = self
+                .generations
+                .values()
+                .next()
+                .map(|x| Arc::clone(&x.release));
+            let release = release.unwrap_or_else(|| Arc::new(crate::release::Release::none()));
+            let orphans = Generation::new(g, release, self.initial.clone());
+            self.generations.insert(g, orphans);
+        }
+        let Some(generation) = self.generations.get_mut(&g) else {
+            return;
+        };
+        let s = &generation.settings;
+        let id = self.next_id;
+        self.next_id += 1;
+        generation.workers.insert(
+            id,
+            Worker {
+                adopted: true,
+                ..Worker::new(
+                    usize::MAX,
+                    Some(pid),
+                    WorkerPhase::Stopping {
+                        kill_at: Some(now + s.graceful_timeout),
+                    },
+                    now,
+                )
+            },
+        );
+        out.push(Action::Signal {
+            pid,
+            signal: s.stop_signal,
+            group: leader,
+        });
+        self.notes.push(Note::Adopted { generation: g, pid });
+    }
+
     /// A copy of worker `id` of `g`, to judge it while the machine changes.
     fn worker_copy(&self, g: GenId, id: WorkerId) -> Option<Worker> {
         self.generations.get(&g)?.workers.get(&id).cloned()
@@ -187,13 +248,29 @@ impl Machine {
         self.worker_lost(g, id, w, error, now, out);
     }
 
-    pub(super) fn on_exited(&mut self, pid: i32, how: String, now: Instant, out: &mut Vec<Action>) {
+    pub(super) fn on_exited(
+        &mut self,
+        pid: i32,
+        how: String,
+        group_left: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let Some((g, id)) = self.find(pid) else {
             return;
         };
-        let Some(w) = self.remove_worker(g, id) else {
+        let Some(mut w) = self.remove_worker(g, id) else {
             return;
         };
+        if w.is_stopping() && group_left && !w.adopted && !w.remnant {
+            // The wrapper went first: its server drains on until the graceful timeout.
+            self.notes.push(Note::GroupDraining { generation: g, pid });
+            w.remnant = true;
+            if let Some(generation) = self.generations.get_mut(&g) {
+                generation.workers.insert(id, w);
+            }
+            return;
+        }
         if w.is_stopping() {
             self.notes.push(Note::WorkerStopped {
                 generation: g,
@@ -300,7 +377,7 @@ impl Machine {
             out.push(Action::Signal {
                 pid,
                 signal: s.stop_signal,
-                group: false,
+                group: s.stop_to == StopTo::Group,
             });
         }
     }
@@ -325,7 +402,7 @@ impl Machine {
                             out.push(Action::Signal {
                                 pid,
                                 signal: Signal::SIGKILL,
-                                group: true,
+                                group: !w.adopted,
                             });
                         }
                     }
@@ -412,7 +489,7 @@ impl Machine {
                     out.push(Action::Signal {
                         pid,
                         signal: Signal::SIGKILL,
-                        group: true,
+                        group: !w.adopted,
                     });
                 }
             }

@@ -39,20 +39,21 @@ fn printable(status: &str) -> String {
 /// How often workers' memory is sampled when `max_memory` is set.
 pub const MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// One `Memory` event per live worker, from /proc/<pid>/status VmRSS.
+/// One `Memory` event per live worker: the resident memory of its whole tree (a
+/// gunicorn master is small; its workers are what grows), from one scan of /proc.
 pub fn sample_memory(m: &Machine, queue: &mut VecDeque<Event>) {
-    for pid in m.workers().filter_map(|(_, _, w)| w.pid) {
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-        if let Some(kib) = kib {
+    let table = crate::procs::processes();
+    for pid in m
+        .workers()
+        .filter(|(_, _, w)| !w.adopted && !w.remnant)
+        .filter_map(|(_, _, w)| w.pid)
+    {
+        let tree = crate::procs::tree(&table, pid);
+        let bytes: u64 = tree.iter().filter_map(|p| crate::procs::rss(*p)).sum();
+        if bytes > 0 {
             queue.push_back(Event::Memory {
                 pid,
-                rss_bytes: kib * 1024,
+                rss_bytes: bytes,
             });
         }
     }
@@ -85,6 +86,14 @@ pub fn read_notifications(
             );
             continue;
         };
+        // Ignored on purpose: `MAINPID=` (a worker cannot hand its identity to another
+        // process; the stop signal reaches its whole group anyway, and a forged MAINPID
+        // must not make another process count), `STOPPING=1` (its exit is what counts,
+        // and a crash it announces is still a crash), `RELOADING=1` (a worker's own
+        // reload is its business).
+        if msg.stopping || msg.mainpid.is_some() {
+            tracing::debug!(pid = worker_pid, stopping = msg.stopping, mainpid = ?msg.mainpid, "ignored: STOPPING=/MAINPID= from a worker");
+        }
         if let Some(status) = &msg.status {
             tracing::debug!(pid = worker_pid, "worker status: {status}");
             statuses.set(m, worker_pid, status);

@@ -38,7 +38,7 @@ use crate::spawn::{self, WorkerEnv};
 use crate::upgrade as self_upgrade;
 use intake::{MEMORY_EVERY, read_notifications, sample_memory};
 use readiness::PROBE_EVERY;
-use reap::{reap, send_signal};
+use reap::{reap, send_signal, strays};
 
 /// Everything the task needs, prepared by `run`.
 pub struct Context<'a> {
@@ -90,6 +90,15 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
     let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
     let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    // Orphans of the workers' trees come to handover, not to PID 1, so that none of them
+    // outlives its generation (reap.rs).
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a flag of this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        tracing::warn!(
+            "cannot become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     // Handlers are in place: what an upgrade blocked across its exec may come in now.
     self_upgrade::unblock_signals();
     let notify_socket = ctx.notify_socket;
@@ -148,6 +157,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     // While workers wait to be seen serving, their trees are probed; otherwise nothing.
     let mut probes: Option<tokio::time::Interval> = None;
     let socket_ids = crate::readiness::socket_ids(&task.env.fds)?;
+    let listeners = crate::readiness::tcp_listeners(&task.env.fds);
     let mut buf = vec![0u8; 4096];
     let mut queue = VecDeque::new();
     match resume {
@@ -167,7 +177,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             task.systemd
                 .send(&[SdState::Ready, SdState::Status(machine.status())]);
             // Workers that exited while the exec ran are waiting to be reaped.
-            reap(&mut queue);
+            reap(&machine, &mut queue);
         }
     }
     loop {
@@ -178,6 +188,15 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 note.log();
             }
             for action in actions {
+                if let Action::Exit(_) = action {
+                    // Nothing of any generation may outlive the manager: what re-parented
+                    // to it is stopped first (the machine exits once that is gone too).
+                    let strays = strays(&machine);
+                    if !strays.is_empty() {
+                        queue.extend(strays);
+                        continue;
+                    }
+                }
                 if let Some(code) = task.execute(action, &mut answers) {
                     task.waiters.fail_all("the manager stopped");
                     if let Some(reason) = task.start_failure.take() {
@@ -208,7 +227,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 // A worker's last words (STOPPING=1, STATUS=) are read while it is still
                 // known, before its exit is.
                 read_notifications(&notify_socket, &machine, &mut buf, &mut task.statuses, &mut queue);
-                reap(&mut queue);
+                reap(&machine, &mut queue);
             }
             _ = sighup.recv() => queue.push_back(Event::Reload),
             _ = sigterm.recv() => queue.push_back(Event::Stop { fast: false }),
@@ -227,7 +246,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             }
             _ = tick(&mut watchdog) => task.systemd.send(&[SdState::Watchdog]),
             _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
-            _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &mut queue),
+            _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &listeners, &mut queue),
             _ = sigusr2.recv() => {
                 let why = task.upgrade(&machine, ctx.sockets, &notify_socket);
                 tracing::error!("upgrade failed, this image keeps running: {why}");

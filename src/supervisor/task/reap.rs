@@ -1,5 +1,19 @@
-//! Reaping: SIGCHLD turns into `Exited` events, and what a worker left behind in its
-//! process group goes with it.
+//! Reaping and the worker's process tree: SIGCHLD turns into `Exited` events; what a
+//! worker leaves behind in its process group, and what re-parents to handover (a child
+//! subreaper, so orphans of a worker's tree come to it rather than to PID 1), is found
+//! here and handed to the machine, which stops it with its generation.
+//!
+//! - A worker that exits on its own (a crash) takes its process group with it at once:
+//!   a forked helper must not keep the listening socket, or old code, alive. The group is
+//!   killed while the worker is still an unreaped zombie (`WNOWAIT`), so its id cannot have
+//!   been reused by anyone else.
+//! - A worker that exits while *draining* leaves the rest of its group to drain on (a
+//!   wrapper without `exec` dies at the stop signal before the server it started): the
+//!   machine SIGKILLs the group at the graceful timeout, and learns here when it is empty.
+//!   A process group id stays allocated while the group has members, so it cannot be
+//!   reused meanwhile either.
+//! - Any other process whose parent is now handover (a `setsid` daemon of a worker) is a
+//!   *stray*, attributed to a generation by its inherited HANDOVER_GENERATION.
 
 use std::collections::VecDeque;
 
@@ -7,21 +21,37 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
-use crate::supervisor::Event;
+use crate::procs::processes;
+use crate::supervisor::machine::WorkerPhase;
+use crate::supervisor::{Event, Machine};
 
-/// Reaps every exited child. Safe beside the rest of the program because handover starts
-/// no child processes other than workers (no tokio::process).
-///
-/// What a worker left behind in its process group (which handover created for it) goes
-/// with it: a forked helper must not keep the listening socket, or old code, alive after
-/// its worker is gone. The group is killed while the worker is still an unreaped zombie
-/// (`WNOWAIT`), so its id cannot have been reused by anyone else.
-pub fn reap(queue: &mut VecDeque<Event>) {
+/// Whether a worker (by its main pid) is draining: its group may drain on without it.
+fn draining(m: &Machine, pid: i32) -> bool {
+    m.workers().any(|(_, _, w)| {
+        w.pid == Some(pid)
+            && !w.adopted
+            && !w.remnant
+            && matches!(w.phase, WorkerPhase::Stopping { .. })
+    })
+}
+
+/// Reaps every exited child (workers, and strays that re-parented to handover), then
+/// reports emptied groups and new strays. Safe beside the rest of the program because
+/// handover starts no other child processes (no tokio::process).
+pub fn reap(m: &Machine, queue: &mut VecDeque<Event>) {
     let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    let mut reaped = false;
     while let Ok(exited) = waitid(Id::All, peek) {
         let Some(pid) = exited.pid() else { break };
-        // Succeeds even when the zombie is the group's only member, so: debug.
-        if killpg(pid, Signal::SIGKILL).is_ok() {
+        reaped = true;
+        let mut group_left = false;
+        if draining(m, pid.as_raw()) {
+            let raw = pid.as_raw();
+            group_left = processes()
+                .iter()
+                .any(|p| p.pgrp == raw && p.pid != raw && !p.zombie);
+        } else if killpg(pid, Signal::SIGKILL).is_ok() {
+            // Succeeds even when the zombie is the group's only member, so: debug.
             tracing::debug!(pid = pid.as_raw(), "cleared the worker's process group");
         }
         let how = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
@@ -32,13 +62,55 @@ pub fn reap(queue: &mut VecDeque<Event>) {
         queue.push_back(Event::Exited {
             pid: pid.as_raw(),
             how,
+            group_left,
         });
+    }
+    if reaped {
+        groups_and_strays(m, queue);
     }
 }
 
+/// Emptied groups of drained workers, and processes that re-parented to handover.
+pub fn groups_and_strays(m: &Machine, queue: &mut VecDeque<Event>) {
+    for (_, _, w) in m.workers() {
+        if let (true, Some(pgid)) = (w.remnant, w.pid)
+            && killpg(Pid::from_raw(pgid), None) == Err(nix::errno::Errno::ESRCH)
+        {
+            queue.push_back(Event::GroupGone { pgid });
+        }
+    }
+    queue.extend(strays(m));
+}
+
+/// Live children of handover that are not workers, nor in a worker's process group (that
+/// group is signalled as a whole already), nor tracked.
+pub fn strays(m: &Machine) -> Vec<Event> {
+    let me = std::process::id() as i32;
+    let known: Vec<i32> = m.workers().filter_map(|(_, _, w)| w.pid).collect();
+    processes()
+        .into_iter()
+        .filter(|p| p.ppid == me && !p.zombie)
+        .filter(|p| !known.contains(&p.pid) && !known.contains(&p.pgrp))
+        .map(|p| Event::Stray {
+            pid: p.pid,
+            leader: p.pgrp == p.pid,
+            generation: generation_of(p.pid),
+        })
+        .collect()
+}
+
+/// The HANDOVER_GENERATION a process inherited from its worker, if it still has it.
+fn generation_of(pid: i32) -> Option<u64> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(b"HANDOVER_GENERATION="))
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+}
+
 pub fn send_signal(pid: i32, signal: Signal, group: bool) {
-    // The pid is one of our own unreaped children (the machine forgets a worker when it
-    // is reaped), so it cannot have been reused by another process.
+    // The pid is one of our own unreaped children, or the id of a process group that
+    // still has members (the machine forgets a worker when it is reaped, a drained
+    // group when it is empty), so it cannot have been reused by another process.
     let r = if group {
         killpg(Pid::from_raw(pid), signal)
     } else {

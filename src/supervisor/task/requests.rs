@@ -57,6 +57,15 @@ impl Task<'_> {
 
     fn report(&self, m: &Machine, sockets: &[HeldSocket]) -> StatusReport {
         let now = Instant::now();
+        let table = crate::procs::processes();
+        let tree_rss = |pid: Option<i32>| {
+            let tree = crate::procs::tree(&table, pid?);
+            Some(
+                tree.iter()
+                    .filter_map(|p| crate::procs::rss(*p))
+                    .sum::<u64>(),
+            )
+        };
         let workers = m
             .workers()
             .map(|(generation, _, w)| control::WorkerInfo {
@@ -72,6 +81,7 @@ impl Task<'_> {
                 age_secs: now.saturating_duration_since(w.started).as_secs_f64(),
                 restarts: w.restarts,
                 status: self.statuses.get(w.pid),
+                tree_rss_bytes: tree_rss(w.pid),
             })
             .collect();
         StatusReport {

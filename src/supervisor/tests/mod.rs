@@ -180,6 +180,7 @@ impl Driver {
         self.send(Event::Exited {
             pid,
             how: how.to_owned(),
+            group_left: false,
         })
     }
 
@@ -245,9 +246,10 @@ fn signal_all(pids: &[i32], signal: Signal, group: bool) -> Vec<Action> {
     pids.iter().map(signal_one).collect()
 }
 
-/// The stop signal `signal` to each of `pids`, in order.
+/// The stop signal `signal` to each of `pids`' process groups (the default stop target),
+/// in order.
 fn stop(pids: &[i32], signal: Signal) -> Vec<Action> {
-    signal_all(pids, signal, false)
+    signal_all(pids, signal, true)
 }
 
 /// SIGKILL to the process group of each of `pids`.
@@ -735,7 +737,11 @@ fn unknown_pids_and_repeated_ready_change_nothing() {
     for event in [
         Event::Ready { pid: 9999 },
         Event::Ready { pid: p[0] },
-        Event::Exited { pid: 9999, how },
+        Event::Exited {
+            pid: 9999,
+            how,
+            group_left: false,
+        },
         Event::Spawned { id: 999, pid: 4242 },
         spawn_failed(999),
         Event::Start,
@@ -869,3 +875,4 @@ fn a_worker_dying_while_its_successor_starts_hands_it_the_slot() {
 
 mod generations;
 mod readiness;
+mod trees;

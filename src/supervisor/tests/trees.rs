@@ -1,0 +1,120 @@
+//! Stories for a worker as a process tree: the stop signal goes to the whole group by
+//! default; a wrapper that exits first leaves its group draining until the graceful
+//! timeout; strays that re-parent to handover are stopped with their generation.
+
+use super::*;
+
+fn group_exit(d: &mut Driver, pid: i32) -> Vec<Action> {
+    d.send(Event::Exited {
+        pid,
+        how: "killed by SIGTERM".into(),
+        group_left: true,
+    })
+}
+
+#[test]
+fn the_stop_signal_goes_to_the_process_group_unless_main_is_asked_for() {
+    let mut d = Driver::running(Settings {
+        stop_to: crate::units::StopTo::Group,
+        ..settings(1)
+    });
+    let old = d.pid(1, 0);
+    d.send(Event::Reload);
+    let a = d.ready_all(2);
+    assert_eq!(signals(&a), signal_all(&[old], SIGTERM, true));
+
+    let mut d = Driver::running(Settings {
+        stop_to: crate::units::StopTo::Main,
+        ..settings(1)
+    });
+    let old = d.pid(1, 0);
+    d.send(Event::Reload);
+    assert_eq!(signals(&d.ready_all(2)), signal_all(&[old], SIGTERM, false));
+}
+
+#[test]
+fn a_wrapper_that_exits_first_leaves_its_group_draining_until_the_graceful_timeout() {
+    let mut d = Driver::running(settings(1));
+    let old = d.pid(1, 0);
+    d.send(Event::Reload);
+    d.ready_all(2);
+    let promoted = d.now;
+    // `sh -c 'node app.js'`: sh dies at SIGTERM, node drains on.
+    d.advance(ms(100));
+    let a = group_exit(&mut d, old);
+    assert!(
+        signals(&a).is_empty(),
+        "no SIGKILL because the wrapper went: {a:?}"
+    );
+    assert_eq!(d.status(), "gen 2: 1/1 ready, gen 1 draining 1");
+    assert_eq!(d.sup.next_deadline(), Some(promoted + secs(30)));
+    // Node finishes its in-flight request and exits: the group is empty.
+    d.send(Event::GroupGone { pgid: old });
+    assert_eq!(d.status(), "gen 2: 1/1 ready");
+    assert_eq!(d.sup.next_deadline(), None);
+}
+
+#[test]
+fn a_group_still_draining_at_the_graceful_timeout_is_killed() {
+    let mut d = Driver::running(settings(1));
+    let old = d.pid(1, 0);
+    d.send(Event::Reload);
+    d.ready_all(2);
+    group_exit(&mut d, old);
+    assert_eq!(signals(&d.tick()), kill(&[old]));
+    d.send(Event::GroupGone { pgid: old });
+    assert_eq!(d.status(), "gen 2: 1/1 ready");
+}
+
+#[test]
+fn a_stray_of_an_old_generation_is_stopped_and_one_of_the_serving_generation_left_alone() {
+    let mut d = Driver::running(settings(1));
+    // A daemon of gen 1 while gen 1 serves: it belongs to a live generation.
+    let a = d.send(Event::Stray {
+        pid: 700,
+        leader: true,
+        generation: Some(1),
+    });
+    assert!(signals(&a).is_empty());
+    d.send(Event::Reload);
+    d.ready_all(2);
+    // Gen 1 is stopped: its stray goes with it, to its own group (it leads one).
+    let a = d.send(Event::Stray {
+        pid: 700,
+        leader: true,
+        generation: Some(1),
+    });
+    assert_eq!(signals(&a), signal_all(&[700], SIGTERM, true));
+    assert_eq!(d.status(), "gen 2: 1/1 ready, gen 1 draining 2");
+    // A second report of the same stray changes nothing; a stray ignoring SIGTERM is
+    // killed at the graceful timeout (by pid: it is no worker's group).
+    assert!(
+        d.send(Event::Stray {
+            pid: 700,
+            leader: true,
+            generation: Some(1)
+        })
+        .is_empty()
+    );
+    d.exit(d.pid(1, 0), "exit status 0");
+    assert_eq!(signals(&d.tick()), signal_all(&[700], SIGKILL, false));
+    d.exit(700, "killed by SIGKILL");
+    assert_eq!(d.status(), "gen 2: 1/1 ready");
+}
+
+#[test]
+fn the_manager_exits_only_once_its_strays_are_gone() {
+    let mut d = Driver::running(settings(1));
+    let w = d.pid(1, 0);
+    d.send(Event::Stop { fast: false });
+    assert!(exits(&d.exit(w, "exit status 0")).contains(&0));
+    // The task found a stray at the exit: the machine stops it and exits after it.
+    let a = d.send(Event::Stray {
+        pid: 800,
+        leader: false,
+        generation: None,
+    });
+    assert_eq!(signals(&a), signal_all(&[800], SIGTERM, false));
+    assert!(exits(&a).is_empty());
+    assert_eq!(exits(&d.exit(800, "exit status 0")), [0]);
+}

@@ -1,0 +1,214 @@
+//! A worker is a process tree: a wrapper without `exec` still lets its server drain (the
+//! stop signal goes to the whole process group, and the group is SIGKILLed only at the
+//! graceful timeout, not because the wrapper went first); a grandchild that escapes with
+//! `setsid` is stopped with its generation and nothing is left after `handover stop`;
+//! `max_memory` counts the whole tree.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::load::Load;
+use common::{HANDOVER, Manager, is_dead, script, wait_for};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// A Node server on fd 3 that drains on SIGTERM: stops accepting, finishes what is in
+/// flight, closes idle connections, exits. `/slow?ms=N` answers after N ms, and first
+/// writes `slow.<pid>` so the test knows the request is in flight.
+const NODE_APP: &str = r#"
+const http = require('http');
+const fs = require('fs');
+const dir = process.argv[2];
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, 'http://x');
+  const ms = url.pathname === '/slow' ? Number(url.searchParams.get('ms')) : 0;
+  if (ms) fs.writeFileSync(`${dir}/slow.${process.pid}`, '');
+  setTimeout(() => {
+    res.setHeader('x-worker-pid', String(process.pid));
+    res.end(`hello from pid ${process.pid}\n`);
+  }, ms);
+});
+server.listen({ fd: 3 });
+process.on('SIGTERM', () => {
+  server.close(() => process.exit(0));
+  server.closeIdleConnections();
+});
+"#;
+
+fn node() -> Option<&'static str> {
+    let ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some("node");
+    }
+    assert!(std::env::var_os("CI").is_none(), "node is missing under CI");
+    eprintln!("SKIPPED: node is not installed");
+    None
+}
+
+/// Sends `GET path` on a fresh connection; returns the whole response.
+fn request(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(20 * SEC))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn a_node_app_under_a_shell_without_exec_answers_its_in_flight_request_across_a_reload() {
+    let Some(node) = node() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("app.js"), NODE_APP).expect("app");
+    let d = dir.path().display().to_string();
+    // `; true` keeps sh from exec'ing node: the wrapper stays node's parent.
+    let cmd = format!("{node} {d}/app.js {d}; true");
+    let m = Manager::start_in(
+        dir,
+        &["--workers", "1", "--graceful-timeout", "10s"],
+        &["/bin/sh", "-c", &cmd],
+    );
+    m.wait_ready(1);
+    let addr = m.addr;
+    let slow = std::thread::spawn(move || request(addr, "/slow?ms=1500"));
+    let node_pid = wait_for(10 * SEC, "the slow request in flight", || {
+        std::fs::read_dir(m.dir.path())
+            .ok()?
+            .flatten()
+            .find_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("slow.")?
+                    .parse::<i32>()
+                    .ok()
+            })
+    });
+    let out = m.ctl(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = slow
+        .join()
+        .expect("slow thread")
+        .expect("the in-flight request");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains(&format!("pid {node_pid}")),
+        "{answer}"
+    );
+    wait_for(15 * SEC, "the old node to exit", || {
+        is_dead(node_pid).then_some(())
+    });
+    let log = m.log();
+    assert!(
+        log.contains("the rest of its process group drains"),
+        "the wrapper exited first: {log}"
+    );
+    assert!(!log.contains("did not stop in time"), "{log}");
+}
+
+/// Live processes whose command line is `sleep <marker>`.
+fn sleepers(marker: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmd == format!("sleep\0{marker}\0").as_bytes() && !is_dead(*pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_grandchild_that_escapes_with_setsid_is_stopped_with_its_generation_and_at_exit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A number no other test uses: this test's own marker.
+    let marker = format!("{}", 4_000_000 + std::process::id() % 1_000_000);
+    let worker = script(
+        dir.path(),
+        "worker.sh",
+        &format!("setsid sleep {marker} &\nexec {HANDOVER} demo-worker --drain-idle 1s"),
+    );
+    let mut m = Manager::start_in(
+        dir,
+        &["--workers", "2", "--graceful-timeout", "2s"],
+        &[&worker],
+    );
+    m.wait_ready(2);
+    let load = Load::start(m.addr, 4, 1, 60 * SEC);
+    let first = wait_for(10 * SEC, "two escaped sleeps", || {
+        let s = sleepers(&marker);
+        (s.len() == 2).then_some(s)
+    });
+    let out = m.ctl(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Generation 1's sleeps go with it (they ignore nothing: SIGTERM ends them).
+    wait_for(10 * SEC, "generation 1's sleeps gone", || {
+        first.iter().all(|p| is_dead(*p)).then_some(())
+    });
+    assert_eq!(sleepers(&marker).len(), 2, "generation 2's are still there");
+    let tally = load.finish();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    let out = m.ctl(&["stop"]);
+    assert!(out.status.success());
+    let stopped = Instant::now();
+    assert!(m.wait_exit(20 * SEC).success());
+    assert!(
+        sleepers(&marker).is_empty(),
+        "left after `handover stop` returned ({:?} later): {:?}",
+        stopped.elapsed(),
+        sleepers(&marker)
+    );
+    assert!(m.log().contains("is stopped with it"), "{}", m.log());
+}
+
+#[test]
+fn max_memory_counts_the_whole_tree() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The worker itself is small; a child it forked holds 150 MiB (touched, so resident).
+    let worker = script(
+        dir.path(),
+        "worker.sh",
+        &format!(
+            "python3 -c 'import time; b = bytearray(b\"x\" * (150 << 20)); time.sleep(600)' &\n\
+             exec {HANDOVER} demo-worker --drain-idle 1s"
+        ),
+    );
+    let m = Manager::start_in(
+        dir,
+        &[
+            "--workers",
+            "1",
+            "--max-memory",
+            "100M",
+            "--graceful-timeout",
+            "2s",
+        ],
+        &[&worker],
+    );
+    let old = m.wait_ready(1);
+    wait_for(
+        30 * SEC,
+        "the tree's memory to trigger a replacement",
+        || m.log().contains("above max_memory 100 MiB").then_some(()),
+    );
+    wait_for(20 * SEC, "the first worker replaced", || {
+        is_dead(old[0]).then_some(())
+    });
+}
