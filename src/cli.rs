@@ -214,7 +214,20 @@ pub struct InitArgs {
     /// Workers per generation, written into the config.
     #[arg(long, short = 'w', default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
     pub workers: u32,
-    /// Write everything here instead of /etc/systemd/system and /etc/handover.
+    /// Run the app as this existing user (`User=`), e.g. the deploy user that owns its
+    /// files. Default: `DynamicUser=yes`, a fresh unprivileged user that systemd allocates
+    /// for the service and that owns nothing outside the unit's own directories.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Run the app with this group (`Group=`). Default: the user's own group.
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// A path the app writes besides /var/lib/NAME, /var/log/NAME and /var/cache/NAME
+    /// (`ReadWritePaths=`; the rest of the system is read-only to it). Repeatable.
+    #[arg(long = "read-write", value_name = "PATH")]
+    pub read_write: Vec<PathBuf>,
+    /// Write everything here instead of /etc/systemd/system (the units) and /etc/NAME
+    /// (NAME/handover.toml).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Replace files that exist.

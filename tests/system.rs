@@ -29,6 +29,9 @@
 //!
 //! Scenarios:
 //!
+//! 0. `systemd-analyze security` of the shipped units is ≤ 4.5; an app made by
+//!    `handover init` (DynamicUser=, two named sockets) starts, gets each fd with its
+//!    name, writes its state and logs, reloads, and scores ≤ 4.5 too;
 //! 1. socket activation: `systemctl start myapp.socket`; the first connection starts
 //!    myapp.service;
 //! 2. 10 × `systemctl reload myapp` under keep-alive load: 0 failed requests, each reload
@@ -49,6 +52,8 @@ mod common;
 mod container;
 #[path = "system/host.rs"]
 mod host;
+#[path = "system/init_app.rs"]
+mod init_app;
 
 use std::time::{Duration, Instant};
 
@@ -98,6 +103,14 @@ fn system_test(distro: &str, systemd: u32) {
     println!("[{distro}] units verified: {}", verify_units(&c, systemd));
 
     let app = App::install(&c, SERVICE_UNIT);
+    step(&app, "shipped units: systemd-analyze security", |app| {
+        init_app::shipped_hardening(app, systemd >= 253)
+    });
+    step(
+        &app,
+        "handover init: named sockets, state, logs, reload",
+        |app| init_app::init_app(app.c),
+    );
     step(&app, "socket activation", socket_activation);
     step(&app, "reload under load (demo worker)", |app| {
         reload_under_load(app, 8, 2)
@@ -156,20 +169,26 @@ fn verify_units(c: &Container, systemd: u32) -> String {
         units.push("myapp-notify-reload.service");
     }
     let mut files: Vec<String> = units.iter().map(|u| format!("{examples}/{u}")).collect();
+    // Values that need quoting and %-escaping in a unit: spaces, `%`, `$`.
     c.ok(&[
         "/usr/bin/handover",
         "init",
         "web",
         "--dir",
-        "/var/tmp/init",
+        "/var/tmp/init 100%",
         "--listen",
-        "127.0.0.1:9",
+        "http=127.0.0.1:9",
+        "--listen",
+        "admin=unix:/run/web admin/%i$x.sock",
+        "--read-write",
+        "/srv/up loads/50%",
         "--",
         "/bin/true",
     ]);
     files.extend([
-        "/var/tmp/init/web.socket".into(),
-        "/var/tmp/init/web.service".into(),
+        "/var/tmp/init 100%/web.socket".into(),
+        "/var/tmp/init 100%/web-admin.socket".into(),
+        "/var/tmp/init 100%/web.service".into(),
     ]);
     let mut verify = vec!["systemd-analyze", "verify"];
     verify.extend(files.iter().map(String::as_str));
@@ -293,6 +312,18 @@ fn gunicorn(app: &App) -> String {
     app.deploy(Release::Gunicorn);
     app.systemctl_ok(&["reload", "myapp"]);
     let summary = reload_under_load(app, 4, 1);
+    // Under the hardened unit the app wrote its state and its log (gunicorn.toml, app.py).
+    let imported = app.c.ok(&["cat", "/var/lib/myapp/imported"]);
+    let access = app.c.ok(&["cat", "/var/log/myapp/access.log"]);
+    assert!(
+        !imported.trim().is_empty() && access.contains("GET /"),
+        "{imported}\n{access}"
+    );
+    let summary = format!(
+        "{summary}; {} imports in /var/lib/myapp, {} lines in /var/log/myapp/access.log",
+        imported.lines().count(),
+        access.lines().count()
+    );
     app.deploy(Release::Demo);
     app.systemctl_ok(&["reload", "myapp"]);
     summary

@@ -10,6 +10,12 @@ import os
 import time
 from urllib.parse import parse_qs
 
+# The unit's StateDirectory= (systemd sets $STATE_DIRECTORY; handover passes it on): each
+# gunicorn worker that imports the app records its pid there, so the test can see that
+# the hardened unit still lets the app write its state.
+with open(os.path.join(os.environ["STATE_DIRECTORY"], "imported"), "a") as f:
+    f.write(f"{os.getpid()}\n")
+
 
 def application(environ, start_response):
     if environ.get("PATH_INFO") == "/slow":
