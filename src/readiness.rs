@@ -193,15 +193,36 @@ fn waiting_in_tree(
     served: &Served,
 ) -> Result<Option<Waiting>, ProbeError> {
     for pid in tree(root, table)? {
-        let found = process_waiting(pid, sockets, served).map_err(|f| match f {
-            Failed::Read(path, cause) => ProbeError::Unreadable { root, path, cause },
-            Failed::Unsupported(path) => ProbeError::Unsupported { path },
-        })?;
+        let found = match process_waiting(pid, sockets, served) {
+            Ok(found) => found,
+            // A process that is exiting drops its ptrace access (it is no longer
+            // dumpable) before it is gone: not waiting, not an error.
+            Err(Failed::Read(_, _)) if exiting(pid) => None,
+            Err(Failed::Read(path, cause)) => {
+                return Err(ProbeError::Unreadable { root, path, cause });
+            }
+            Err(Failed::Unsupported(path)) => return Err(ProbeError::Unsupported { path }),
+        };
         if found.is_some() {
             return Ok(found);
         }
     }
     Ok(None)
+}
+
+/// Whether `pid` is gone, a zombie, or on its way out (state Z, X, or its exit begun).
+fn exiting(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    // Field 9 (flags) has PF_EXITING (0x4) once do_exit has begun.
+    let flags = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split(' ').nth(6)?.parse::<u64>().ok());
+    matches!(state, Some('Z' | 'X' | 'x')) || flags.is_some_and(|f| f & 0x4 != 0)
 }
 
 /// (pid, parent pid) of every process, from one scan of `/proc/*/stat`; `root` names the
@@ -383,6 +404,15 @@ fn fds_of(pid: i32, sockets: &[SocketId], accepted: &HashSet<u64>) -> Result<Fds
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exited_process_is_exiting_and_this_one_is_not() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert!(exiting(pid));
+        assert!(!exiting(std::process::id() as i32));
+    }
 
     #[test]
     fn parses_the_ppid_after_any_comm() {
