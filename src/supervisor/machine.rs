@@ -16,9 +16,12 @@
 use std::collections::BTreeMap;
 use tokio::time::Instant;
 
+mod queries;
+mod ready;
 mod recycle;
 mod snapshot;
 mod status;
+mod trees;
 mod workers;
 pub use snapshot::Snapshot;
 
@@ -102,55 +105,6 @@ impl Machine {
         }
     }
 
-    /// Every live worker, with its generation.
-    pub fn workers(&self) -> impl Iterator<Item = (GenId, WorkerId, &Worker)> {
-        self.generations
-            .values()
-            .flat_map(|g| g.workers.iter().map(move |(id, w)| (g.id, *id, w)))
-    }
-
-    pub fn generation(&self, id: GenId) -> Option<&Generation> {
-        self.generations.get(&id)
-    }
-
-    pub fn current_generation(&self) -> Option<GenId> {
-        self.current
-    }
-
-    /// The serving generation's settings (before the first: the initial ones).
-    pub fn settings(&self) -> &Settings {
-        self.current
-            .and_then(|g| self.generations.get(&g))
-            .map_or(&self.initial, |g| &g.settings)
-    }
-
-    /// The worker count the serving generation is kept at: its configured one, or a
-    /// runtime scale that still applies to it.
-    pub fn desired_workers(&self) -> usize {
-        let configured = self.settings().workers;
-        self.effective(configured)
-    }
-
-    pub fn scaled(&self) -> Option<Scaled> {
-        self.scaled
-    }
-
-    fn effective(&self, configured: usize) -> usize {
-        match self.scaled {
-            Some(s) if s.base == configured => s.workers,
-            _ => configured,
-        }
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        matches!(self.phase, Phase::Stopping { .. })
-    }
-
-    /// What happened since the last call, for the log.
-    pub fn take_notes(&mut self) -> Vec<Note> {
-        std::mem::take(&mut self.notes)
-    }
-
     /// The earliest moment a `Timer` event is needed, if any. None means: sleep until
     /// something happens (no polling while idle). Each kind of deadline is yielded only in
     /// the phases where `on_timer` acts on it.
@@ -173,32 +127,6 @@ impl Machine {
             .chain(self.recycle_deadlines())
             .chain(self.probation_until())
             .min()
-    }
-
-    /// Crashed workers of the current generation restart in these phases.
-    fn restarts_may_run(&self) -> bool {
-        !matches!(self.phase, Phase::Idle | Phase::Stopping { .. })
-    }
-
-    fn current_gen(&self) -> Option<&Generation> {
-        self.current.and_then(|g| self.generations.get(&g))
-    }
-
-    fn find(&self, pid: i32) -> Option<(GenId, WorkerId)> {
-        self.generations
-            .values()
-            .find_map(|g| g.worker_by_pid(pid).map(|id| (g.id, id)))
-    }
-
-    fn find_id(&self, id: WorkerId) -> Option<GenId> {
-        self.generations
-            .values()
-            .find(|g| g.workers.contains_key(&id))
-            .map(|g| g.id)
-    }
-
-    fn worker_mut(&mut self, g: GenId, id: WorkerId) -> Option<&mut Worker> {
-        self.generations.get_mut(&g)?.workers.get_mut(&id)
     }
 
     /// Feeds one event in; returns what to do, in order.
@@ -273,13 +201,6 @@ impl Machine {
         self.generations.retain(|id, g| {
             !g.workers.is_empty() || !g.pending.is_empty() || keep.contains(&Some(*id))
         });
-    }
-
-    fn candidate(&self) -> Option<GenId> {
-        match &self.phase {
-            Phase::Rolling(r) => Some(r.candidate),
-            _ => None,
-        }
     }
 
     /// Every Notify carries the current status; a status change alone gets its own.
@@ -444,14 +365,6 @@ impl Machine {
                 r.probation_until = Some(now + p);
             }
             _ => self.promote(now, out),
-        }
-    }
-
-    /// The probation deadline of a reload in progress, if one is running.
-    fn probation_until(&self) -> Option<Instant> {
-        match &self.phase {
-            Phase::Rolling(r) => r.probation_until,
-            _ => None,
         }
     }
 

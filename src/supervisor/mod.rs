@@ -2,8 +2,10 @@
 //!
 //! - `model`: the vocabulary (settings, events, actions, workers);
 //! - `generation`: a generation as a value — its pinned release, settings and workers;
-//! - `machine`: the pure state machine that decides (`step(event, now) -> actions`),
-//!   with `machine/{recycle,snapshot,status}`;
+//! - `machine`: the pure state machine that decides (`step(event, now) -> actions`);
+//!   `machine.rs` is "what happens on a reload", `machine/workers.rs` a worker's life,
+//!   `machine/ready.rs` readiness, `machine/trees.rs` process groups and strays, with
+//!   `machine/{recycle,snapshot,status,queries}`;
 //! - `notes`: what the machine says happened, logged by the task;
 //! - `task`: the one task that executes the machine's actions and feeds it events;
 //! - `waiters`: the clients waiting for a reload's outcome.

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::{
-    Ack, Action, GenId, Machine, Outcome, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase,
+    Action, GenId, Machine, Outcome, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase,
 };
 use crate::notify::SdState;
 use crate::supervisor::generation::{Generation, PendingRestart};
@@ -88,144 +88,13 @@ impl Machine {
         };
     }
 
-    /// A starting worker showed something of its readiness (`update` records it); it is
-    /// ready once that is enough for its generation's mode.
-    pub(super) fn on_ack(
-        &mut self,
-        pid: i32,
-        update: impl FnOnce(&mut Ack),
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        let Some((g, id)) = self.find(pid) else {
-            return;
-        };
-        let Some(generation) = self.generations.get_mut(&g) else {
-            return;
-        };
-        let mode = generation.settings.readiness;
-        let Some(w) = generation.workers.get_mut(&id) else {
-            return;
-        };
-        update(&mut w.ack);
-        if w.ack.enough(mode) {
-            self.mark_ready(g, id, now, out);
-        }
-    }
-
-    /// A worker whose readiness cannot be judged (its tree cannot be read) fails as if
-    /// it had timed out, with the reason, at once rather than at the ready timeout.
-    pub(super) fn on_probe_failed(
-        &mut self,
-        pid: i32,
-        error: String,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        let Some((g, id)) = self.find(pid) else {
-            return;
-        };
-        let Some(w) = self.worker_copy(g, id) else {
-            return;
-        };
-        if !matches!(w.phase, WorkerPhase::Starting { .. }) {
-            return;
-        }
-        self.stop_worker(g, id, now, out);
-        let reason = format!("worker {pid}: readiness: {error}");
-        self.worker_lost(g, id, w, reason, now, out);
-    }
-
-    /// Pids of the starting workers whose readiness is read from /proc and not seen yet:
-    /// the task probes them (and nothing while this is empty).
-    pub fn probing(&self) -> Vec<i32> {
-        let watched = self
-            .generations
-            .values()
-            .filter(|g| g.settings.readiness.watches_sockets());
-        watched
-            .flat_map(|g| g.workers.values())
-            .filter(|w| matches!(w.phase, WorkerPhase::Starting { .. }) && !w.ack.listening)
-            .filter_map(|w| w.pid)
-            .collect()
-    }
-
-    /// The rest of a drained worker's process group is gone: so is the worker.
-    pub(super) fn on_group_gone(&mut self, pgid: i32) {
-        let Some((g, id)) = self.find(pgid) else {
-            return;
-        };
-        if self.worker_copy(g, id).is_some_and(|w| w.remnant) {
-            self.remove_worker(g, id);
-        }
-    }
-
-    /// A process of a worker's tree re-parented to handover. While its generation serves
-    /// it is left alone (it goes when that generation is stopped); otherwise it is stopped
-    /// now, with its generation's signal and graceful timeout, and tracked until reaped,
-    /// so that nothing of a generation outlives it.
-    pub(super) fn on_stray(
-        &mut self,
-        pid: i32,
-        leader: bool,
-        generation: Option<GenId>,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        if self.find(pid).is_some() {
-            return;
-        }
-        let serving = [self.current, self.candidate()];
-        if generation.is_some() && serving.contains(&generation) && !self.is_stopping() {
-            return;
-        }
-        let g = generation.unwrap_or(0);
-        if !self.generations.contains_key(&g) {
-            // Its generation is gone already: its settings are no longer known.
-            let release = self
-                .generations
-                .values()
-                .next()
-                .map(|x| Arc::clone(&x.release));
-            let release = release.unwrap_or_else(|| Arc::new(crate::release::Release::none()));
-            let orphans = Generation::new(g, release, self.initial.clone());
-            self.generations.insert(g, orphans);
-        }
-        let Some(generation) = self.generations.get_mut(&g) else {
-            return;
-        };
-        let s = &generation.settings;
-        let id = self.next_id;
-        self.next_id += 1;
-        generation.workers.insert(
-            id,
-            Worker {
-                adopted: true,
-                ..Worker::new(
-                    usize::MAX,
-                    Some(pid),
-                    WorkerPhase::Stopping {
-                        kill_at: Some(now + s.graceful_timeout),
-                    },
-                    now,
-                )
-            },
-        );
-        out.push(Action::Signal {
-            pid,
-            signal: s.stop_signal,
-            group: leader,
-        });
-        self.notes.push(Note::Adopted { generation: g, pid });
-    }
-
     /// A copy of worker `id` of `g`, to judge it while the machine changes.
-    fn worker_copy(&self, g: GenId, id: WorkerId) -> Option<Worker> {
+    pub(super) fn worker_copy(&self, g: GenId, id: WorkerId) -> Option<Worker> {
         self.generations.get(&g)?.workers.get(&id).cloned()
     }
 
     /// Takes worker `id` out of generation `g` (it is gone).
-    fn remove_worker(&mut self, g: GenId, id: WorkerId) -> Option<Worker> {
+    pub(super) fn remove_worker(&mut self, g: GenId, id: WorkerId) -> Option<Worker> {
         self.generations.get_mut(&g)?.workers.remove(&id)
     }
 
