@@ -222,5 +222,5 @@ fn a_release_that_crashes_after_it_is_ready_is_rolled_back_on_probation() {
     let tally = load.finish();
     // The crashed workers' own connections fail; none on the old generation.
     assert!(tally.connect == 0, "{tally:?}");
-    assert!(old.iter().all(|p| tally.pids.contains(p)));
+    assert!(old.iter().any(|p| tally.pids.contains(p)), "{tally:?}");
 }
