@@ -45,6 +45,10 @@ pub enum Command {
     /// Print the handoff version this binary accepts (checked before an upgrade).
     #[command(hide = true)]
     UpgradeProbe,
+    /// The resume dry run before an upgrade: parse ARGV (the running manager's own
+    /// command line) as a resume would, decode the handoff on stdin, print `ok`.
+    #[command(hide = true)]
+    UpgradeCheck(UpgradeCheckArgs),
     /// Write NAME.socket, NAME.service and a config for an app (then `systemctl
     /// daemon-reload; systemctl enable --now NAME.socket`).
     Init(InitArgs),
@@ -181,6 +185,16 @@ pub struct UpgradeArgs {
     /// Give up waiting for the new image after this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeCheckArgs {
+    /// The running manager loads its configuration: this binary must load it too.
+    #[arg(long)]
+    pub config_loads: bool,
+    /// The running manager's argv, its argv[0] first.
+    #[arg(last = true, required = true, value_name = "ARGV")]
+    pub argv: Vec<OsString>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -23,6 +23,7 @@ fn main() {
             println!("{}", handover::upgrade::HANDOFF_VERSION);
             Ok(0)
         }
+        Command::UpgradeCheck(args) => run::upgrade_check(args),
         Command::Run(args) => {
             handover::logging::init();
             run::run(args)
