@@ -198,3 +198,182 @@ fn a_hanging_probe_never_freezes_the_manager_and_is_refused_after_the_timeout() 
     let tally = load.finish();
     assert_eq!(tally.failed(), 0, "{tally:?}");
 }
+
+/// `fd number -> what it points at` for a process, from /proc.
+fn fds(pid: i32) -> Vec<(i32, String)> {
+    let mut out: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read fds")
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((n, target.display().to_string()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The manager's fds above 2 that are not CLOEXEC (fdinfo flags are octal; O_CLOEXEC is
+/// 02000000), with what they point at.
+fn not_cloexec(pid: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for (n, target) in fds(pid) {
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")) else {
+            continue; // closed meanwhile
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .expect("flags in fdinfo");
+        if n > 2 && flags & 0o2000000 == 0 {
+            out.push((n, target));
+        }
+    }
+    out
+}
+
+#[test]
+fn after_an_upgrade_every_manager_fd_is_cloexec_and_new_workers_inherit_only_the_sockets() {
+    let (m, bin) = start_from_copy("2");
+    let workers = m.wait_ready(2);
+    let load = Load::start(m.addr, 6, 2, 60 * SEC);
+    // The manager's own fds are CLOEXEC; what is not was inherited from whoever started
+    // it (the test runner may leak an fd or two), never one of its own.
+    let before = not_cloexec(m.pid());
+    assert!(
+        before
+            .iter()
+            .all(|(_, t)| !t.starts_with("socket:") && !t.contains("memfd")),
+        "{before:?}"
+    );
+    replace_with_handover(&bin);
+    let out = m.ctl(&["upgrade"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(upgrades(&m), Some(1));
+    assert_eq!(
+        not_cloexec(m.pid()),
+        before,
+        "CLOEXEC exactly as before the upgrade"
+    );
+    // Workers the new image starts inherit 0-2 and the listening socket(s) at 3.., and
+    // nothing else of the manager's (notify socket, control socket, handoff memfd).
+    let out = m.ctl(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let fresh = wait_for(20 * SEC, "the new generation alone", || {
+        let now = m.children();
+        (now.len() == 2 && now.iter().all(|p| !workers.contains(p))).then_some(now)
+    });
+    let manager = fds(m.pid());
+    let listening: Vec<&String> = manager
+        .iter()
+        .filter(|(n, _)| *n == 3)
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(listening.len(), 1, "{manager:?}");
+    let forbidden: Vec<&String> = manager
+        .iter()
+        // anon_inode fds (epoll, eventfd) all share one inode: theirs cannot be told from
+        // the worker's own; sockets, pipes, memfds and files can.
+        .filter(|(n, t)| *n > 2 && !t.starts_with("anon_inode:"))
+        .filter(|(_, t)| !listening.contains(&t) && !before.iter().any(|b| b.1 == *t))
+        .map(|(_, t)| t)
+        .collect();
+    for w in fresh {
+        let inherited = fds(w);
+        assert_eq!(
+            inherited.iter().find(|(n, _)| *n == 3).map(|(_, t)| t),
+            Some(listening[0])
+        );
+        for (n, target) in &inherited {
+            assert!(
+                !forbidden.contains(&target) && !target.contains("handover-handoff"),
+                "worker {w} has the manager's {target} as fd {n}: {inherited:?}"
+            );
+        }
+    }
+    let tally = load.finish();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+}
+
+/// A new binary that takes `secs` to answer its probe, then is the real handover.
+fn slow_probe(bin: &std::path::Path, secs: u32) {
+    replace_with_script(
+        bin,
+        &format!(
+            r#"[ "$1" = upgrade-probe ] && sleep {secs}
+exec {HANDOVER} "$@""#
+        ),
+    );
+}
+
+/// Waits until the manager has a child that is not one of `workers` (the probe runs).
+fn wait_for_probe(m: &Manager, workers: &[i32]) -> i32 {
+    wait_for(5 * SEC, "the probe to start", || {
+        m.children().into_iter().find(|p| !workers.contains(p))
+    })
+}
+
+#[test]
+fn a_sigterm_during_the_upgrade_cancels_it_and_the_manager_drains_and_stops() {
+    let (mut m, bin) = start_from_copy("2");
+    let workers = m.wait_ready(2);
+    slow_probe(&bin, 30);
+    let upgrade = Background::ctl(&m, &["upgrade"]);
+    let probe = wait_for_probe(&m, &workers);
+    m.signal(libc::SIGTERM);
+    let out = upgrade.finish();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "handover: error: upgrade failed: the upgrade was cancelled: the manager is stopping"
+    );
+    let status = m.wait_exit(20 * SEC);
+    assert_eq!(status.code(), Some(0), "a normal stop: {}", m.log());
+    assert!(common::is_dead(probe), "the probe was killed");
+    for w in workers {
+        assert!(common::is_dead(w), "worker {w} stopped");
+    }
+    assert!(
+        m.log().contains("draining") || m.log().contains("stopp"),
+        "{}",
+        m.log()
+    );
+}
+
+#[test]
+fn reloads_and_scaling_requested_during_the_upgrade_happen_after_it() {
+    let (m, bin) = start_from_copy("2");
+    let workers = m.wait_ready(2);
+    let load = Load::start(m.addr, 6, 2, 60 * SEC);
+    slow_probe(&bin, 2);
+    let upgrade = Background::ctl(&m, &["upgrade"]);
+    wait_for_probe(&m, &workers);
+    let reload = Background::ctl(&m, &["reload"]);
+    m.signal(libc::SIGTTIN);
+    let out = upgrade.finish();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = reload.finish();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("this reload runs right after it"),
+        "{}",
+        text(&out)
+    );
+    // The new image reloads and scales first thing: gen 2, three workers, none old.
+    let status = wait_for(30 * SEC, "the carried reload and scale", || {
+        let s = status_json(&m)?;
+        let done = s["upgrades"] == 1
+            && s["current_generation"] == 2
+            && s["desired_workers"] == 3
+            && s["last_reload"]["ok"] == true;
+        done.then_some(s)
+    });
+    wait_for(20 * SEC, "the old workers to drain", || {
+        let now = m.children();
+        (now.len() == 3 && now.iter().all(|p| !workers.contains(p))).then_some(())
+    });
+    assert!(status["last_reload"]["generation"] == 2, "{status}");
+    let tally = load.finish();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+}

@@ -161,32 +161,49 @@ impl Task<'_> {
         }
         // From here a signal stays pending in the kernel, and crosses the exec.
         upgrade::block_signals();
-        // One turn of the runtime: a signal whose handler ran before the block reaches
-        // its stream, a request a connection task has read reaches the channel.
-        tokio::task::yield_now().await;
-        queue.extend(signals.drain());
-        while let Ok(incoming) = control.try_recv() {
-            if incoming.request == Request::Upgrade {
-                self.start_upgrade(m, sockets, notify, Some(incoming.reply));
-            } else {
-                self.on_control(incoming, m, sockets, queue);
+        // Turns of the runtime until nothing new comes in: a signal whose handler ran
+        // before the block reaches its stream, a request a connection task has read
+        // reaches the channel, and the answers given here reach their clients before
+        // the exec closes their connections.
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+            let mut came: VecDeque<Event> = signals.drain().into();
+            while let Ok(incoming) = control.try_recv() {
+                if incoming.request == Request::Upgrade {
+                    self.start_upgrade(m, sockets, notify, Some(incoming.reply));
+                } else {
+                    self.on_control(incoming, m, sockets, &mut came);
+                }
             }
-        }
-        self.hold_during_upgrade(queue);
-        if self.upgrading.is_none() {
-            // Cancelled by a stop: it is in the queue.
-            return upgrade::unblock_signals();
-        }
-        if !queue.is_empty() {
-            upgrade::unblock_signals();
-            return self.end_upgrade("requests came in at the last moment: try again", queue);
+            if came.is_empty() && !self.waiters.any() {
+                break;
+            }
+            queue.extend(came);
+            self.hold_during_upgrade(queue);
+            if self.upgrading.is_none() {
+                // Cancelled by a stop: it is in the queue.
+                return upgrade::unblock_signals();
+            }
+            if !queue.is_empty() {
+                upgrade::unblock_signals();
+                return self.end_upgrade("requests came in at the last moment: try again", queue);
+            }
+            let carried = self.upgrading.as_ref().map(|u| u.deferred.as_slice());
+            if carried.is_some_and(|d| d.contains(&Carried::Reload)) {
+                self.waiters.fail_all(
+                    "the manager upgraded itself in place first; this reload runs right after it: see `handover status`",
+                );
+            } else {
+                self.waiters
+                    .fail_all("the manager is upgrading itself; reload again");
+            }
         }
         let deferred = self
             .upgrading
             .as_ref()
             .map(|u| u.deferred.clone())
             .unwrap_or_default();
-        let handoff = match self.handoff(m, sockets, notify, deferred.clone()) {
+        let handoff = match self.handoff(m, sockets, notify, deferred) {
             Ok(h) => h,
             Err(why) => {
                 upgrade::unblock_signals();
@@ -194,14 +211,6 @@ impl Task<'_> {
             }
         };
         tracing::info!("upgrading in place: exec {}", self.exe.display());
-        if deferred.contains(&Carried::Reload) {
-            self.waiters.fail_all(
-                "the manager upgraded itself in place first; this reload runs right after it: see `handover status`",
-            );
-        } else {
-            self.waiters
-                .fail_all("the manager is upgrading itself; reload again");
-        }
         let upgrading = format!("{}; upgrading handover in place", m.status());
         self.systemd
             .send(&[SdState::Reloading, SdState::Status(upgrading)]);
