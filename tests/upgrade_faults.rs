@@ -377,3 +377,102 @@ fn reloads_and_scaling_requested_during_the_upgrade_happen_after_it() {
     let tally = load.finish();
     assert_eq!(tally.failed(), 0, "{tally:?}");
 }
+
+/// A fake manager on `path`: answers every connection with terminal escapes, counting
+/// the connections it got. Ends at `stop` (or after 60 s).
+fn plant(
+    path: &std::path::Path,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("plant a socket");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let (mut served, end) = (0, Instant::now() + 60 * SEC);
+        while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    served += 1;
+                    let evil = "{\"type\":\"done\",\"v\":1,\"ok\":false,\"message\":\"\\u001b]0;pwned\\u0007\\u001b[2J\"}\n";
+                    let _ = s.write_all(evil.as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        served
+    })
+}
+
+#[test]
+fn upgrade_all_trusts_only_real_managers_and_prints_no_control_characters() {
+    use std::os::unix::fs::PermissionsExt;
+    let (m, bin) = start_from_copy("2");
+    m.wait_ready(2);
+    let load = Load::start(m.addr, 6, 2, 60 * SEC);
+    replace_with_handover(&bin);
+    // A stand-in for /run: the real manager's RuntimeDirectory ...
+    let root = tempfile::tempdir().expect("root");
+    let app = root.path().join("app");
+    std::fs::create_dir(&app).expect("app dir");
+    std::fs::hard_link(m.control_path(), app.join("handover.sock")).expect("link the socket");
+    // ... a world-writable /run/lock with a socket planted in it ...
+    let lock = root.path().join("lock");
+    std::fs::create_dir(&lock).expect("lock dir");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    // ... a root-owned directory whose socket is served by something else than handover ...
+    let fake = root.path().join("fake");
+    std::fs::create_dir(&fake).expect("fake dir");
+    // ... and a symlink to the real one.
+    std::os::unix::fs::symlink(&app, root.path().join("link")).expect("symlink");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let planted = plant(&lock.join("handover.sock"), stop.clone());
+    let impostor = plant(&fake.join("handover.sock"), stop.clone());
+
+    let started = Instant::now();
+    let out = Command::new(HANDOVER)
+        .args(["upgrade", "--all", "--search-root"])
+        .arg(root.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("upgrade --all");
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (planted, impostor) = (
+        planted.join().expect("planted"),
+        impostor.join().expect("fake"),
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(took < 10 * SEC, "took {took:?}: {all}");
+    assert!(
+        all.chars().all(|c| c == '\n' || !c.is_control()),
+        "control characters printed: {all:?}"
+    );
+    assert!(!all.contains("pwned"), "{all}");
+    // Exactly one manager upgraded; every impostor named with why it was skipped.
+    assert_eq!(all.matches("upgraded in place").count(), 1, "{all}");
+    assert_eq!(upgrades(&m), Some(1));
+    let r = root.path().display();
+    let expect = [
+        format!(
+            "handover: warning: skipped {r}/lock/handover.sock: its directory {r}/lock is writable by others (mode 1777)"
+        ),
+        format!("handover: warning: skipped {r}/link/handover.sock: {r}/link is a symlink"),
+        format!(
+            "handover: warning: skipped {r}/fake/handover.sock: its peer (pid {}) is not a handover manager",
+            std::process::id()
+        ),
+    ];
+    for line in &expect {
+        assert!(
+            all.lines().any(|l| l == line),
+            "missing {line:?} in:\n{all}"
+        );
+    }
+    // The planted socket was never even connected to; the impostor said nothing heard.
+    assert_eq!(planted, 0, "{all}");
+    assert!(impostor <= 1, "{all}");
+    let tally = load.finish();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+}
