@@ -323,3 +323,57 @@ pub fn is_cloexec(fd: RawFd) -> Option<bool> {
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     (flags >= 0).then_some(flags & libc::FD_CLOEXEC != 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_one_clean_line_of_what_the_binary_said() {
+        assert_eq!(
+            reason_line(b"\n  handover: error: bad flag\nUsage: ..."),
+            "bad flag"
+        );
+        assert_eq!(reason_line(b"\x1b]0;pwned\x07 oops\r\n"), "]0;pwned oops");
+        assert_eq!(reason_line(b""), "(it printed no reason)");
+        assert_eq!(reason_line(&[b'x'; 1000]).len(), 300);
+    }
+
+    #[test]
+    fn probe_and_check_are_judged_by_exit_and_output() {
+        let exe = Path::new("/usr/bin/handover");
+        let v = HANDOFF_VERSION.to_string();
+        assert_eq!(
+            judge_probe(exe, &Ended::Exited(0), v.as_bytes(), b""),
+            Ok(())
+        );
+        let e = judge_probe(exe, &Ended::Exited(0), b"2\n", b"").unwrap_err();
+        assert!(e.contains("speaks handoff version \"2\""), "{e}");
+        let e = judge_probe(exe, &Ended::Signaled("SIGSEGV".into()), b"", b"").unwrap_err();
+        assert_eq!(
+            e,
+            "the new binary /usr/bin/handover failed its probe (killed by SIGSEGV): (it printed no reason)"
+        );
+        assert_eq!(judge_check(exe, &Ended::Exited(0), b"ok\n", b""), Ok(()));
+        let e = judge_check(exe, &Ended::Exited(0), b"", b"").unwrap_err();
+        assert!(
+            e.contains("cannot resume this manager (exit status 0)"),
+            "{e}"
+        );
+        let e = judge_check(exe, &Ended::Exited(2), b"ok", b"error: nope\n").unwrap_err();
+        assert_eq!(
+            e,
+            "the new binary /usr/bin/handover cannot resume this manager (exit status 2): error: nope"
+        );
+    }
+
+    #[test]
+    fn a_handoff_of_another_version_says_so_before_anything_else() {
+        let e = decode(br#"{"version":2,"whatever":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, format!("handoff version 2 is not {HANDOFF_VERSION}"));
+        let e = decode(b"nonsense").unwrap_err().to_string();
+        assert!(e.starts_with("the handoff is not readable"), "{e}");
+    }
+}

@@ -476,3 +476,117 @@ fn upgrade_all_trusts_only_real_managers_and_prints_no_control_characters() {
     let tally = load.finish();
     assert_eq!(tally.failed(), 0, "{tally:?}");
 }
+
+#[test]
+fn every_way_a_resume_check_can_fail_is_refused_with_one_line_naming_the_binary() {
+    let (m, bin) = start_from_copy("2");
+    let workers = m.wait_ready(2);
+    let b = bin.display().to_string();
+    let real = |check: &str| {
+        format!(
+            r#"if [ "$1" = upgrade-check ]; then {check}; exit $?; fi
+exec {HANDOVER} "$@""#
+        )
+    };
+    let cases = [
+        // It crashes while checking.
+        (
+            real("kill -ABRT $$"),
+            format!(
+                "the new binary {b} cannot resume this manager (killed by SIGABRT): (it printed no reason)"
+            ),
+        ),
+        // It exits 0 but never says ok.
+        (
+            real("exit 0"),
+            format!(
+                "the new binary {b} cannot resume this manager (exit status 0): (it printed no reason)"
+            ),
+        ),
+        // It cannot load the configuration this manager loads.
+        (
+            real(r#"HANDOVER_CONFIG=/nonexistent/handover.toml exec {HANDOVER} "$@""#)
+                .replace("{HANDOVER}", HANDOVER),
+            format!(
+                "the new binary {b} cannot resume this manager (exit status 1): cannot load the configuration: "
+            ),
+        ),
+        // It cannot decode the handoff.
+        (
+            real(r#"echo '{"version":3,"sockets":"nope"}' | exec {HANDOVER} "$@""#)
+                .replace("{HANDOVER}", HANDOVER),
+            format!(
+                "the new binary {b} cannot resume this manager (exit status 1): the handoff does not decode: invalid type"
+            ),
+        ),
+        // It speaks another handoff version inside, whatever its probe said.
+        (
+            real(r#"echo '{"version":99}' | exec {HANDOVER} "$@""#).replace("{HANDOVER}", HANDOVER),
+            format!(
+                "the new binary {b} cannot resume this manager (exit status 1): handoff version 99 is not {VERSION}"
+            ),
+        ),
+    ];
+    for (body, want) in cases {
+        replace_with_script(&bin, &body);
+        let out = m.ctl(&["upgrade"]);
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        assert!(!out.status.success(), "{}\n{body}", text(&out));
+        assert!(
+            said.starts_with(&format!("handover: error: upgrade failed: {want}")),
+            "{said}\n  wanted: {want}"
+        );
+        assert_eq!(said.lines().count(), 1, "{said}");
+        assert_eq!(upgrades(&m), Some(0));
+        assert_eq!(m.children(), workers);
+    }
+    upgrade_works(&m, &bin, 0);
+}
+
+#[test]
+fn the_resume_check_gets_the_real_handoff_and_the_managers_own_argv() {
+    let (m, bin) = start_from_copy("2");
+    let workers = m.wait_ready(2);
+    let seen = m.path("seen");
+    std::fs::create_dir(&seen).expect("dir");
+    let s = seen.display();
+    replace_with_script(
+        &bin,
+        &format!(
+            r#"if [ "$1" = upgrade-check ]; then
+  cat > {s}/handoff.json; printf '%s\n' "$@" > {s}/argv
+  exec {HANDOVER} "$@" < {s}/handoff.json
+fi
+exec {HANDOVER} "$@""#
+        ),
+    );
+    let manager = std::fs::read(format!("/proc/{}/cmdline", m.pid())).expect("cmdline");
+    let out = m.ctl(&["upgrade"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(seen.join("handoff.json")).expect("handoff"))
+            .expect("json");
+    assert_eq!(json["version"], VERSION);
+    assert_eq!(json["upgrades"], 1);
+    let text = json["supervisor"].to_string();
+    for w in &workers {
+        assert!(
+            text.contains(&format!("\"pid\":{w}")),
+            "worker {w} in {text}"
+        );
+    }
+    let argv = std::fs::read_to_string(seen.join("argv")).expect("argv");
+    let argv: Vec<&str> = argv.lines().collect();
+    // The manager loads its configuration, so the new binary must load it too.
+    assert_eq!(
+        argv[..3],
+        ["upgrade-check", "--config-loads", "--"],
+        "{argv:?}"
+    );
+    let manager: Vec<String> = manager
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert_eq!(argv[3..], manager, "the manager's own argv");
+}
