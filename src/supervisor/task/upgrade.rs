@@ -15,6 +15,11 @@
 //!    turns once so whatever tokio already took in reaches its streams, that and the
 //!    queued control requests are drained, and only then the exec happens.
 //!
+//! The exec hands over the state as it is then, not as the dry run saw it (workers may
+//! have been restarted meanwhile): the dry run proves the new binary takes this
+//! manager's argv, configuration and a handoff of this shape and content; a state that
+//! cannot be snapshotted at that moment refuses the upgrade.
+//!
 //! Meanwhile a reload or scale request (SIGHUP, TTIN/TTOU, `handover reload|scale`) is
 //! held back and carried in the handoff: the new image does it first. A refused upgrade
 //! gives them back to this image at once. A stop (SIGTERM, SIGINT, SIGQUIT, `handover
@@ -164,9 +169,10 @@ impl Task<'_> {
         // Turns of the runtime until nothing new comes in: a signal whose handler ran
         // before the block reaches its stream, a request a connection task has read
         // reaches the channel, and the answers given here reach their clients before
-        // the exec closes their connections.
+        // the exec closes their connections. A short sleep, not `yield_now`: it parks
+        // the runtime on its drivers, so the signal pipe is surely read.
         for _ in 0..5 {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             let mut came: VecDeque<Event> = signals.drain().into();
             while let Ok(incoming) = control.try_recv() {
                 if incoming.request == Request::Upgrade {
