@@ -44,7 +44,12 @@ pub enum Command {
     Upgrade(UpgradeArgs),
     /// Print the handoff version this binary accepts (checked before an upgrade).
     #[command(hide = true)]
-    UpgradeProbe,
+    UpgradeProbe {
+        /// The handoff version the asking manager writes (managers before version 3
+        /// give none).
+        #[arg(long, value_name = "VERSION")]
+        speaks: Option<u32>,
+    },
     /// The resume dry run before an upgrade: parse ARGV (the running manager's own
     /// command line) as a resume would, decode the handoff on stdin, print `ok`.
     #[command(hide = true)]

@@ -33,6 +33,20 @@ use crate::supervisor::machine::Snapshot;
 
 /// Bumped whenever `Handoff` changes shape; the probe refuses a binary that differs.
 pub const HANDOFF_VERSION: u32 = 3;
+/// The older handoff this binary still resumes from: version 2 is version 3 without
+/// `pending`. A manager of that age probes with a bare `upgrade-probe` and expects "2";
+/// managers from version 3 on ask `upgrade-probe --speaks N`.
+pub const LEGACY_HANDOFF_VERSION: u32 = 2;
+
+/// What `upgrade-probe [--speaks N]` prints: the handoff version this binary takes from
+/// the caller (N when it can resume from it, else its own, which the caller refuses).
+pub fn probe_answer(speaks: Option<u32>) -> u32 {
+    match speaks {
+        None => LEGACY_HANDOFF_VERSION,
+        Some(n) if n == HANDOFF_VERSION || n == LEGACY_HANDOFF_VERSION => n,
+        Some(_) => HANDOFF_VERSION,
+    }
+}
 pub const HANDOFF_ENV: &str = "HANDOVER_HANDOFF_FD";
 
 /// Signals the manager handles: blocked across the exec, unblocked once the new image
@@ -59,7 +73,8 @@ pub struct Handoff {
     pub last_reload: Option<ReloadInfo>,
     pub upgrades: u32,
     /// Requests that came in while the upgrade ran (SIGHUP, TTIN/TTOU, `handover reload`
-    /// or `scale`): the new image acts on them first, in order.
+    /// or `scale`): the new image acts on them first, in order. (Absent in version 2.)
+    #[serde(default)]
     pub pending: Vec<Carried>,
 }
 
@@ -193,7 +208,7 @@ pub fn decode(json: &[u8]) -> anyhow::Result<Handoff> {
     let v: Version = serde_json::from_slice(json)
         .map_err(|e| anyhow::anyhow!("the handoff is not readable: {e}"))?;
     anyhow::ensure!(
-        v.version == HANDOFF_VERSION,
+        v.version == HANDOFF_VERSION || v.version == LEGACY_HANDOFF_VERSION,
         "handoff version {} is not {HANDOFF_VERSION}",
         v.version
     );
@@ -369,11 +384,50 @@ mod tests {
 
     #[test]
     fn a_handoff_of_another_version_says_so_before_anything_else() {
-        let e = decode(br#"{"version":2,"whatever":1}"#)
+        let e = decode(br#"{"version":9,"whatever":1}"#)
             .unwrap_err()
             .to_string();
-        assert_eq!(e, format!("handoff version 2 is not {HANDOFF_VERSION}"));
+        assert_eq!(e, format!("handoff version 9 is not {HANDOFF_VERSION}"));
         let e = decode(b"nonsense").unwrap_err().to_string();
         assert!(e.starts_with("the handoff is not readable"), "{e}");
+    }
+
+    #[test]
+    fn the_probe_answers_old_and_new_managers() {
+        assert_eq!(probe_answer(None), 2, "a version-2 manager expects \"2\"");
+        assert_eq!(probe_answer(Some(HANDOFF_VERSION)), HANDOFF_VERSION);
+        assert_eq!(probe_answer(Some(2)), 2);
+        assert_eq!(probe_answer(Some(77)), HANDOFF_VERSION);
+    }
+
+    #[test]
+    fn a_version_2_handoff_is_a_version_3_one_without_pending() {
+        // A steady machine with no generation, as its snapshot's JSON.
+        let settings = serde_json::to_value(crate::supervisor::Settings::default());
+        let snapshot = serde_json::json!({
+            "initial": settings.expect("settings encode"),
+            "generations": [], "current": null, "last_generation": 0, "next_id": 0,
+            "scaled": null, "last_failure": null,
+        });
+        let h = Handoff {
+            version: HANDOFF_VERSION,
+            sockets: vec![],
+            notify_fd: 4,
+            notify_dir: "/run/x".into(),
+            control: None,
+            supervisor: serde_json::from_value(snapshot).expect("a snapshot"),
+            last_reload: None,
+            upgrades: 1,
+            pending: vec![Carried::Reload, Carried::Scale(-1), Carried::ScaleTo(3)],
+        };
+        let json = encode(&h).expect("encode");
+        assert_eq!(decode(&json).expect("v3").pending, h.pending);
+        let mut v2: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        let o = v2.as_object_mut().expect("object");
+        o.remove("pending");
+        o.insert("version".into(), 2.into());
+        let back = decode(v2.to_string().as_bytes()).expect("v2 decodes");
+        assert!(back.pending.is_empty());
+        assert_eq!(back.upgrades, 1);
     }
 }

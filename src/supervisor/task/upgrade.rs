@@ -271,7 +271,13 @@ fn refuse(why: &str, client: Option<UnboundedSender<Reply>>) {
 /// The new binary's probe, then its resume dry run with this manager's argv and `json`.
 async fn check(exe: PathBuf, json: Vec<u8>, config_loads: bool) -> Result<(), String> {
     let mut probe = Command::new(&exe);
-    probe.arg("upgrade-probe").stdin(Stdio::null());
+    probe
+        .args([
+            "upgrade-probe",
+            "--speaks",
+            &upgrade::HANDOFF_VERSION.to_string(),
+        ])
+        .stdin(Stdio::null());
     let (ended, out, err) = run_private(probe, &exe, "`upgrade-probe`").await?;
     upgrade::judge_probe(&exe, &ended, &out, &err)?;
     let mut dry = Command::new(&exe);
