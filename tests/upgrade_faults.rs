@@ -74,47 +74,102 @@ exec {HANDOVER} "$@""#
     assert_eq!(upgrades(&m), Some(0));
 }
 
-#[test]
-fn a_hanging_probe_never_freezes_the_manager_and_is_refused_after_the_timeout() {
-    let (m, bin) = start_from_copy("2");
-    let workers = m.wait_ready(2);
-    let load = Load::start(m.addr, 6, 2, 60 * SEC);
-    replace_with_script(&bin, "sleep 60");
+/// Starts `handover upgrade` with a new binary (script `body`) that hangs; while it does the
+/// manager answers `status` within 2 s, three times, then `during` runs (it returns the
+/// workers there should be). Returns the refusal line and those workers.
+fn while_it_hangs(
+    m: &Manager,
+    bin: &std::path::Path,
+    body: &str,
+    during: impl FnOnce(&[i32]) -> Vec<i32>,
+) -> (String, Vec<i32>) {
+    let workers = m.children();
+    replace_with_script(bin, body);
     let started = Instant::now();
-    let upgrade = Background::ctl(&m, &["upgrade"]);
-    // While the probe hangs the manager answers, reaps and serves.
-    wait_for(5 * SEC, "the probe to start", || {
-        (m.descendants().len() > workers.len()).then_some(())
+    let upgrade = Background::ctl(m, &["upgrade"]);
+    wait_for(5 * SEC, "the new binary to hang", || {
+        m.children()
+            .iter()
+            .any(|p| !workers.contains(p))
+            .then_some(())
     });
     for _ in 0..3 {
         let asked = Instant::now();
         let out = m.ctl(&["status"]);
         assert!(out.status.success(), "{}", text(&out));
-        assert!(
-            asked.elapsed() < 2 * SEC,
-            "status took {:?}",
-            asked.elapsed()
-        );
+        let took = asked.elapsed();
+        assert!(took < 2 * SEC, "status took {took:?}");
     }
+    let workers = during(&workers);
     let out = upgrade.finish();
     let took = started.elapsed();
     assert!(!out.status.success(), "{}", text(&out));
+    assert!(took >= 9 * SEC && took < 20 * SEC, "refused after {took:?}");
+    // The hanging binary and what it started are gone; the workers are the same.
+    wait_for(5 * SEC, "the hanging group to be reaped", || {
+        (m.descendants().into_iter().collect::<Vec<_>>() == workers).then_some(())
+    });
+    assert_eq!(upgrades(m), Some(0));
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    (said, workers)
+}
+
+#[test]
+fn a_hanging_probe_never_freezes_the_manager_and_is_refused_after_the_timeout() {
+    let (m, bin) = start_from_copy("2");
+    m.wait_ready(2);
+    let load = Load::start(m.addr, 6, 2, 60 * SEC);
+    let (said, _) = while_it_hangs(&m, &bin, "sleep 60", |w| w.to_vec());
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
+        said,
         format!(
             "handover: error: upgrade failed: the new binary {} did not finish `upgrade-probe` within 10s (killed it): is it hanging?",
             bin.display()
         )
     );
-    assert!(took >= 9 * SEC && took < 20 * SEC, "refused after {took:?}");
-    // The hanging probe and its `sleep` are gone; the workers are the same.
-    wait_for(5 * SEC, "the probe's group to be reaped", || {
-        (m.descendants().into_iter().collect::<Vec<_>>() == workers).then_some(())
-    });
-    assert_eq!(upgrades(&m), Some(0));
     upgrade_works(&m, &bin, 0);
     let tally = load.finish();
     assert_eq!(tally.failed(), 0, "{tally:?}");
+}
+
+#[test]
+fn a_hanging_resume_check_is_refused_after_the_timeout_while_the_manager_reaps_and_restarts() {
+    let (m, bin) = start_from_copy("2");
+    m.wait_ready(2);
+    let body = format!(
+        r#"[ "$1" = upgrade-check ] && exec sleep 60
+exec {HANDOVER} "$@""#
+    );
+    let (said, _) = while_it_hangs(&m, &bin, &body, |workers| {
+        // A worker crashes meanwhile: it is reaped and replaced at once.
+        // SAFETY: kill(2) on a worker of the manager this test started.
+        unsafe { libc::kill(workers[0], libc::SIGKILL) };
+        wait_for(5 * SEC, "the crashed worker's successor", || {
+            let now: Vec<i32> = m.children();
+            let fresh = now.iter().filter(|p| !workers.contains(p)).count();
+            // Two workers and the hanging check, one of the workers new.
+            (now.len() == 3 && !now.contains(&workers[0]) && fresh == 2).then_some(())
+        });
+        let status = status_json(&m).expect("status");
+        let pids: Vec<i32> = status["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
+            .collect();
+        assert_eq!(pids.len(), 2, "{status}");
+        let mut pids = pids;
+        pids.sort();
+        pids
+    });
+    assert_eq!(
+        said,
+        format!(
+            "handover: error: upgrade failed: the new binary {} did not finish its resume check within 10s (killed it): is it hanging?",
+            bin.display()
+        )
+    );
+    upgrade_works(&m, &bin, 0);
 }
 
 /// A new binary that takes `secs` to answer its probe, then is the real handover.
