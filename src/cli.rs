@@ -44,7 +44,16 @@ pub enum Command {
     Upgrade(UpgradeArgs),
     /// Print the handoff version this binary accepts (checked before an upgrade).
     #[command(hide = true)]
-    UpgradeProbe,
+    UpgradeProbe {
+        /// The handoff version the asking manager writes (managers before version 3
+        /// give none).
+        #[arg(long, value_name = "VERSION")]
+        speaks: Option<u32>,
+    },
+    /// The resume dry run before an upgrade: parse ARGV (the running manager's own
+    /// command line) as a resume would, decode the handoff on stdin, print `ok`.
+    #[command(hide = true)]
+    UpgradeCheck(UpgradeCheckArgs),
     /// Write NAME.socket, NAME.service and a config for an app (then `systemctl
     /// daemon-reload; systemctl enable --now NAME.socket`).
     Init(InitArgs),
@@ -186,12 +195,28 @@ pub struct StatusArgs {
 pub struct UpgradeArgs {
     #[command(flatten)]
     pub control: ControlArgs,
-    /// Upgrade every manager found at /run/*/handover.sock (what the packages run).
+    /// Upgrade every manager found at /run/*/handover.sock (what the packages run). Only
+    /// real managers are contacted: no symlinks, no directory others can write to, the
+    /// socket owned by root or its directory's owner, the listening process a handover
+    /// binary (under systemd: a unit's main process).
     #[arg(long, conflicts_with = "control")]
     pub all: bool,
+    /// Where `--all` looks instead of /run (for tests).
+    #[arg(long, hide = true, default_value = "/run", value_name = "DIR")]
+    pub search_root: PathBuf,
     /// Give up waiting for the new image after this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeCheckArgs {
+    /// The running manager loads its configuration: this binary must load it too.
+    #[arg(long)]
+    pub config_loads: bool,
+    /// The running manager's argv, its argv[0] first.
+    #[arg(last = true, required = true, value_name = "ARGV")]
+    pub argv: Vec<OsString>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -13,6 +13,8 @@ use anyhow::{Context, bail};
 use crate::cli::{ControlArgs, ReloadArgs, ScaleArgs, StatusArgs, UpgradeArgs};
 use crate::control::{self, Reply, Request, StatusReport};
 
+mod managers;
+
 fn connect(args: &ControlArgs) -> anyhow::Result<UnixStream> {
     let Some(path) = control::socket_path(args.control.as_deref()) else {
         bail!(
@@ -34,9 +36,18 @@ fn call(
     args: &ControlArgs,
     request: &Request,
     timeout: Duration,
+    on_reply: impl FnMut(&Reply),
+) -> anyhow::Result<Reply> {
+    call_on(connect(args)?, request, timeout, on_reply)
+}
+
+/// `call` on a connection made already.
+fn call_on(
+    mut stream: UnixStream,
+    request: &Request,
+    timeout: Duration,
     mut on_reply: impl FnMut(&Reply),
 ) -> anyhow::Result<Reply> {
-    let mut stream = connect(args)?;
     // A refusing manager answers and closes before reading: then the write fails but
     // the answer is still there to read, and it says more than "broken pipe".
     let sent = stream.write_all(&control::encode_request(request));
@@ -71,12 +82,18 @@ fn call(
             Err(e) => return Err(e).context("cannot read the answer"),
         }
         let reply: Reply = serde_json::from_str(&line)
-            .with_context(|| format!("unexpected answer from the manager: {}", line.trim()))?;
+            .with_context(|| format!("unexpected answer from the manager: {}", clean(&line)))?;
         match reply {
             Reply::Progress { .. } => on_reply(&reply),
             final_reply => return Ok(final_reply),
         }
     }
+}
+
+/// A manager's text as one printable line: control characters (terminal escapes, line
+/// breaks) removed.
+fn clean(text: &str) -> String {
+    text.trim().chars().filter(|c| !c.is_control()).collect()
 }
 
 /// Maps a final reply to an exit code, printing its message.
@@ -85,13 +102,16 @@ fn finish(reply: Reply, what: &str) -> anyhow::Result<i32> {
         Reply::Done {
             ok: true, message, ..
         } => {
-            println!("{message}");
+            println!("{}", clean(&message));
             Ok(0)
         }
         Reply::Done {
             ok: false, message, ..
-        } => bail!("{what} failed: {message}"),
-        other => bail!("unexpected answer from the manager: {other:?}"),
+        } => bail!("{what} failed: {}", clean(&message)),
+        other => bail!(
+            "unexpected answer from the manager: {}",
+            clean(&format!("{other:?}"))
+        ),
     }
 }
 
@@ -136,48 +156,66 @@ pub fn stop(args: &ControlArgs) -> anyhow::Result<i32> {
 /// image (its upgrade count went up; the pid is the same by design).
 pub fn upgrade(args: &UpgradeArgs) -> anyhow::Result<i32> {
     if !args.all {
-        return upgrade_one(&args.control, args.timeout);
+        let connect = || connect(&args.control);
+        return upgrade_one(&connect, args.timeout, STATUS_DEADLINE);
     }
-    // Each unit's RuntimeDirectory holds its manager's control socket.
+    // Each unit's RuntimeDirectory holds its manager's control socket; only real
+    // managers are trusted (managers.rs). What is skipped is a warning, not a failure.
+    let (found, skipped) = managers::find(&args.search_root);
+    for why in skipped {
+        eprintln!("handover: warning: {}", clean(&why));
+    }
     let mut failed = 0;
-    let sockets = std::fs::read_dir("/run")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|d| d.path().join("handover.sock"))
-        .filter(|p| {
-            std::fs::metadata(p)
-                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-        });
-    for path in sockets {
-        let control = ControlArgs {
-            control: Some(path.clone()),
-        };
-        if let Err(e) = upgrade_one(&control, args.timeout) {
-            eprintln!("handover: {}: {e:#}", path.display());
+    for candidate in found {
+        let path = candidate.path.display().to_string();
+        let connect = || candidate.connect().map_err(|e| anyhow::anyhow!(e));
+        if let Err(why) = connect() {
+            eprintln!(
+                "handover: warning: skipped {path}: {}",
+                clean(&why.to_string())
+            );
+            continue;
+        }
+        // A manager that does not answer its status at once is not waited for long.
+        if let Err(e) = upgrade_one(&connect, args.timeout, Duration::from_secs(5)) {
+            eprintln!("handover: {path}: {}", clean(&format!("{e:#}")));
             failed += 1;
         }
     }
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
-fn upgrade_one(control: &ControlArgs, timeout: Duration) -> anyhow::Result<i32> {
-    let before = fetch_status(control)?;
+/// How long `handover status` (and an upgrade's status checks) wait for an answer.
+const STATUS_DEADLINE: Duration = Duration::from_secs(10);
+
+fn upgrade_one(
+    connect: &dyn Fn() -> anyhow::Result<UnixStream>,
+    timeout: Duration,
+    status_deadline: Duration,
+) -> anyhow::Result<i32> {
+    let status = || match call_on(connect()?, &Request::Status, status_deadline, |_| {})? {
+        Reply::Status { status, .. } => Ok(status),
+        other => bail!(
+            "unexpected answer from the manager: {}",
+            clean(&format!("{other:?}"))
+        ),
+    };
+    let before = status()?;
     // The old image answers only when it did not exec; an exec closes the connection.
-    if let Ok(reply) = call(control, &Request::Upgrade, timeout, |_| {}) {
+    if let Ok(reply) = connect().and_then(|s| call_on(s, &Request::Upgrade, timeout, |_| {})) {
         return finish(reply, "upgrade");
     }
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(after) = fetch_status(control)
+        if let Ok(after) = status()
             && after.upgrades > before.upgrades
         {
             println!(
                 "handover upgraded in place: pid {} (was {}), version {} -> {}, {} workers kept",
                 after.pid,
                 before.pid,
-                before.version,
-                after.version,
+                clean(&before.version),
+                clean(&after.version),
                 after.workers.len()
             );
             return Ok(0);
@@ -188,13 +226,6 @@ fn upgrade_one(control: &ControlArgs, timeout: Duration) -> anyhow::Result<i32> 
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn fetch_status(args: &ControlArgs) -> anyhow::Result<StatusReport> {
-    match call(args, &Request::Status, Duration::from_secs(10), |_| {})? {
-        Reply::Status { status, .. } => Ok(status),
-        other => bail!("unexpected answer from the manager: {other:?}"),
     }
 }
 

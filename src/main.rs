@@ -19,10 +19,11 @@ fn main() {
         Command::Scale(args) => client::scale(args),
         Command::Stop(args) => client::stop(args),
         Command::Upgrade(args) => client::upgrade(args),
-        Command::UpgradeProbe => {
-            println!("{}", handover::upgrade::HANDOFF_VERSION);
+        Command::UpgradeProbe { speaks } => {
+            println!("{}", handover::upgrade::probe_answer(*speaks));
             Ok(0)
         }
+        Command::UpgradeCheck(args) => run::upgrade_check(args),
         Command::Run(args) => {
             handover::logging::init();
             run::run(args)

@@ -6,7 +6,9 @@ use std::os::fd::AsFd;
 
 use anyhow::Context as _;
 
-use crate::cli::{DemoArgs, RunArgs};
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command, DemoArgs, RunArgs, UpgradeCheckArgs};
 use crate::config::RunConfig;
 use crate::notify::{Systemd, WorkerNotifySocket};
 use crate::sockets::{self, HeldSocket, ListenEnv};
@@ -81,6 +83,7 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         last_reload: h.last_reload,
         upgrades: h.upgrades,
         control: h.control.map(|(fd, path)| (upgrade::adopt_fd(fd), path)),
+        pending: h.pending,
     };
     supervise(
         machine,
@@ -102,11 +105,47 @@ pub fn check(args: &RunArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `handover demo`: the manager on a local port with this binary's own demo worker.
-pub fn demo(args: &DemoArgs) -> anyhow::Result<i32> {
+/// `handover upgrade-check -- ARGV`, in the *new* binary before an in-place upgrade: does
+/// everything a resume with this argv and the handoff on stdin would do before it takes
+/// the fds — parse the argv with this binary's own command line, decode the handoff (its
+/// version first) and the machine's snapshot, load the configuration when the running
+/// manager can — then prints `ok`. Touches no fd, socket or process: the fd numbers in
+/// the handoff are not open here. Any error is the one line the old image shows.
+pub fn upgrade_check(check: &UpgradeCheckArgs) -> anyhow::Result<i32> {
+    use std::io::Read as _;
+    let cli = Cli::try_parse_from(&check.argv).map_err(|e| {
+        let text = e.to_string();
+        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        anyhow::anyhow!("cannot parse the manager's command line: {}", first.trim())
+    })?;
+    let args = match &cli.command {
+        Command::Run(args) => args.clone(),
+        Command::Demo(demo) => demo_args(demo)?,
+        _ => anyhow::bail!("the manager's command line is not `handover run` or `handover demo`"),
+    };
+    let mut json = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut json)
+        .context("cannot read the handoff on stdin")?;
+    let h = upgrade::decode(&json)?;
+    anyhow::ensure!(
+        h.notify_dir.is_dir(),
+        "the workers' notify directory {} is gone",
+        h.notify_dir.display()
+    );
+    let _ = Machine::restore(h.supervisor, tokio::time::Instant::now());
+    if check.config_loads {
+        RunConfig::load(&args).context("cannot load the configuration")?;
+    }
+    println!("ok");
+    Ok(0)
+}
+
+/// The manager's flags for `handover demo`.
+fn demo_args(args: &DemoArgs) -> anyhow::Result<RunArgs> {
     let exe =
         std::env::current_exe().context("cannot find the handover binary for the demo worker")?;
-    let run_args = RunArgs {
+    Ok(RunArgs {
         config: None,
         listen: vec![args.listen.clone()],
         workers: Some(args.workers),
@@ -126,7 +165,12 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<i32> {
         chdir: None,
         control: args.control.clone(),
         command: vec![exe.into(), "demo-worker".into()],
-    };
+    })
+}
+
+/// `handover demo`: the manager on a local port with this binary's own demo worker.
+pub fn demo(args: &DemoArgs) -> anyhow::Result<i32> {
+    let run_args = demo_args(args)?;
     let pid = std::process::id();
     if std::env::var_os(upgrade::HANDOFF_ENV).is_some() {
         // An in-place upgrade of the demo: it already said hello.

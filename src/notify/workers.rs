@@ -232,8 +232,11 @@ impl WorkerNotifySocket {
         Ok(WorkerNotifySocket { fd, dir, path })
     }
 
-    /// Takes back the socket a previous image of handover handed over (self-upgrade).
+    /// Takes back the socket a previous image of handover handed over (self-upgrade),
+    /// CLOEXEC again as `create` made it: no worker may inherit it (it would read its
+    /// siblings' READY=1).
     pub fn adopt(fd: OwnedFd, dir: PathBuf) -> Self {
+        crate::sockets::set_cloexec(fd.as_fd());
         let path = dir.join("notify.sock");
         WorkerNotifySocket { fd, dir, path }
     }

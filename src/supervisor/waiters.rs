@@ -42,6 +42,11 @@ impl Waiters {
         }
     }
 
+    /// Whether any client waits for a reload.
+    pub fn any(&self) -> bool {
+        !self.next.is_empty() || self.by_generation.values().any(|v| !v.is_empty())
+    }
+
     pub fn fail_all(&mut self, why: &str) {
         let all = std::mem::take(&mut self.by_generation)
             .into_values()

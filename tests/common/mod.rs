@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod upgrade;
 
 use std::collections::BTreeSet;
 use std::io::Read;

@@ -5,7 +5,8 @@
 //!
 //! Its parts, one job each: `reap` (SIGCHLD, process groups), `intake` (the workers'
 //! notify datagrams and memory), `readiness` (probing starting workers' trees), `requests` (control requests, replies, reload outcomes) and
-//! `upgrade` (the in-place exec).
+//! `upgrade` (the in-place exec: its checks run as a future this loop polls, so the
+//! manager keeps serving while they run).
 //!
 //! It runs on a single-threaded runtime on the main thread, on purpose: workers set
 //! PR_SET_PDEATHSIG, which fires when the *thread* that forked them exits, and fork is
@@ -23,7 +24,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use tokio::io::unix::AsyncFd;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
@@ -31,7 +32,7 @@ use super::waiters::Waiters;
 use super::{Action, Event, GenId, Machine, Spec};
 use crate::cli::RunArgs;
 use crate::config::RunConfig;
-use crate::control::{self, ControlServer, Reply, Request};
+use crate::control::{self, ControlServer, Request};
 use crate::notify::{self, SdState, WorkerNotifySocket};
 use crate::sockets::HeldSocket;
 use crate::spawn::{self, WorkerEnv};
@@ -59,6 +60,62 @@ pub struct Resume {
     pub last_reload: Option<control::ReloadInfo>,
     pub upgrades: u32,
     pub control: Option<(std::os::fd::OwnedFd, std::path::PathBuf)>,
+    /// Requests the old image took in during the upgrade, to act on first.
+    pub pending: Vec<self_upgrade::Carried>,
+}
+
+/// The signals the manager handles, one stream each.
+pub(super) struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+    chld: Signal,
+    ttin: Signal,
+    ttou: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            chld: signal(SignalKind::child())?,
+            ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
+            ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// The events of what tokio already took in and has not handed out yet, without
+    /// waiting (before an exec). SIGCHLD needs none (the new image reaps first), nor
+    /// SIGUSR2 (an upgrade is what is happening).
+    fn drain(&mut self) -> Vec<Event> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut taken = |s: &mut Signal| s.poll_recv(&mut cx).is_ready();
+        let mut out = Vec::new();
+        let _ = taken(&mut self.chld);
+        let _ = taken(&mut self.usr2);
+        if taken(&mut self.hup) {
+            out.push(Event::Reload);
+        }
+        if taken(&mut self.ttin) {
+            out.push(Event::Scale(1));
+        }
+        if taken(&mut self.ttou) {
+            out.push(Event::Scale(-1));
+        }
+        if taken(&mut self.term) || taken(&mut self.int) {
+            out.push(Event::Stop { fast: false });
+        }
+        if taken(&mut self.quit) {
+            out.push(Event::Stop { fast: true });
+        }
+        out
+    }
 }
 
 /// The task's own bookkeeping beside the state machine.
@@ -78,18 +135,13 @@ struct Task<'a> {
     upgrades: u32,
     /// Each worker's own last STATUS=.
     statuses: intake::Statuses,
+    /// An in-place upgrade under way (its check runs; see upgrade.rs).
+    upgrading: Option<upgrade::Upgrading>,
 }
 
 /// Runs the supervisor until it decides to exit; returns the exit code.
 pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> {
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigquit = signal(SignalKind::quit())?;
-    let mut sigchld = signal(SignalKind::child())?;
-    let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
-    let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
-    let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    let mut signals = Signals::new()?;
     // Orphans of the workers' trees come to handover, not to PID 1, so that none of them
     // outlives its generation (reap.rs).
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a flag of this process.
@@ -149,6 +201,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         control: control_dup,
         upgrades: 0,
         statuses: intake::Statuses::default(),
+        upgrading: None,
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
@@ -176,11 +229,15 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             );
             task.systemd
                 .send(&[SdState::Ready, SdState::Status(machine.status())]);
-            // Workers that exited while the exec ran are waiting to be reaped.
+            // Workers that exited while the exec ran are waiting to be reaped; then what
+            // the old image took in during the upgrade.
             reap(&machine, &mut queue);
+            queue.extend(r.pending.into_iter().map(upgrade::carried_event));
         }
     }
     loop {
+        // While an upgrade is checked, reloads and scaling wait for it; a stop cancels it.
+        task.hold_during_upgrade(&mut queue);
         while let Some(event) = queue.pop_front() {
             let mut answers = Vec::new();
             let actions = machine.step(event, Instant::now());
@@ -223,23 +280,21 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         }
         let deadline = machine.next_deadline();
         tokio::select! {
-            _ = sigchld.recv() => {
+            _ = signals.chld.recv() => {
                 // A worker's last words (STOPPING=1, STATUS=) are read while it is still
                 // known, before its exit is.
                 read_notifications(&notify_socket, &machine, &mut buf, &mut task.statuses, &mut queue);
                 reap(&machine, &mut queue);
             }
-            _ = sighup.recv() => queue.push_back(Event::Reload),
-            _ = sigterm.recv() => queue.push_back(Event::Stop { fast: false }),
-            _ = sigint.recv() => queue.push_back(Event::Stop { fast: false }),
-            _ = sigquit.recv() => queue.push_back(Event::Stop { fast: true }),
-            _ = sigttin.recv() => queue.push_back(Event::Scale(1)),
-            _ = sigttou.recv() => queue.push_back(Event::Scale(-1)),
+            _ = signals.hup.recv() => queue.push_back(Event::Reload),
+            _ = signals.term.recv() => queue.push_back(Event::Stop { fast: false }),
+            _ = signals.int.recv() => queue.push_back(Event::Stop { fast: false }),
+            _ = signals.quit.recv() => queue.push_back(Event::Stop { fast: true }),
+            _ = signals.ttin.recv() => queue.push_back(Event::Scale(1)),
+            _ = signals.ttou.recv() => queue.push_back(Event::Scale(-1)),
             Some(incoming) = control_rx.recv() => {
                 if incoming.request == Request::Upgrade {
-                    // Returns only if the upgrade did not happen.
-                    let why = task.upgrade(&machine, ctx.sockets, &notify_socket);
-                    let _ = incoming.reply.send(Reply::error(why));
+                    task.start_upgrade(&machine, ctx.sockets, &notify_socket, Some(incoming.reply));
                 } else {
                     task.on_control(incoming, &machine, ctx.sockets, &mut queue);
                 }
@@ -247,9 +302,10 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             _ = tick(&mut watchdog) => task.systemd.send(&[SdState::Watchdog]),
             _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
             _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &listeners, &mut queue),
-            _ = sigusr2.recv() => {
-                let why = task.upgrade(&machine, ctx.sockets, &notify_socket);
-                tracing::error!("upgrade failed, this image keeps running: {why}");
+            _ = signals.usr2.recv() => task.start_upgrade(&machine, ctx.sockets, &notify_socket, None),
+            result = upgrade::checked(&mut task.upgrading) => {
+                // Returns only if this image keeps running.
+                task.finish_upgrade(result, &machine, ctx.sockets, &notify_socket, &mut signals, &mut control_rx, &mut queue).await;
             }
             guard = notify_fd.readable() => {
                 let mut guard = guard?;

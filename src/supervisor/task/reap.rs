@@ -14,8 +14,15 @@
 //!   reused meanwhile either.
 //! - Any other process whose parent is now handover (a `setsid` daemon of a worker) is a
 //!   *stray*, attributed to a generation by its inherited HANDOVER_GENERATION.
+//! - handover's own short-lived children (the new binary's probe and resume check at an
+//!   upgrade) are *private*: registered here by pid with `watch_private` right after
+//!   the spawn, before the task yields, they are reaped here like any child — this is
+//!   the one place that reaps — and their status goes to whoever watches them, never to
+//!   the machine; neither they nor their process group count as strays. (tokio::process
+//!   cannot be used beside `waitid(P_ALL)`: its children's statuses would be stolen.)
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
@@ -24,6 +31,30 @@ use nix::unistd::Pid;
 use crate::procs::processes;
 use crate::supervisor::machine::WorkerPhase;
 use crate::supervisor::{Event, Machine};
+
+thread_local! {
+    /// handover's private children, by pid, with where their exit status goes. The task
+    /// runs on one thread, so a thread-local is the whole registry.
+    static PRIVATE: RefCell<HashMap<i32, tokio::sync::oneshot::Sender<WaitStatus>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Registers a just-spawned, unreaped child of handover as private: its exit status
+/// comes back on the receiver instead of becoming an event. Call before yielding.
+pub fn watch_private(pid: i32) -> tokio::sync::oneshot::Receiver<WaitStatus> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    PRIVATE.with(|p| p.borrow_mut().insert(pid, tx));
+    rx
+}
+
+/// Whether `pid` is a private child not reaped yet (its pid and group id are ours).
+pub fn is_private(pid: i32) -> bool {
+    PRIVATE.with(|p| p.borrow().contains_key(&pid))
+}
+
+fn private_pids() -> Vec<i32> {
+    PRIVATE.with(|p| p.borrow().keys().copied().collect())
+}
 
 /// Whether a worker (by its main pid) is draining: its group may drain on without it.
 fn draining(m: &Machine, pid: i32) -> bool {
@@ -37,13 +68,23 @@ fn draining(m: &Machine, pid: i32) -> bool {
 
 /// Reaps every exited child (workers, and strays that re-parented to handover), then
 /// reports emptied groups and new strays. Safe beside the rest of the program because
-/// handover starts no other child processes (no tokio::process).
+/// handover starts no other child processes (no tokio::process) than the private ones
+/// registered here.
 pub fn reap(m: &Machine, queue: &mut VecDeque<Event>) {
     let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
     let mut reaped = false;
     while let Ok(exited) = waitid(Id::All, peek) {
         let Some(pid) = exited.pid() else { break };
         reaped = true;
+        if let Some(tx) = PRIVATE.with(|p| p.borrow_mut().remove(&pid.as_raw())) {
+            // Its own process group (it was started as a group leader) goes with it,
+            // while it is an unreaped zombie and the group id cannot have been reused.
+            let _ = killpg(pid, Signal::SIGKILL);
+            if let Ok(status) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                let _ = tx.send(status);
+            }
+            continue;
+        }
         let mut group_left = false;
         if draining(m, pid.as_raw()) {
             let raw = pid.as_raw();
@@ -86,7 +127,8 @@ pub fn groups_and_strays(m: &Machine, queue: &mut VecDeque<Event>) {
 /// group is signalled as a whole already), nor tracked.
 pub fn strays(m: &Machine) -> Vec<Event> {
     let me = std::process::id() as i32;
-    let known: Vec<i32> = m.workers().filter_map(|(_, _, w)| w.pid).collect();
+    let mut known: Vec<i32> = m.workers().filter_map(|(_, _, w)| w.pid).collect();
+    known.extend(private_pids());
     processes()
         .into_iter()
         .filter(|p| p.ppid == me && !p.zombie)

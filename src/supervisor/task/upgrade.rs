@@ -1,34 +1,242 @@
-//! The task's side of an in-place upgrade: snapshot the machine, probe the new binary,
-//! hand everything over and exec (`crate::upgrade` does the exec itself).
+//! The task's side of an in-place upgrade: check the new binary off the event loop, hold
+//! back what comes in meanwhile, then hand everything over and exec (`crate::upgrade`
+//! judges the checks and does the exec itself).
+//!
+//! An upgrade has two halves:
+//!
+//! 1. **The check**, a future the select loop polls beside everything else, so control
+//!    requests, readiness probes, reaping, the watchdog and signals are all served while
+//!    it runs: `upgrade-probe`, then the resume dry run (`upgrade-check -- ARGV` with the
+//!    real handoff on stdin), each bounded by `CHECK_TIMEOUT`. Both are *private*
+//!    children (see `reap.rs`): std children in their own process group, reaped by the
+//!    task's one reaper, which hands their status back here. Dropping the check (a stop
+//!    came in) kills the child's group.
+//! 2. **The exec**, once the check passed: the handled signals are blocked, the runtime
+//!    turns once so whatever tokio already took in reaches its streams, that and the
+//!    queued control requests are drained, and only then the exec happens.
+//!
+//! The exec hands over the state as it is then, not as the dry run saw it (workers may
+//! have been restarted meanwhile): the dry run proves the new binary takes this
+//! manager's argv, configuration and a handoff of this shape and content; a state that
+//! cannot be snapshotted at that moment refuses the upgrade.
+//!
+//! Meanwhile a reload or scale request (SIGHUP, TTIN/TTOU, `handover reload|scale`) is
+//! held back and carried in the handoff: the new image does it first. A refused upgrade
+//! gives them back to this image at once. A stop (SIGTERM, SIGINT, SIGQUIT, `handover
+//! stop`) cancels the upgrade and drains and stops as always.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Command, Stdio};
 
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
-use super::Task;
+use super::reap;
+use super::{Signals, Task};
+use crate::config::RunConfig;
+use crate::control::{Incoming, Reply, Request};
 use crate::notify::{SdState, WorkerNotifySocket};
 use crate::sockets::HeldSocket;
-use crate::supervisor::Machine;
-use crate::upgrade;
+use crate::supervisor::{Event, Machine};
+use crate::upgrade::{self, Carried, Ended};
+
+/// An upgrade under way: its check, who asked, and what waits for it.
+pub(super) struct Upgrading {
+    check: Pin<Box<dyn Future<Output = Result<(), String>>>>,
+    /// `handover upgrade` clients: answered only if it does not happen (an exec closes
+    /// their connection; they then see the new image in `handover status`).
+    clients: Vec<UnboundedSender<Reply>>,
+    /// Requests held back for the new image.
+    deferred: Vec<Carried>,
+}
+
+/// The events a carried request becomes in the image that acts on it.
+pub(super) fn carried_event(c: Carried) -> Event {
+    match c {
+        Carried::Reload => Event::Reload,
+        Carried::Scale(d) => Event::Scale(d),
+        Carried::ScaleTo(n) => Event::ScaleTo(n),
+    }
+}
+
+/// Resolves when the upgrade's check is done; never while there is none.
+pub(super) async fn checked(upgrading: &mut Option<Upgrading>) -> Result<(), String> {
+    match upgrading {
+        Some(u) => (&mut u.check).await,
+        None => std::future::pending().await,
+    }
+}
 
 impl Task<'_> {
-    /// Re-executes the handover binary in place. Returns only if that did not happen,
-    /// with the reason; this image then carries on as before.
-    pub(super) fn upgrade(
+    /// Starts an upgrade (SIGUSR2, or `handover upgrade` whose replies go to `client`).
+    pub(super) fn start_upgrade(
         &mut self,
         m: &Machine,
         sockets: &[HeldSocket],
         notify: &WorkerNotifySocket,
-    ) -> String {
-        let now = Instant::now();
-        let machine = match m.snapshot(now) {
-            Ok(s) => s,
-            Err(e) => return e,
-        };
-        if let Err(e) = upgrade::probe(&self.exe) {
-            return e;
+        client: Option<UnboundedSender<Reply>>,
+    ) {
+        if let Some(u) = &mut self.upgrading {
+            tracing::info!("an upgrade is already under way");
+            u.clients.extend(client);
+            return;
         }
-        let handoff = upgrade::Handoff {
+        let json = self
+            .handoff(m, sockets, notify, Vec::new())
+            .and_then(|h| upgrade::encode(&h));
+        let json = match json {
+            Ok(j) => j,
+            Err(why) => return refuse(&why, client),
+        };
+        // The new binary must load the configuration too, unless this one cannot either
+        // (a broken config file is no reason to refuse an upgrade; the next reload says so).
+        let config_loads = RunConfig::load(&self.args).is_ok();
+        tracing::info!(
+            "upgrading in place: checking the new binary {}",
+            self.exe.display()
+        );
+        self.upgrading = Some(Upgrading {
+            check: Box::pin(check(self.exe.clone(), json, config_loads)),
+            clients: client.into_iter().collect(),
+            deferred: Vec::new(),
+        });
+    }
+
+    /// During an upgrade: moves reload and scale requests out of `queue` into the ones
+    /// carried over; a stop cancels the upgrade.
+    pub(super) fn hold_during_upgrade(&mut self, queue: &mut VecDeque<Event>) {
+        let Some(u) = &mut self.upgrading else { return };
+        let mut stop = false;
+        queue.retain(|e| {
+            let carried = match e {
+                Event::Reload => Carried::Reload,
+                Event::Scale(d) => Carried::Scale(*d),
+                Event::ScaleTo(n) => Carried::ScaleTo(*n),
+                Event::Stop { .. } => {
+                    stop = true;
+                    return true;
+                }
+                _ => return true,
+            };
+            tracing::info!(request = ?carried, "held until the upgrade is done");
+            u.deferred.push(carried);
+            false
+        });
+        if stop {
+            self.end_upgrade("the upgrade was cancelled: the manager is stopping", queue);
+        }
+    }
+
+    /// The upgrade did not (or will not) happen: `why` goes to its clients and the log;
+    /// what was held back for the new image is given to this one.
+    fn end_upgrade(&mut self, why: &str, queue: &mut VecDeque<Event>) {
+        let Some(u) = self.upgrading.take() else {
+            return;
+        };
+        for c in u.clients {
+            let _ = c.send(Reply::error(why));
+        }
+        tracing::error!("upgrade failed, this image keeps running: {why}");
+        queue.extend(u.deferred.into_iter().map(carried_event));
+    }
+
+    /// The check is done: refuse, or exec. Returns only if this image keeps running.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn finish_upgrade(
+        &mut self,
+        checked: Result<(), String>,
+        m: &Machine,
+        sockets: &[HeldSocket],
+        notify: &WorkerNotifySocket,
+        signals: &mut Signals,
+        control: &mut UnboundedReceiver<Incoming>,
+        queue: &mut VecDeque<Event>,
+    ) {
+        if let Err(why) = checked {
+            return self.end_upgrade(&why, queue);
+        }
+        // From here a signal stays pending in the kernel, and crosses the exec.
+        upgrade::block_signals();
+        // Turns of the runtime until nothing new comes in: a signal whose handler ran
+        // before the block reaches its stream, a request a connection task has read
+        // reaches the channel, and the answers given here reach their clients before
+        // the exec closes their connections. A short sleep, not `yield_now`: it parks
+        // the runtime on its drivers, so the signal pipe is surely read.
+        for _ in 0..5 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let mut came: VecDeque<Event> = signals.drain().into();
+            while let Ok(incoming) = control.try_recv() {
+                if incoming.request == Request::Upgrade {
+                    self.start_upgrade(m, sockets, notify, Some(incoming.reply));
+                } else {
+                    self.on_control(incoming, m, sockets, &mut came);
+                }
+            }
+            if came.is_empty() && !self.waiters.any() {
+                break;
+            }
+            queue.extend(came);
+            self.hold_during_upgrade(queue);
+            if self.upgrading.is_none() {
+                // Cancelled by a stop: it is in the queue.
+                return upgrade::unblock_signals();
+            }
+            if !queue.is_empty() {
+                upgrade::unblock_signals();
+                return self.end_upgrade("requests came in at the last moment: try again", queue);
+            }
+            let carried = self.upgrading.as_ref().map(|u| u.deferred.as_slice());
+            if carried.is_some_and(|d| d.contains(&Carried::Reload)) {
+                self.waiters.fail_all(
+                    "the manager upgraded itself in place first; this reload runs right after it: see `handover status`",
+                );
+            } else {
+                self.waiters
+                    .fail_all("the manager is upgrading itself; reload again");
+            }
+        }
+        let deferred = self
+            .upgrading
+            .as_ref()
+            .map(|u| u.deferred.clone())
+            .unwrap_or_default();
+        let handoff = match self.handoff(m, sockets, notify, deferred) {
+            Ok(h) => h,
+            Err(why) => {
+                upgrade::unblock_signals();
+                return self.end_upgrade(&why, queue);
+            }
+        };
+        tracing::info!("upgrading in place: exec {}", self.exe.display());
+        let upgrading = format!("{}; upgrading handover in place", m.status());
+        self.systemd
+            .send(&[SdState::Reloading, SdState::Status(upgrading)]);
+        // Returns only if the exec failed (and then unblocked the signals).
+        let why = upgrade::exec(&self.exe, &handoff);
+        self.systemd
+            .send(&[SdState::Ready, SdState::Status(m.status())]);
+        self.end_upgrade(&why, queue);
+    }
+
+    /// Everything the new image needs, as of now.
+    fn handoff(
+        &self,
+        m: &Machine,
+        sockets: &[HeldSocket],
+        notify: &WorkerNotifySocket,
+        pending: Vec<Carried>,
+    ) -> Result<upgrade::Handoff, String> {
+        let now = Instant::now();
+        Ok(upgrade::Handoff {
             version: upgrade::HANDOFF_VERSION,
             sockets: sockets
                 .iter()
@@ -45,19 +253,112 @@ impl Task<'_> {
                 .control
                 .as_ref()
                 .map(|(fd, p)| (fd.as_raw_fd(), p.clone())),
-            supervisor: machine,
+            supervisor: m.snapshot(now)?,
             last_reload: self.last_reload_info(now),
             upgrades: self.upgrades + 1,
-        };
-        tracing::info!("upgrading in place: exec {}", self.exe.display());
-        self.waiters
-            .fail_all("the manager is upgrading itself; reload again");
-        let upgrading = format!("{}; upgrading handover in place", m.status());
-        self.systemd
-            .send(&[SdState::Reloading, SdState::Status(upgrading)]);
-        let why = upgrade::exec(&self.exe, &handoff);
-        self.systemd
-            .send(&[SdState::Ready, SdState::Status(m.status())]);
-        why
+            pending,
+        })
     }
+}
+
+fn refuse(why: &str, client: Option<UnboundedSender<Reply>>) {
+    tracing::error!("upgrade failed, this image keeps running: {why}");
+    if let Some(c) = client {
+        let _ = c.send(Reply::error(why));
+    }
+}
+
+/// The new binary's probe, then its resume dry run with this manager's argv and `json`.
+async fn check(exe: PathBuf, json: Vec<u8>, config_loads: bool) -> Result<(), String> {
+    let mut probe = Command::new(&exe);
+    probe
+        .args([
+            "upgrade-probe",
+            "--speaks",
+            &upgrade::HANDOFF_VERSION.to_string(),
+        ])
+        .stdin(Stdio::null());
+    let (ended, out, err) = run_private(probe, &exe, "`upgrade-probe`").await?;
+    upgrade::judge_probe(&exe, &ended, &out, &err)?;
+    let mut dry = Command::new(&exe);
+    dry.arg("upgrade-check");
+    if config_loads {
+        dry.arg("--config-loads");
+    }
+    dry.arg("--").args(std::env::args_os());
+    dry.stdin(upgrade::memfd(&json, true)?);
+    let (ended, out, err) = run_private(dry, &exe, "its resume check").await?;
+    upgrade::judge_check(&exe, &ended, &out, &err)
+}
+
+/// Kills a private child's process group unless it was reaped already.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Unreaped, so the group id (the child's pid) is still ours.
+        if reap::is_private(self.0) {
+            let _ = killpg(Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs `cmd` as a private child (own process group, the environment a new image would
+/// get minus handover's line to systemd) and collects how it ended and what it printed,
+/// within `CHECK_TIMEOUT`. No `pre_exec` (e.g. for PR_SET_PDEATHSIG): it would make std
+/// fork and `execvp`, which runs a file that is not an executable through /bin/sh
+/// instead of failing with ENOEXEC; the timeout bounds the child instead.
+async fn run_private(
+    mut cmd: Command,
+    exe: &std::path::Path,
+    what: &str,
+) -> Result<(Ended, Vec<u8>, Vec<u8>), String> {
+    cmd.env_clear()
+        .envs(upgrade::exec_env())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("the new binary {} cannot be run: {e}", exe.display()))?;
+    let pid = child.id() as i32;
+    // Registered before this task yields, so the reaper cannot miss it.
+    let exited = reap::watch_private(pid);
+    let _kill = KillOnDrop(pid);
+    let stdout = child.stdout.take().map(OwnedFd::from);
+    let stderr = child.stderr.take().map(OwnedFd::from);
+    // Never waited on through std: the task's reaper owns every child's status.
+    drop(child);
+    let work = async {
+        let (out, err, status) = tokio::join!(read_all(stdout), read_all(stderr), exited);
+        let ended = match status {
+            Ok(WaitStatus::Exited(_, code)) => Ended::Exited(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Ended::Signaled(sig.to_string()),
+            Ok(other) => Ended::Signaled(format!("{other:?}")),
+            Err(_) => Ended::Signaled("an unknown status".to_owned()),
+        };
+        (ended, out, err)
+    };
+    tokio::time::timeout(upgrade::CHECK_TIMEOUT, work)
+        .await
+        .map_err(|_| upgrade::timed_out(exe, what))
+}
+
+/// Reads a child's pipe to its end, so it never blocks on a full pipe; the first 64 KiB
+/// are kept.
+async fn read_all(pipe: Option<OwnedFd>) -> Vec<u8> {
+    const KEEP: usize = 64 * 1024;
+    let mut kept = Vec::new();
+    let Some(Ok(mut rx)) = pipe.map(tokio::net::unix::pipe::Receiver::from_owned_fd) else {
+        return kept;
+    };
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = rx.read(&mut chunk).await {
+        let room = KEEP.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&chunk[..room]);
+    }
+    kept
 }
