@@ -10,28 +10,40 @@ pub struct Proc {
     pub zombie: bool,
 }
 
-/// Every process, from `/proc/*/stat` (a process that vanishes mid-scan is skipped).
+/// Every process, from `/proc/*/stat` (a process that vanishes mid-scan is skipped);
+/// empty when /proc cannot be listed.
 pub fn processes() -> Vec<Proc> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
+    try_processes().unwrap_or_default()
+}
+
+/// `processes`, or why /proc cannot be listed.
+pub fn try_processes() -> std::io::Result<Vec<Proc>> {
+    let dir = std::fs::read_dir("/proc")?;
+    Ok(dir
+        .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Fields after the command name (which may hold spaces) follow the last ')'.
-            let mut f = stat.get(stat.rfind(')')? + 2..)?.split(' ');
-            let zombie = f.next()? == "Z";
-            let ppid = f.next()?.parse().ok()?;
-            let pgrp = f.next()?.parse().ok()?;
-            Some(Proc {
+            parse_stat(
                 pid,
-                ppid,
-                pgrp,
-                zombie,
-            })
+                &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
+            )
         })
-        .collect()
+        .collect())
+}
+
+/// One `/proc/PID/stat` line. Fields after the command name (which may hold spaces and
+/// parentheses) follow the last ')'.
+fn parse_stat(pid: i32, stat: &str) -> Option<Proc> {
+    let mut f = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+    let zombie = f.next()? == "Z";
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some(Proc {
+        pid,
+        ppid,
+        pgrp,
+        zombie,
+    })
 }
 
 /// `root` and every descendant of it in `table`, root first.
@@ -44,6 +56,11 @@ pub fn tree(table: &[Proc], root: i32) -> Vec<i32> {
         i += 1;
     }
     tree
+}
+
+/// Resident memory of the tree of `root` per `table`, in bytes: every process's VmRSS.
+pub fn tree_rss(table: &[Proc], root: i32) -> u64 {
+    tree(table, root).iter().filter_map(|p| rss(*p)).sum()
 }
 
 /// Resident memory of `pid` in bytes (VmRSS), if it can be read.
@@ -59,6 +76,12 @@ pub fn rss(pid: i32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_the_fields_after_any_comm() {
+        let p = parse_stat(12, "12 (a) b) (c) S 7 12 12 0").unwrap();
+        assert_eq!((p.pid, p.ppid, p.pgrp, p.zombie), (12, 7, 12, false));
+    }
 
     #[test]
     fn this_process_is_in_the_table_with_its_parent_and_group() {

@@ -234,22 +234,8 @@ fn process_table(root: i32) -> Result<Vec<(i32, i32)>, ProbeError> {
         path: proc.into(),
         cause,
     };
-    let mut parent_of = Vec::new();
-    for entry in proc.read_dir().map_err(unreadable)? {
-        let Some(pid) = entry
-            .ok()
-            .and_then(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if let Some(ppid) = parse_ppid(&stat) {
-            parent_of.push((pid, ppid));
-        }
-    }
-    Ok(parent_of)
+    let table = crate::procs::try_processes().map_err(unreadable)?;
+    Ok(table.iter().map(|p| (p.pid, p.ppid)).collect())
 }
 
 /// `root` and its descendants, per `table`.
@@ -275,11 +261,6 @@ fn tree(root: i32, table: &[(i32, i32)]) -> Result<Vec<i32>, ProbeError> {
         i += 1;
     }
     Ok(tree)
-}
-
-fn parse_ppid(stat: &str) -> Option<i32> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// Why a process could not be looked at.
@@ -412,11 +393,6 @@ mod tests {
         child.wait().unwrap();
         assert!(exiting(pid));
         assert!(!exiting(std::process::id() as i32));
-    }
-
-    #[test]
-    fn parses_the_ppid_after_any_comm() {
-        assert_eq!(parse_ppid("12 (a) b) (c) S 7 12 12 0"), Some(7));
     }
 
     #[test]

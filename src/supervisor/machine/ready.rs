@@ -44,15 +44,13 @@ impl Machine {
         let Some((g, id)) = self.find(pid) else {
             return;
         };
-        let Some(w) = self.worker_copy(g, id) else {
-            return;
-        };
-        if !matches!(w.phase, WorkerPhase::Starting { .. }) {
-            return;
+        if self
+            .worker_copy(g, id)
+            .is_some_and(|w| matches!(w.phase, WorkerPhase::Starting { .. }))
+        {
+            let reason = format!("worker {pid}: readiness: {error}");
+            self.fail_starting(g, id, reason, now, out);
         }
-        self.stop_worker(g, id, now, out);
-        let reason = format!("worker {pid}: readiness: {error}");
-        self.worker_lost(g, id, w, reason, now, out);
     }
 
     /// Pids of the starting workers whose readiness is read from /proc and not seen yet:

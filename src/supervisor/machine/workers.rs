@@ -88,6 +88,23 @@ impl Machine {
         };
     }
 
+    /// A starting worker failed (not ready in time, its tree unreadable): it is stopped,
+    /// and lost as one that should have served.
+    pub(super) fn fail_starting(
+        &mut self,
+        g: GenId,
+        id: WorkerId,
+        reason: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(w) = self.worker_copy(g, id) else {
+            return;
+        };
+        self.stop_worker(g, id, now, out);
+        self.worker_lost(g, id, w, reason, now, out);
+    }
+
     /// A copy of worker `id` of `g`, to judge it while the machine changes.
     pub(super) fn worker_copy(&self, g: GenId, id: WorkerId) -> Option<Worker> {
         self.generations.get(&g)?.workers.get(&id).cloned()
@@ -299,8 +316,7 @@ impl Machine {
             let mode = self.generations.get(&g).map(|x| x.settings.readiness);
             let missing = mode.map_or("", |m| w.ack.missing(m));
             let reason = format!("worker {pid} not ready after {timeout:?}: {missing}");
-            self.stop_worker(g, id, now, out);
-            self.worker_lost(g, id, w, reason, now, out);
+            self.fail_starting(g, id, reason, now, out);
         }
         self.recycle_expired(now, out);
         self.restart_due(now, out);

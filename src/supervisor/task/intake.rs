@@ -48,8 +48,7 @@ pub fn sample_memory(m: &Machine, queue: &mut VecDeque<Event>) {
         .filter(|(_, _, w)| !w.adopted && !w.remnant)
         .filter_map(|(_, _, w)| w.pid)
     {
-        let tree = crate::procs::tree(&table, pid);
-        let bytes: u64 = tree.iter().filter_map(|p| crate::procs::rss(*p)).sum();
+        let bytes = crate::procs::tree_rss(&table, pid);
         if bytes > 0 {
             queue.push_back(Event::Memory {
                 pid,

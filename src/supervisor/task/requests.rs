@@ -58,14 +58,7 @@ impl Task<'_> {
     fn report(&self, m: &Machine, sockets: &[HeldSocket]) -> StatusReport {
         let now = Instant::now();
         let table = crate::procs::processes();
-        let tree_rss = |pid: Option<i32>| {
-            let tree = crate::procs::tree(&table, pid?);
-            Some(
-                tree.iter()
-                    .filter_map(|p| crate::procs::rss(*p))
-                    .sum::<u64>(),
-            )
-        };
+        let tree_rss = |pid: Option<i32>| Some(crate::procs::tree_rss(&table, pid?));
         let workers = m
             .workers()
             .map(|(generation, _, w)| control::WorkerInfo {
