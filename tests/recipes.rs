@@ -245,11 +245,16 @@ fn run(stack: Stack) {
             stack.name,
             r.returned
         );
-        assert_eq!(
-            r.late_old, 0,
-            "{}: reload {n}: old pids still answered: {r:?}",
-            stack.name
-        );
+        // A stack that does not drain properly (plain uvicorn) may keep answering on a
+        // busy keep-alive connection long after its stop signal: measured, not asserted,
+        // like its failed requests.
+        if stack.drains {
+            assert_eq!(
+                r.late_old, 0,
+                "{}: reload {n}: old pids still answered: {r:?}",
+                stack.name
+            );
+        }
         assert!(
             r.worst <= STALL,
             "{}: reload {n}: a request stalled {:?}",
