@@ -148,6 +148,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub chdir: Option<PathBuf>,
 
+    /// Off the journal, prefix every line the workers write with `gen=N slot=S pid=P`
+    /// (handover then copies their output). Under journald each worker has a journal
+    /// stream of its own instead (`journalctl _PID=…`, identifier `NAME-genN`).
+    #[arg(long)]
+    pub log_prefix: bool,
+
     /// Control socket path [default: $RUNTIME_DIRECTORY/handover.sock under systemd].
     #[arg(long, value_name = "PATH", env = "HANDOVER_CONTROL")]
     pub control: Option<PathBuf>,

@@ -110,6 +110,7 @@ impl RunConfig {
                 max_memory: args.max_memory.or(file.max_memory),
                 watchdog: args.watchdog.or(file.watchdog),
                 probation: args.probation.or(file.probation),
+                log_prefix: args.log_prefix || file.log_prefix.unwrap_or(false),
                 ..Settings::default()
             },
             pid_file: args.pid_file.clone().or(file.pid_file.clone()),
@@ -161,6 +162,9 @@ impl std::fmt::Display for RunConfig {
         }
         if let Some(d) = s.probation {
             writeln!(f, "probation = \"{}\"", show_duration(d))?;
+        }
+        if s.log_prefix {
+            writeln!(f, "log_prefix = true")?;
         }
         if let Some(d) = &self.release.chdir {
             writeln!(f, "chdir = {}", q(d.as_os_str()))?;

@@ -14,6 +14,7 @@
 //! graceful_timeout = "30s"
 //! batch = 0                                # rolling reload batch size, 0 = all at once
 //! chdir = "/srv/app/current"
+//! log_prefix = false                       # off the journal: `gen=N slot=S pid=P` lines
 //! env_file = "/etc/myapp/env"              # relative: against this file's directory
 //! pid_file = "/run/myapp/handover.pid"     # read at start only
 //! [env]
@@ -60,6 +61,8 @@ pub struct FileConfig {
     pub stop_to: Option<StopTo>,
     #[serde(default, deserialize_with = "graceful_timeout")]
     pub graceful_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "log_prefix")]
+    pub log_prefix: Option<bool>,
     #[serde(default, deserialize_with = "batch")]
     pub batch: Option<u32>,
     #[serde(default, deserialize_with = "max_lifetime")]
@@ -334,6 +337,10 @@ field!(max_lifetime: Duration, |v| parsed(v, parse_duration));
 field!(max_memory: u64, |v| parsed(v, parse_size));
 field!(watchdog: Duration, |v| parsed(v, parse_duration));
 field!(chdir: PathBuf, |v| string(v).map(PathBuf::from));
+field!(log_prefix: bool, |v| match v {
+    Value::Boolean(b) => Ok(*b),
+    _ => Err(format!("{v} is not true or false")),
+});
 field!(probation: Duration, |v| parsed(v, parse_duration));
 field!(pid_file: PathBuf, |v| string(v).map(PathBuf::from));
 field!(env_file: PathBuf, |v| string(v).map(PathBuf::from));
@@ -400,6 +407,7 @@ ready = "delay:2s"
 ready_timeout = "60s"
 stop_signal = "SIGQUIT"
 stop_to = "main"
+log_prefix = true
 graceful_timeout = 30
 batch = 0
 max_lifetime = "1h"
@@ -433,6 +441,7 @@ A_FIRST = "x=y"
             env_file: Some("/etc/myapp/env".into()),
             pid_file: None,
             probation: None,
+            log_prefix: Some(true),
             env: vec![
                 ("RUST_LOG".into(), "info".into()),
                 ("A_FIRST".into(), "x=y".into()),

@@ -21,7 +21,7 @@
 //! the old release serving.
 //!
 //! Modules: [`sockets`] (intake and binding), [`spawn`] (fork/exec with the fds),
-//! [`notify`] (sd_notify both ways), [`supervisor`] (the pure `Machine` + the task that
+//! [`notify`] (sd_notify both ways), [`output`] (the workers' stdout and stderr), [`supervisor`] (the pure `Machine` + the task that
 //! executes it), [`release`] (what a generation runs), [`units`] (leaf types and
 //! defaults), [`config`], [`config_file`] and [`cli`] (flags and file), [`logging`],
 //! [`demo_worker`] (the reference worker).
@@ -36,6 +36,7 @@ pub mod generate;
 pub mod init;
 pub mod logging;
 pub mod notify;
+pub mod output;
 pub mod pidfile;
 pub mod procs;
 pub mod readiness;

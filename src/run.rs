@@ -163,6 +163,7 @@ fn demo_args(args: &DemoArgs) -> anyhow::Result<RunArgs> {
         env: Vec::new(),
         env_file: None,
         chdir: None,
+        log_prefix: false,
         control: args.control.clone(),
         command: vec![exe.into(), "demo-worker".into()],
     })

@@ -6,12 +6,16 @@
 //! only runs async-signal-safe calls on memory that already exists: no allocation, no
 //! locks. Exec errors travel back over a CLOEXEC pipe, so a missing or broken program is
 //! a clear error in the manager rather than a silent exit code 127.
+//!
+//! The worker's stdout and stderr are set up first in the child (`redirect_output`), as
+//! `output` decided: inherited, a journal stream of its own, or the manager's pipes.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use crate::output::Output;
 use crate::release::Release;
 
 /// What the spawner needs that is the same for every worker of every generation.
@@ -39,6 +43,9 @@ const STAGES: [&str; 6] = [
     "exec",
 ];
 const PID_DIGITS: usize = 10;
+/// `JOURNAL_STREAM=` with room for `dev:ino` (two u64 in decimal) and a NUL.
+const STREAM_ENV: &[u8] = b"JOURNAL_STREAM=";
+const STREAM_ENV_LEN: usize = STREAM_ENV.len() + 20 + 1 + 20 + 1;
 
 /// Variables the manager got from its own supervisor that must not leak to workers:
 /// workers get their own values from handover.
@@ -67,9 +74,16 @@ fn env_entry(k: &OsStr, v: &OsStr) -> CString {
 
 /// Builds the worker environment: the manager's own (minus the variables above), the
 /// configured extras, then the socket-activation variables and HANDOVER_GENERATION.
-fn build_env(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Vec<CString> {
+/// With `own_stream`, JOURNAL_STREAM is left out: the child sets it to its own stream.
+fn build_env(
+    w: &WorkerEnv<'_>,
+    release: &Release,
+    generation: u64,
+    own_stream: bool,
+) -> Vec<CString> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !STRIPPED.iter().any(|s| k == OsStr::new(s)))
+        .filter(|(k, _)| !(own_stream && k == "JOURNAL_STREAM"))
         .collect();
     for (k, v) in &release.env {
         env.retain(|(ek, _)| ek != k);
@@ -91,7 +105,12 @@ fn build_env(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Vec<CStri
 }
 
 /// Starts one worker and returns its pid once the exec has succeeded.
-pub fn spawn(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Result<i32, SpawnError> {
+pub fn spawn(
+    w: &WorkerEnv<'_>,
+    release: &Release,
+    generation: u64,
+    output: Output<'_>,
+) -> Result<i32, SpawnError> {
     let program = cstring(release.program.as_os_str().as_bytes());
     let fail = |stage: usize, errno| SpawnError {
         program: release.program.display().to_string(),
@@ -103,12 +122,34 @@ pub fn spawn(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Result<i3
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
 
-    let env = build_env(w, release, generation);
+    let own_stream = matches!(output, Output::Journal(_));
+    let env = build_env(w, release, generation, own_stream);
     // "LISTEN_PID=" followed by room for the digits and a NUL, filled in by the child.
     let mut listen_pid = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0";
+    // JOURNAL_STREAM: the inherited value, which the child replaces by its own stream's.
+    let mut stream_env = [0u8; STREAM_ENV_LEN];
+    stream_env[..STREAM_ENV.len()].copy_from_slice(STREAM_ENV);
+    if let Some(v) = std::env::var_os("JOURNAL_STREAM") {
+        let v = v.as_bytes();
+        let room = STREAM_ENV_LEN - STREAM_ENV.len() - 1;
+        stream_env[STREAM_ENV.len()..][..v.len().min(room)]
+            .copy_from_slice(&v[..v.len().min(room)]);
+    }
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(listen_pid.as_ptr().cast());
+    if own_stream {
+        env_ptrs.push(stream_env.as_ptr().cast());
+    }
     env_ptrs.push(std::ptr::null());
+    let output = match output {
+        Output::Inherit => ChildOutput::Inherit,
+        Output::Pipes(p) => ChildOutput::Pipes(p.stdout.1.as_raw_fd(), p.stderr.1.as_raw_fd()),
+        Output::Journal(plan) => ChildOutput::Journal {
+            addr: &plan.addr,
+            header: &plan.header,
+            env_value: stream_env[STREAM_ENV.len()..].as_mut_ptr(),
+        },
+    };
 
     let chdir = release
         .chdir
@@ -139,6 +180,7 @@ pub fn spawn(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Result<i3
                 scratch: &mut scratch,
                 report: write_end.as_raw_fd(),
                 parent,
+                output,
             })
         }
     }
@@ -192,6 +234,20 @@ struct ChildPlan<'a> {
     scratch: &'a mut [RawFd],
     report: RawFd,
     parent: libc::pid_t,
+    output: ChildOutput<'a>,
+}
+
+/// `Output` as raw values for the child.
+enum ChildOutput<'a> {
+    Inherit,
+    /// The write ends of the stdout and stderr pipes.
+    Pipes(RawFd, RawFd),
+    /// Connect to `addr`, write `header`; `env_value` is JOURNAL_STREAM's value slot.
+    Journal {
+        addr: &'a libc::sockaddr_un,
+        header: &'a [u8],
+        env_value: *mut u8,
+    },
 }
 
 /// Runs in the forked child. Async-signal-safe calls only.
@@ -224,6 +280,9 @@ unsafe fn child(p: ChildPlan<'_>) -> ! {
                 libc::signal(sig, libc::SIG_DFL);
             }
         }
+        // stdout/stderr before the held fds move: the fds made here then cannot be
+        // overwritten by a move, nor overwrite one.
+        redirect_output(&p.output);
         // fds: first copy every source above the target range (so no move overwrites a
         // source still needed), then dup2 each copy onto 3+i; dup2 leaves the target
         // without CLOEXEC, the copies keep it and vanish at exec.
@@ -249,25 +308,111 @@ unsafe fn child(p: ChildPlan<'_>) -> ! {
     }
 }
 
-/// Writes `pid` as decimal digits followed by NUL at `out` (room for PID_DIGITS + 1).
-unsafe fn write_pid(out: *mut u8, pid: libc::pid_t) {
-    let mut digits = [0u8; PID_DIGITS];
-    let mut n = pid as u32;
+/// Sets up the worker's fds 1 and 2 as planned. Never fails the spawn: whatever cannot
+/// be done leaves the inherited stdout and stderr. Async-signal-safe calls only.
+unsafe fn redirect_output(output: &ChildOutput<'_>) {
+    unsafe {
+        match *output {
+            ChildOutput::Inherit => {}
+            ChildOutput::Pipes(out, err) => {
+                libc::dup2(out, 1);
+                libc::dup2(err, 2);
+            }
+            ChildOutput::Journal {
+                addr,
+                header,
+                env_value,
+            } => {
+                let fd = journal_stream(addr, header);
+                if fd < 0 {
+                    return;
+                }
+                // JOURNAL_STREAM=dev:ino of the new stream, for programs that log natively.
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::fstat(fd, &mut st) == 0 {
+                    let n = write_decimal(env_value, st.st_dev);
+                    *env_value.add(n) = b':';
+                    let m = write_decimal(env_value.add(n + 1), st.st_ino);
+                    *env_value.add(n + 1 + m) = 0;
+                }
+                libc::dup2(fd, 1);
+                libc::dup2(fd, 2);
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// A connected journal stream with its header written, at an fd above 2 (CLOEXEC), or
+/// -1. Async-signal-safe calls only.
+unsafe fn journal_stream(addr: &libc::sockaddr_un, header: &[u8]) -> RawFd {
+    unsafe {
+        let mut fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        // With fd 1 or 2 closed in the manager the socket could land there: move it up,
+        // so that the dup2s and the close below leave the right fds.
+        if (0..=2).contains(&fd) {
+            let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
+            libc::close(fd);
+            fd = high;
+        }
+        if fd < 0 {
+            return -1;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        let ok = libc::connect(fd, (addr as *const libc::sockaddr_un).cast(), len) == 0
+            && libc::shutdown(fd, libc::SHUT_RD) == 0
+            && write_all(fd, header);
+        if !ok {
+            libc::close(fd);
+            return -1;
+        }
+        fd
+    }
+}
+
+/// Writes all of `buf` to `fd` (retrying EINTR and short writes). Async-signal-safe.
+unsafe fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for its length.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return false;
+        }
+        buf = &buf[n as usize..];
+    }
+    true
+}
+
+/// Writes `n` in decimal at `out` (room for its digits: at most 20) and returns how many.
+unsafe fn write_decimal(out: *mut u8, mut n: u64) -> usize {
+    let mut digits = [0u8; 20];
     let mut len = 0;
     loop {
         digits[len] = b'0' + (n % 10) as u8;
         len += 1;
         n /= 10;
-        if n == 0 || len == PID_DIGITS {
+        if n == 0 {
             break;
         }
     }
     for i in 0..len {
-        // SAFETY: the caller guarantees PID_DIGITS + 1 bytes at `out`.
+        // SAFETY: the caller guarantees room for the len digits of `n` at `out`.
         unsafe { *out.add(i) = digits[len - 1 - i] };
     }
-    // SAFETY: as above, len <= PID_DIGITS.
-    unsafe { *out.add(len) = 0 };
+    len
+}
+
+/// Writes `pid` as decimal digits followed by NUL at `out` (room for PID_DIGITS + 1).
+unsafe fn write_pid(out: *mut u8, pid: libc::pid_t) {
+    // SAFETY: a pid_t is at most PID_DIGITS digits; the caller has room for them and NUL.
+    unsafe {
+        let len = write_decimal(out, pid as u32 as u64);
+        debug_assert!(len <= PID_DIGITS);
+        *out.add(len) = 0;
+    }
 }
 
 #[cfg(test)]

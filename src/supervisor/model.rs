@@ -48,6 +48,9 @@ pub struct Settings {
     /// beside it this long; a new worker that exits meanwhile rolls the reload back.
     #[serde(default)]
     pub probation: Option<Duration>,
+    /// Off the journal: the workers' lines are copied with a `gen=N slot=S pid=P` prefix.
+    #[serde(default)]
+    pub log_prefix: bool,
 }
 
 impl Default for Settings {
@@ -67,6 +70,7 @@ impl Default for Settings {
             max_memory: None,
             watchdog: None,
             probation: None,
+            log_prefix: false,
         }
     }
 }

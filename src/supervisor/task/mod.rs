@@ -14,6 +14,7 @@
 //! pending, the task sleeps until a signal, a datagram or a client arrives.
 
 mod intake;
+mod output;
 mod readiness;
 mod reap;
 mod requests;
@@ -35,7 +36,7 @@ use crate::config::RunConfig;
 use crate::control::{self, ControlServer, Request};
 use crate::notify::{self, SdState, WorkerNotifySocket};
 use crate::sockets::HeldSocket;
-use crate::spawn::{self, WorkerEnv};
+use crate::spawn::WorkerEnv;
 use crate::upgrade as self_upgrade;
 use intake::{MEMORY_EVERY, read_notifications, sample_memory};
 use readiness::PROBE_EVERY;
@@ -137,6 +138,8 @@ struct Task<'a> {
     statuses: intake::Statuses,
     /// An in-place upgrade under way (its check runs; see upgrade.rs).
     upgrading: Option<upgrade::Upgrading>,
+    /// The workers' stdout and stderr: journal streams, or copiers for log_prefix.
+    outputs: output::Outputs,
 }
 
 /// Runs the supervisor until it decides to exit; returns the exit code.
@@ -202,6 +205,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         upgrades: 0,
         statuses: intake::Statuses::default(),
         upgrading: None,
+        outputs: output::Outputs::new(),
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
@@ -254,8 +258,9 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                         continue;
                     }
                 }
-                if let Some(code) = task.execute(action, &mut answers) {
+                if let Some(code) = task.execute(action, &machine, &mut answers) {
                     task.waiters.fail_all("the manager stopped");
+                    task.outputs.finish().await;
                     if let Some(reason) = task.start_failure.take() {
                         anyhow::bail!("the first generation failed: {reason}");
                     }
@@ -323,23 +328,34 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
 impl Task<'_> {
     /// Carries out one action; answers for the state machine are appended to `answers`.
     /// Returns the exit code when the action is to exit.
-    fn execute(&mut self, action: Action, answers: &mut Vec<Event>) -> Option<i32> {
+    fn execute(
+        &mut self,
+        action: Action,
+        machine: &Machine,
+        answers: &mut Vec<Event>,
+    ) -> Option<i32> {
         match action {
             Action::LoadConfig { generation } => answers.push(self.load_config(generation)),
             Action::Spawn {
                 id,
                 generation,
+                slot,
                 release,
-                ..
             } => {
+                let log_prefix = machine
+                    .generation(generation)
+                    .is_some_and(|g| g.settings.log_prefix);
+                let who = output::Who { generation, slot };
                 // The machine logs a failure, with the worker's generation and slot.
-                answers.push(match spawn::spawn(&self.env, &release, generation) {
-                    Ok(pid) => Event::Spawned { id, pid },
-                    Err(e) => Event::SpawnFailed {
-                        id,
-                        error: e.to_string(),
+                answers.push(
+                    match self.outputs.spawn(&self.env, &release, who, log_prefix) {
+                        Ok(pid) => Event::Spawned { id, pid },
+                        Err(e) => Event::SpawnFailed {
+                            id,
+                            error: e.to_string(),
+                        },
                     },
-                });
+                );
             }
             Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
             Action::Notify(states) => {

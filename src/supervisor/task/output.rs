@@ -1,0 +1,154 @@
+//! The workers' stdout and stderr (see `crate::output`): picks each spawn's output and,
+//! for `log_prefix`, runs the copiers that read a worker's pipes and write its lines,
+//! prefixed, to handover's own stdout and stderr.
+//!
+//! A copier is a task of this runtime per pipe; it ends at the pipe's end of file, i.e.
+//! once the worker and everything of its tree that inherited the pipe are gone, so what a
+//! draining worker prints during a reload is copied to its last byte. At exit the
+//! manager waits (bounded) for the copiers to finish. Without `log_prefix` nothing here
+//! runs: the worker writes to the inherited fds directly.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinSet;
+
+use crate::output::journal::Journal;
+use crate::output::lines::Lines;
+use crate::output::{Output, Pipes};
+use crate::release::Release;
+use crate::spawn::{self, SpawnError, WorkerEnv};
+
+/// How long the manager waits at exit for copiers to write what the pipes still hold.
+const DRAIN_AT_EXIT: Duration = Duration::from_secs(2);
+const READ_SIZE: usize = 64 * 1024;
+
+pub(super) struct Outputs {
+    /// Under journald: a journal stream per worker.
+    journal: Option<Journal>,
+    copiers: JoinSet<()>,
+}
+
+/// What a spawned worker is, for its prefix.
+pub(super) struct Who {
+    pub generation: u64,
+    pub slot: usize,
+}
+
+impl Outputs {
+    pub(super) fn new() -> Outputs {
+        let journal = Journal::detect();
+        if journal.is_some() {
+            tracing::debug!("workers get a journal stream each");
+        }
+        Outputs {
+            journal,
+            copiers: JoinSet::new(),
+        }
+    }
+
+    /// Spawns a worker with its output as configured (`log_prefix`: copied, prefixed,
+    /// unless a journal stream of its own already tells the workers apart).
+    pub(super) fn spawn(
+        &mut self,
+        env: &WorkerEnv<'_>,
+        release: &Release,
+        who: Who,
+        log_prefix: bool,
+    ) -> Result<i32, SpawnError> {
+        if let Some(journal) = &self.journal {
+            let plan = journal.plan(who.generation, &release.program);
+            return spawn::spawn(env, release, who.generation, Output::Journal(&plan));
+        }
+        if !log_prefix {
+            return spawn::spawn(env, release, who.generation, Output::Inherit);
+        }
+        let pipes = match Pipes::new() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot make the pipes for log_prefix ({e}): the worker writes to handover's stdout and stderr"
+                );
+                return spawn::spawn(env, release, who.generation, Output::Inherit);
+            }
+        };
+        let pid = spawn::spawn(env, release, who.generation, Output::Pipes(&pipes))?;
+        let (stdout, stderr) = pipes.into_readers();
+        let prefix = format!("gen={} slot={} pid={pid} ", who.generation, who.slot);
+        for (fd, to) in [(stdout, 1), (stderr, 2)] {
+            // SAFETY: the AsyncFd owns this fd, which stays open until it drops.
+            match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+                Ok(fd) => {
+                    self.copiers.spawn(copy(fd, Lines::new(prefix.clone()), to));
+                }
+                Err(e) => tracing::warn!(pid, "cannot read the worker's output: {e}"),
+            }
+        }
+        Ok(pid)
+    }
+
+    /// Lets the copiers write what the pipes still hold (the workers are gone), for at
+    /// most `DRAIN_AT_EXIT`: a pipe some escaped process still holds is given up.
+    pub(super) async fn finish(&mut self) {
+        if self.copiers.is_empty() {
+            return;
+        }
+        let all = async { while self.copiers.join_next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN_AT_EXIT, all).await.is_err() {
+            tracing::warn!("some worker output was still open at exit: not copied");
+        }
+    }
+}
+
+/// Copies one pipe to handover's fd `to` (1 or 2), line by line, until end of file.
+async fn copy(fd: AsyncFd<OwnedFd>, mut lines: Lines, to: i32) {
+    let mut buf = vec![0u8; READ_SIZE];
+    let mut out = Vec::with_capacity(READ_SIZE + 256);
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            break;
+        };
+        match guard
+            .try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf).map_err(std::io::Error::from))
+        {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                lines.push(&buf[..n], &mut out);
+                write_out(to, &out);
+                out.clear();
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(Err(_)) => break,
+            Err(_would_block) => {}
+        }
+    }
+    lines.finish(&mut out);
+    write_out(to, &out);
+}
+
+/// Writes all of `data` to fd `to`. A full or closed stdout drops the data: the manager
+/// must not stop for it (a non-blocking fd that is full is waited for, briefly).
+fn write_out(to: i32, mut data: &[u8]) {
+    while !data.is_empty() {
+        // SAFETY: `data` is valid for its length; a closed `to` is an error, no more.
+        let n = unsafe { libc::write(to, data.as_ptr().cast(), data.len()) };
+        match nix::errno::Errno::result(n) {
+            Ok(n) => data = &data[n as usize..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                let mut pfd = libc::pollfd {
+                    fd: to,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut pfd, 1, 1000) } <= 0 {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
