@@ -41,7 +41,10 @@
 //! 4. gunicorn (Debian's python3-gunicorn) deployed by a reload, then reloaded 10 × under
 //!    load with 0 failures;
 //! 5. `systemctl stop myapp` lets an in-flight request finish;
-//! 6. the journal has handover's GENERATION, PID and SLOT fields;
+//! 6. the journal has handover's GENERATION, PID and SLOT fields; each worker's output is
+//!    its own journal stream: `journalctl _PID=<worker>` shows its lines, under the
+//!    identifier `myapp-genN` of its generation, with the `<4>` priority it wrote, its
+//!    JOURNAL_STREAM is that stream, and `journalctl -u myapp` shows them too;
 //! 7. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, and a broken
 //!    release that the job cannot report shows in `systemctl status`.
 
@@ -129,6 +132,7 @@ fn system_test(distro: &str, systemd: u32) {
     );
     step(&app, "stop drains in-flight requests", stop_drains);
     step(&app, "journal fields", journal_fields);
+    step(&app, "a journal stream per worker", worker_streams);
     // Type=notify-reload exists from systemd 253 on.
     if systemd >= 253 {
         step(&app, "Type=notify-reload", notify_reload_unit);
@@ -481,6 +485,68 @@ fn journal_fields(app: &App) -> String {
         field("GENERATION"),
         field("PID"),
         field("SLOT")
+    )
+}
+
+/// Each worker of a new generation logs through its own journal stream (see
+/// tests/system/logging.toml): found by its _PID, named by its generation, its priority
+/// prefix understood, its JOURNAL_STREAM the stream's dev:ino, all under `-u myapp`.
+fn worker_streams(app: &App) -> String {
+    app.deploy(Release::Logging);
+    // The service may be stopped (the stop step): start it, then a generation of this
+    // release.
+    app.systemctl_ok(&["start", "myapp.service"]);
+    app.systemctl_ok(&["reload", "myapp"]);
+    let (generation, pids) = serving(&app.status());
+    let identifier = format!("myapp-gen{generation}");
+    let json = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["journalctl", "-o", "json", "--no-pager"];
+        all.extend_from_slice(args);
+        app.c
+            .ok(&all)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let text = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or_default().to_owned();
+    for &pid in &pids {
+        let hello = format!("hello from {pid} ");
+        let (said, warned) = wait_for(Duration::from_secs(10), "the worker's lines", || {
+            let entries = json(&[&format!("_PID={pid}")]);
+            let said = entries
+                .iter()
+                .find(|e| text(e, "MESSAGE").starts_with(&hello))?;
+            let warned = entries
+                .iter()
+                .find(|e| text(e, "MESSAGE") == format!("warning from {pid}"))?;
+            Some((said.clone(), warned.clone()))
+        });
+        assert_eq!(text(&said, "SYSLOG_IDENTIFIER"), identifier, "{said}");
+        assert_eq!(text(&said, "_SYSTEMD_UNIT"), "myapp.service", "{said}");
+        assert_eq!(text(&said, "PRIORITY"), "6", "{said}");
+        assert_eq!(text(&warned, "PRIORITY"), "4", "{warned}");
+        assert_eq!(text(&said, "_STREAM_ID"), text(&warned, "_STREAM_ID"));
+        // The stream it wrote to is the one its JOURNAL_STREAM names.
+        let stream = app
+            .c
+            .ok(&["stat", "-L", "-c", "%d:%i", &format!("/proc/{pid}/fd/1")]);
+        assert!(
+            text(&said, "MESSAGE").ends_with(&format!("stream={}", stream.trim())),
+            "JOURNAL_STREAM of {pid} is not its stream {}: {said}",
+            stream.trim()
+        );
+        let by_unit = json(&["-u", "myapp", "-t", &identifier]);
+        assert!(
+            by_unit
+                .iter()
+                .any(|e| text(e, "MESSAGE").starts_with(&hello)),
+            "`journalctl -u myapp -t {identifier}` lacks {hello:?}"
+        );
+    }
+    app.deploy(Release::Demo);
+    app.systemctl_ok(&["reload", "myapp"]);
+    format!(
+        "workers {pids:?} of generation {generation}: found by _PID, as {identifier} under -u myapp, <4> read as PRIORITY=4, JOURNAL_STREAM = their stream"
     )
 }
 

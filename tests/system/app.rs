@@ -29,6 +29,8 @@ pub enum Release {
     Gunicorn,
     /// A command that exits 3 before it is ready.
     Broken,
+    /// The demo worker behind a shell that writes a line to stdout and to stderr.
+    Logging,
 }
 
 impl Release {
@@ -37,6 +39,7 @@ impl Release {
             Release::Demo => include_str!("demo.toml"),
             Release::Gunicorn => include_str!("gunicorn.toml"),
             Release::Broken => include_str!("broken.toml"),
+            Release::Logging => include_str!("logging.toml"),
         }
     }
 }
