@@ -186,6 +186,18 @@ pub enum Action {
         signal: Signal,
         group: bool,
     },
+    /// Run generation `generation` at a low CPU priority (its warm-up: its cgroup's
+    /// `cpu.weight`, or a nice value for the workers spawned from now on), or back at
+    /// the normal one (every process of its workers' trees).
+    Priority {
+        generation: GenId,
+        low: bool,
+    },
+    /// Kill whatever is left of a stopped generation past its graceful timeout: its
+    /// cgroup, where it has one (`cgroup.kill`), catches what left the process groups.
+    KillGeneration {
+        generation: GenId,
+    },
     Notify(Vec<SdState>),
     /// A reload (or the first start) finished; for logs and waiting clients.
     Outcome(Outcome),
