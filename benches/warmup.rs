@@ -232,7 +232,13 @@ fn imported(dir: &Path) -> Vec<i32> {
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.strip_prefix("imported.")?.parse().ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_prefix("imported.")?
+                        .parse()
+                        .ok()
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -247,7 +253,11 @@ struct Figures {
 }
 
 fn figures(o: &Outcomes) -> Figures {
-    let inside = |r: &Record| o.windows.iter().any(|&(a, b)| r.start_us >= a && r.start_us < b);
+    let inside = |r: &Record| {
+        o.windows
+            .iter()
+            .any(|&(a, b)| r.start_us >= a && r.start_us < b)
+    };
     let ok = |r: &&&Record| r.outcome == Outcome::Ok;
     let (win, steady): (Vec<&Record>, Vec<&Record>) = o.records.iter().partition(|r| inside(r));
     let window_s: f64 = o.windows.iter().map(|(a, b)| (b - a) as f64 / 1e6).sum();
@@ -263,7 +273,11 @@ fn figures(o: &Outcomes) -> Figures {
         p99_windows: p99(&win),
         rate_steady: steady.iter().filter(ok).count() as f64 / steady_s,
         rate_windows: win.iter().filter(ok).count() as f64 / window_s,
-        failed: o.records.iter().filter(|r| r.outcome != Outcome::Ok).count(),
+        failed: o
+            .records
+            .iter()
+            .filter(|r| r.outcome != Outcome::Ok)
+            .count(),
     }
 }
 
@@ -298,7 +312,10 @@ fn table(rows: &[(&str, Outcomes)]) -> String {
 fn log_prefix_cost() -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let lines = dir.path().join("lines.txt");
-    let line = format!("{:<99}\n", "GET /api/items?page=2 200 0.31ms user=42 trace=5f2c9e");
+    let line = format!(
+        "{:<99}\n",
+        "GET /api/items?page=2 200 0.31ms user=42 trace=5f2c9e"
+    );
     std::fs::write(&lines, line.repeat(LOG_MB * 10_000)).expect("write lines");
     let script = dir.path().join("worker.sh");
     std::fs::write(

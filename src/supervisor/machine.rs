@@ -31,7 +31,7 @@ pub use super::model::{
 };
 use super::notes::Note;
 use crate::notify::SdState;
-use crate::units::MAX_WORKERS;
+use crate::units::{MAX_WORKERS, Warmup};
 
 /// A reload in progress: the candidate generation of `size` is starting, `spawned` of
 /// its workers so far (batches), and `retired` old workers already stopped for ready new
@@ -266,7 +266,15 @@ impl Machine {
             Ok(spec) => {
                 let Spec { settings, release } = *spec;
                 reload.size = self.effective(settings.workers);
-                let g = Generation::new(generation, release, settings);
+                let mut g = Generation::new(generation, release, settings);
+                // A warm-up only matters beside a generation that serves.
+                g.warming = g.settings.warmup == Warmup::Low && self.current.is_some();
+                if g.warming {
+                    out.push(Action::Priority {
+                        generation,
+                        low: true,
+                    });
+                }
                 self.generations.insert(generation, g);
                 self.phase = Phase::Rolling(reload);
                 self.spawn_batch(now, out);
@@ -355,6 +363,15 @@ impl Machine {
         let Phase::Rolling(r) = &mut self.phase else {
             return;
         };
+        // Ready: the warm-up is over, before it serves on probation or alone.
+        if let Some(g) = self.generations.get_mut(&r.candidate)
+            && std::mem::take(&mut g.warming)
+        {
+            out.push(Action::Priority {
+                generation: g.id,
+                low: false,
+            });
+        }
         let probation = self
             .generations
             .get(&r.candidate)

@@ -13,6 +13,7 @@
 //! only sound when no other thread can hold a lock. Nothing here polls: with no deadline
 //! pending, the task sleeps until a signal, a datagram or a client arrives.
 
+mod cgroups;
 mod intake;
 mod output;
 mod readiness;
@@ -138,6 +139,8 @@ struct Task<'a> {
     statuses: intake::Statuses,
     /// An in-place upgrade under way (its check runs; see upgrade.rs).
     upgrading: Option<upgrade::Upgrading>,
+    /// Generation cgroups and warm-up priorities (cgroups.rs).
+    cgroups: cgroups::Cgroups,
     /// The workers' stdout and stderr: journal streams, or copiers for log_prefix.
     outputs: output::Outputs,
 }
@@ -205,6 +208,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         upgrades: 0,
         statuses: intake::Statuses::default(),
         upgrading: None,
+        cgroups: cgroups::Cgroups::new(resume.is_none(), &machine),
         outputs: output::Outputs::new(),
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
@@ -213,6 +217,8 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let mut memory: Option<tokio::time::Interval> = None;
     // While workers wait to be seen serving, their trees are probed; otherwise nothing.
     let mut probes: Option<tokio::time::Interval> = None;
+    // While a forgotten generation's cgroup waits to empty, it is looked at; else nothing.
+    let mut removals: Option<tokio::time::Interval> = None;
     let socket_ids = crate::readiness::socket_ids(&task.env.fds)?;
     let listeners = crate::readiness::tcp_listeners(&task.env.fds);
     let mut buf = vec![0u8; 4096];
@@ -258,7 +264,8 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                         continue;
                     }
                 }
-                if let Some(code) = task.execute(action, &machine, &mut answers) {
+                if let Some(code) = task.execute(action, &mut answers, &machine) {
+                    task.cgroups.remove_all();
                     task.waiters.fail_all("the manager stopped");
                     task.outputs.finish().await;
                     if let Some(reason) = task.start_failure.take() {
@@ -272,6 +279,13 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             for e in answers.into_iter().rev() {
                 queue.push_front(e);
             }
+            task.cgroups.sync(&machine);
+        }
+        if task.cgroups.removing() != removals.is_some() {
+            removals = task
+                .cgroups
+                .removing()
+                .then(|| tokio::time::interval(cgroups::REMOVE_EVERY));
         }
         if machine.settings().max_memory.is_some() != memory.is_some() {
             memory = machine
@@ -306,6 +320,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             }
             _ = tick(&mut watchdog) => task.systemd.send(&[SdState::Watchdog]),
             _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
+            _ = tick(&mut removals) => task.cgroups.retry_removals(),
             _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &listeners, &mut queue),
             _ = signals.usr2.recv() => task.start_upgrade(&machine, ctx.sockets, &notify_socket, None),
             result = upgrade::checked(&mut task.upgrading) => {
@@ -328,12 +343,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
 impl Task<'_> {
     /// Carries out one action; answers for the state machine are appended to `answers`.
     /// Returns the exit code when the action is to exit.
-    fn execute(
-        &mut self,
-        action: Action,
-        machine: &Machine,
-        answers: &mut Vec<Event>,
-    ) -> Option<i32> {
+    fn execute(&mut self, action: Action, answers: &mut Vec<Event>, m: &Machine) -> Option<i32> {
         match action {
             Action::LoadConfig { generation } => answers.push(self.load_config(generation)),
             Action::Spawn {
@@ -342,22 +352,26 @@ impl Task<'_> {
                 slot,
                 release,
             } => {
-                let log_prefix = machine
+                let log_prefix = m
                     .generation(generation)
                     .is_some_and(|g| g.settings.log_prefix);
                 let who = output::Who { generation, slot };
+                let placement = self.cgroups.placement(generation);
+                let spawned = self
+                    .outputs
+                    .spawn(&self.env, &release, &placement, who, log_prefix);
                 // The machine logs a failure, with the worker's generation and slot.
-                answers.push(
-                    match self.outputs.spawn(&self.env, &release, who, log_prefix) {
-                        Ok(pid) => Event::Spawned { id, pid },
-                        Err(e) => Event::SpawnFailed {
-                            id,
-                            error: e.to_string(),
-                        },
+                answers.push(match spawned {
+                    Ok(pid) => Event::Spawned { id, pid },
+                    Err(e) => Event::SpawnFailed {
+                        id,
+                        error: e.to_string(),
                     },
-                );
+                });
             }
             Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
+            Action::Priority { generation, low } => self.cgroups.priority(generation, low, m),
+            Action::KillGeneration { generation } => self.cgroups.kill(generation),
             Action::Notify(states) => {
                 for s in &states {
                     if let SdState::Status(status) = s {

@@ -19,7 +19,7 @@ use crate::output::journal::Journal;
 use crate::output::lines::Lines;
 use crate::output::{Output, Pipes};
 use crate::release::Release;
-use crate::spawn::{self, SpawnError, WorkerEnv};
+use crate::spawn::{self, Placement, SpawnError, WorkerEnv};
 
 /// How long the manager waits at exit for copiers to write what the pipes still hold.
 const DRAIN_AT_EXIT: Duration = Duration::from_secs(2);
@@ -55,15 +55,17 @@ impl Outputs {
         &mut self,
         env: &WorkerEnv<'_>,
         release: &Release,
+        placement: &Placement<'_>,
         who: Who,
         log_prefix: bool,
     ) -> Result<i32, SpawnError> {
+        let spawn = |output| spawn::spawn(env, release, who.generation, placement, output);
         if let Some(journal) = &self.journal {
             let plan = journal.plan(who.generation, &release.program);
-            return spawn::spawn(env, release, who.generation, Output::Journal(&plan));
+            return spawn(Output::Journal(&plan));
         }
         if !log_prefix {
-            return spawn::spawn(env, release, who.generation, Output::Inherit);
+            return spawn(Output::Inherit);
         }
         let pipes = match Pipes::new() {
             Ok(p) => p,
@@ -71,10 +73,10 @@ impl Outputs {
                 tracing::warn!(
                     "cannot make the pipes for log_prefix ({e}): the worker writes to handover's stdout and stderr"
                 );
-                return spawn::spawn(env, release, who.generation, Output::Inherit);
+                return spawn(Output::Inherit);
             }
         };
-        let pid = spawn::spawn(env, release, who.generation, Output::Pipes(&pipes))?;
+        let pid = spawn(Output::Pipes(&pipes))?;
         let (stdout, stderr) = pipes.into_readers();
         let prefix = format!("gen={} slot={} pid={pid} ", who.generation, who.slot);
         for (fd, to) in [(stdout, 1), (stderr, 2)] {
