@@ -84,6 +84,7 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         upgrades: h.upgrades,
         control: h.control.map(|(fd, path)| (upgrade::adopt_fd(fd), path)),
         pending: h.pending,
+        log_pipes: h.log_pipes,
     };
     supervise(
         machine,

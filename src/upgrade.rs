@@ -76,6 +76,18 @@ pub struct Handoff {
     /// or `scale`): the new image acts on them first, in order. (Absent in version 2.)
     #[serde(default)]
     pub pending: Vec<Carried>,
+    /// `log_prefix` pipes still being copied: the new image copies on from them, so the
+    /// workers never write into a pipe nobody reads. (Absent before log_prefix existed.)
+    #[serde(default)]
+    pub log_pipes: Vec<LogPipe>,
+}
+
+/// One worker pipe a copier reads: its fd, where its lines go (1 or 2), their prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPipe {
+    pub fd: RawFd,
+    pub to: i32,
+    pub prefix: String,
 }
 
 /// A request the old image took in during an upgrade and the new image carries out.
@@ -101,7 +113,12 @@ impl Handoff {
     fn fds(&self) -> Vec<RawFd> {
         let sockets = self.sockets.iter().map(|s| s.fd);
         let control = self.control.iter().map(|(fd, _)| *fd);
-        sockets.chain([self.notify_fd]).chain(control).collect()
+        let logs = self.log_pipes.iter().map(|p| p.fd);
+        sockets
+            .chain([self.notify_fd])
+            .chain(control)
+            .chain(logs)
+            .collect()
     }
 }
 
@@ -419,6 +436,7 @@ mod tests {
             last_reload: None,
             upgrades: 1,
             pending: vec![Carried::Reload, Carried::Scale(-1), Carried::ScaleTo(3)],
+            log_pipes: vec![],
         };
         let json = encode(&h).expect("encode");
         assert_eq!(decode(&json).expect("v3").pending, h.pending);

@@ -94,31 +94,7 @@ fn lines_of_two_generations_are_told_apart_and_a_reload_loses_none() {
         );
         assert_eq!(*generation, if old.contains(pid) { 1 } else { 2 });
         *slots.entry(*generation).or_insert(0) += 1;
-        // Every numbered line of this writer, each once and in order, carrying the pid
-        // and generation it printed; then its last words, the cut line included.
-        let numbered: Vec<u64> = lines
-            .iter()
-            .filter_map(|l| {
-                let rest = l.strip_prefix(&format!("line {pid} {generation} "))?;
-                rest.parse().ok()
-            })
-            .collect();
-        let want: Vec<u64> = (1..=numbered.len() as u64).collect();
-        assert_eq!(numbered, want, "gen {generation} slot {slot} pid {pid}");
-        // (The shell reports its `sleep` killed by the group's SIGTERM: "Terminated".)
-        let others: Vec<&String> = lines
-            .iter()
-            .filter(|l| !l.starts_with("line ") && *l != "Terminated")
-            .collect();
-        assert_eq!(
-            others,
-            [
-                &format!("stderr of {pid}"),
-                &format!("last {pid} {}", numbered.len()),
-                &format!("cut {pid}"),
-            ],
-            "gen {generation} slot {slot} pid {pid}"
-        );
+        whole_and_in_order(*generation, *slot, *pid, lines);
     }
     assert_eq!(slots, BTreeMap::from([(1, 2), (2, 2)]), "{seen:?}");
     // No line escaped the prefix.
@@ -128,6 +104,57 @@ fn lines_of_two_generations_are_told_apart_and_a_reload_loses_none() {
         .filter(|l| ["line ", "last ", "cut "].iter().any(|w| l.starts_with(w)))
         .collect();
     assert!(bare.is_empty(), "unprefixed worker lines: {bare:?}");
+}
+
+/// Every numbered line of the writer `pid`, each once and in order, carrying the pid and
+/// generation it printed; then its last words, the cut line included.
+fn whole_and_in_order(generation: u64, slot: usize, pid: i32, lines: &[String]) -> usize {
+    let numbered: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&format!("line {pid} {generation} "))?;
+            rest.parse().ok()
+        })
+        .collect();
+    let want: Vec<u64> = (1..=numbered.len() as u64).collect();
+    assert_eq!(numbered, want, "gen {generation} slot {slot} pid {pid}");
+    // (The shell reports its `sleep` killed by the group's SIGTERM: "Terminated".)
+    let others: Vec<&String> = lines
+        .iter()
+        .filter(|l| !l.starts_with("line ") && *l != "Terminated")
+        .collect();
+    assert_eq!(
+        others,
+        [
+            &format!("stderr of {pid}"),
+            &format!("last {pid} {}", numbered.len()),
+            &format!("cut {pid}"),
+        ],
+        "gen {generation} slot {slot} pid {pid}"
+    );
+    numbered.len()
+}
+
+#[test]
+fn an_upgrade_in_place_copies_on_from_the_same_pipes() {
+    let mut m = start(&["--log-prefix", "-w", "1"]);
+    let pid = m.wait_ready(1)[0];
+    let count = |m: &Manager| prefixed(&m.log()).values().map(Vec::len).sum::<usize>();
+    wait_for(10 * SEC, "some lines", || (count(&m) > 5).then_some(()));
+    let out = m.ctl(&["upgrade"]);
+    assert!(out.status.success(), "{out:?}");
+    let before = count(&m);
+    // The worker keeps writing into its pipe, which the new image reads: it neither dies
+    // of SIGPIPE nor blocks on a full pipe.
+    wait_for(10 * SEC, "lines copied by the new image", || {
+        (count(&m) > before + 20).then_some(())
+    });
+    assert_eq!(m.children(), [pid], "the same worker");
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit(20 * SEC).success());
+    let seen = prefixed(&m.log());
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    whole_and_in_order(1, 0, pid, &seen[&(1, 0, pid)]);
 }
 
 #[test]

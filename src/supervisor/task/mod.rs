@@ -64,6 +64,8 @@ pub struct Resume {
     pub control: Option<(std::os::fd::OwnedFd, std::path::PathBuf)>,
     /// Requests the old image took in during the upgrade, to act on first.
     pub pending: Vec<self_upgrade::Carried>,
+    /// The workers' output pipes the old image was copying (log_prefix).
+    pub log_pipes: Vec<self_upgrade::LogPipe>,
 }
 
 /// The signals the manager handles, one stream each.
@@ -227,6 +229,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         None => queue.push_back(Event::Start),
         Some(r) => {
             task.upgrades = r.upgrades;
+            task.outputs.adopt(r.log_pipes);
             let now = Instant::now();
             task.last_reload = r.last_reload.map(|info| {
                 let ago = std::time::Duration::from_secs_f64(info.ago_secs);

@@ -5,10 +5,14 @@
 //! A copier is a task of this runtime per pipe; it ends at the pipe's end of file, i.e.
 //! once the worker and everything of its tree that inherited the pipe are gone, so what a
 //! draining worker prints during a reload is copied to its last byte. At exit the
-//! manager waits (bounded) for the copiers to finish. Without `log_prefix` nothing here
-//! runs: the worker writes to the inherited fds directly.
+//! manager waits (bounded) for the copiers to finish; an in-place upgrade hands the
+//! pipes still open to the new image, which copies on (a line the old image had begun
+//! is cut there). Without `log_prefix` nothing here runs: the worker writes to the
+//! inherited fds directly.
 
-use std::os::fd::OwnedFd;
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -20,6 +24,7 @@ use crate::output::lines::Lines;
 use crate::output::{Output, Pipes};
 use crate::release::Release;
 use crate::spawn::{self, Placement, SpawnError, WorkerEnv};
+use crate::upgrade::LogPipe;
 
 /// How long the manager waits at exit for copiers to write what the pipes still hold.
 const DRAIN_AT_EXIT: Duration = Duration::from_secs(2);
@@ -29,6 +34,9 @@ pub(super) struct Outputs {
     /// Under journald: a journal stream per worker.
     journal: Option<Journal>,
     copiers: JoinSet<()>,
+    /// The pipes being copied, by fd number, for an upgrade's handoff (each copier
+    /// removes its own when it ends).
+    open: Arc<Mutex<BTreeMap<i32, LogPipe>>>,
 }
 
 /// What a spawned worker is, for its prefix.
@@ -46,6 +54,41 @@ impl Outputs {
         Outputs {
             journal,
             copiers: JoinSet::new(),
+            open: Arc::default(),
+        }
+    }
+
+    /// The pipes an upgrade's handoff carries (their fds stay open across the exec).
+    pub(super) fn handoff(&self) -> Vec<LogPipe> {
+        lock(&self.open).values().cloned().collect()
+    }
+
+    /// In the new image after an upgrade: copies on from the old image's pipes.
+    pub(super) fn adopt(&mut self, pipes: Vec<LogPipe>) {
+        for p in pipes {
+            let fd = crate::upgrade::adopt_fd(p.fd);
+            self.copy_from(fd, p.to, p.prefix);
+        }
+    }
+
+    fn copy_from(&mut self, fd: OwnedFd, to: i32, prefix: String) {
+        let raw = fd.as_raw_fd();
+        // SAFETY: the AsyncFd owns this fd, which stays open until it drops.
+        match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+            Ok(fd) => {
+                let pipe = LogPipe {
+                    fd: raw,
+                    to,
+                    prefix: prefix.clone(),
+                };
+                lock(&self.open).insert(raw, pipe);
+                let open = Arc::clone(&self.open);
+                self.copiers.spawn(async move {
+                    copy(fd, Lines::new(prefix), to).await;
+                    lock(&open).remove(&raw);
+                });
+            }
+            Err(e) => tracing::warn!("cannot read a worker's output: {e}"),
         }
     }
 
@@ -79,15 +122,8 @@ impl Outputs {
         let pid = spawn(Output::Pipes(&pipes))?;
         let (stdout, stderr) = pipes.into_readers();
         let prefix = format!("gen={} slot={} pid={pid} ", who.generation, who.slot);
-        for (fd, to) in [(stdout, 1), (stderr, 2)] {
-            // SAFETY: the AsyncFd owns this fd, which stays open until it drops.
-            match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
-                Ok(fd) => {
-                    self.copiers.spawn(copy(fd, Lines::new(prefix.clone()), to));
-                }
-                Err(e) => tracing::warn!(pid, "cannot read the worker's output: {e}"),
-            }
-        }
+        self.copy_from(stdout, 1, prefix.clone());
+        self.copy_from(stderr, 2, prefix);
         Ok(pid)
     }
 
@@ -102,6 +138,12 @@ impl Outputs {
             tracing::warn!("some worker output was still open at exit: not copied");
         }
     }
+}
+
+/// The map of open pipes; a copier that panicked cannot have left it half-changed (each
+/// change is one insert or remove), so a poisoned lock is taken as it is.
+fn lock(m: &Mutex<BTreeMap<i32, LogPipe>>) -> std::sync::MutexGuard<'_, BTreeMap<i32, LogPipe>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Copies one pipe to handover's fd `to` (1 or 2), line by line, until end of file.

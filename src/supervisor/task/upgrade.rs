@@ -257,6 +257,7 @@ impl Task<'_> {
             last_reload: self.last_reload_info(now),
             upgrades: self.upgrades + 1,
             pending,
+            log_pipes: self.outputs.handoff(),
         })
     }
 }
