@@ -16,7 +16,11 @@ const SEC: Duration = Duration::from_secs(1);
 /// The nice value of thread `tid` of `pid` (field 19 of its stat line).
 fn nice(pid: i32, tid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].split(' ').nth(16)?.parse().ok()
+    stat[stat.rfind(')')? + 2..]
+        .split(' ')
+        .nth(16)?
+        .parse()
+        .ok()
 }
 
 /// Nice values of every thread of `pid`.
@@ -74,7 +78,9 @@ fn reload_and_watch(m: &Manager) -> (BTreeSet<i32>, BTreeSet<i32>) {
     // Read once it has exec'd its script (the fork alone is still the manager's image).
     wait_for(5 * SEC, "the new worker's exec", || {
         let cmd = std::fs::read(format!("/proc/{new}/cmdline")).unwrap_or_default();
-        String::from_utf8_lossy(&cmd).contains("worker.sh").then_some(())
+        String::from_utf8_lossy(&cmd)
+            .contains("worker.sh")
+            .then_some(())
     });
     let starting = nices(new);
     let out = reload.join().expect("reload thread");
@@ -98,7 +104,10 @@ fn a_reloads_new_workers_start_at_nice_10_and_are_restored_when_ready() {
         // Without the right to undo it, nothing is lowered, and the manager says so.
         println!("SKIPPED the nice check: no CAP_SYS_NICE here");
         assert_eq!(starting, BTreeSet::from([0]));
-        assert!(m.log().contains("warm-up: new generations start at normal priority"));
+        assert!(
+            m.log()
+                .contains("warm-up: new generations start at normal priority")
+        );
         return;
     }
     assert_eq!(starting, BTreeSet::from([10]), "while it starts");
