@@ -147,6 +147,18 @@ pub fn generation_cgroups(app: &App) -> String {
         }
     };
 
+    let text = app.c.ok(&[
+        "handover",
+        "status",
+        "--control",
+        "/run/myapp/handover.sock",
+    ]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("gen {g1} memory: ")))
+        .unwrap_or_else(|| panic!("no memory line for gen {g1}:\n{text}"));
+    assert!(line.contains(&gen1), "{line}");
+
     // The next reload: its generation warms up at cpu.weight 1 (with a cpu controller).
     app.systemctl_ok(&["reload", "--no-block", "myapp"]);
     let g2 = g1 + 1;
