@@ -83,8 +83,8 @@ fn write(path: &Path, value: &str) -> std::io::Result<()> {
 }
 
 /// Sets the delegated subtree up for handover, or says why it cannot be used. A fresh
-/// start moves every process of the service's cgroup (handover, before any worker) into
-/// `manager`; a new image after an in-place upgrade finds itself there already.
+/// start moves handover (before any worker exists, and alone in the service's cgroup)
+/// into `manager`; a new image after an in-place upgrade finds itself there already.
 /// `fresh`: not resuming (a resumed image whose old one did not use cgroups keeps
 /// to the subreaper, rather than moving its running workers about).
 pub fn setup(fresh: bool) -> Result<Delegated, String> {
@@ -95,16 +95,22 @@ pub fn setup(fresh: bool) -> Result<Delegated, String> {
         if !fresh {
             return Err("the manager before the upgrade did not use cgroups".into());
         }
+        // Only a cgroup handover has to itself is taken over: anything else in it (a
+        // wrapper that started handover without exec) is not handover's to move.
+        let me = std::process::id() as i32;
+        if let Some(other) = procs(&dir).into_iter().find(|p| *p != me) {
+            return Err(format!(
+                "pid {other} shares {own} with handover (a wrapper without exec in ExecStart=?)"
+            ));
+        }
         let manager = dir.join(MANAGER);
         match std::fs::create_dir(&manager) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("cannot create {}: {e}", manager.display())),
         }
-        for pid in procs(&dir) {
-            write(&manager.join("cgroup.procs"), &pid.to_string())
-                .map_err(|e| format!("cannot move pid {pid} into {}: {e}", manager.display()))?;
-        }
+        write(&manager.join("cgroup.procs"), "0")
+            .map_err(|e| format!("cannot move into {}: {e}", manager.display()))?;
         dir
     } else if dir.file_name().is_some_and(|n| n == MANAGER)
         && let Some(parent) = dir.parent().filter(|p| delegated(p))

@@ -40,16 +40,23 @@
 //!    says "last reload failed";
 //! 4. gunicorn (Debian's python3-gunicorn) deployed by a reload, then reloaded 10 × under
 //!    load with 0 failures;
-//! 5. `systemctl stop myapp` lets an in-flight request finish;
-//! 6. the journal has handover's GENERATION, PID and SLOT fields; each worker's output is
+//! 5. a generation per cgroup (`Delegate=`): `systemd-cgls` shows `manager` and `gen-N`
+//!    with the workers and what they detached; the old generation's cgroup is gone after
+//!    its drain, nothing of it left; nothing for systemd to kill after `systemctl stop`;
+//!    memory.current in status and cpu.weight 1 while starting, where the controllers are;
+//! 6. `systemctl stop myapp` lets an in-flight request finish;
+//! 7. the journal has handover's GENERATION, PID and SLOT fields; each worker's output is
 //!    its own journal stream: `journalctl _PID=<worker>` shows its lines, under the
 //!    identifier `myapp-genN` of its generation, with the `<4>` priority it wrote, its
-//!    JOURNAL_STREAM is that stream, and `journalctl -u myapp` shows them too;
-//! 7. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, and a broken
+//!    JOURNAL_STREAM is that stream, and `journalctl -u myapp` shows them too (the worker
+//!    is in the generation's cgroup below the service's);
+//! 8. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, and a broken
 //!    release that the job cannot report shows in `systemctl status`.
 
 #[path = "system/app.rs"]
 mod app;
+#[path = "system/cgroups.rs"]
+mod cgroups;
 mod common;
 #[path = "system/container.rs"]
 mod container;
@@ -129,6 +136,11 @@ fn system_test(distro: &str, systemd: u32) {
         &app,
         "manager SIGKILLed: systemd restarts it, nothing refused",
         manager_crash,
+    );
+    step(
+        &app,
+        "a generation per cgroup: systemd-cgls, drain, detached grandchildren, stop",
+        cgroups::generation_cgroups,
     );
     step(&app, "stop drains in-flight requests", stop_drains);
     step(&app, "journal fields", journal_fields);
@@ -523,6 +535,13 @@ fn worker_streams(app: &App) -> String {
         });
         assert_eq!(text(&said, "SYSLOG_IDENTIFIER"), identifier, "{said}");
         assert_eq!(text(&said, "_SYSTEMD_UNIT"), "myapp.service", "{said}");
+        // Filed under the unit from the generation's own cgroup below the service's.
+        let cgroup = text(&said, "_SYSTEMD_CGROUP");
+        assert!(
+            cgroup.starts_with("/system.slice/myapp.service/")
+                && cgroup.ends_with(&format!("/gen-{generation}")),
+            "{said}"
+        );
         assert_eq!(text(&said, "PRIORITY"), "6", "{said}");
         assert_eq!(text(&warned, "PRIORITY"), "4", "{warned}");
         assert_eq!(text(&said, "_STREAM_ID"), text(&warned, "_STREAM_ID"));
@@ -546,7 +565,7 @@ fn worker_streams(app: &App) -> String {
     app.deploy(Release::Demo);
     app.systemctl_ok(&["reload", "myapp"]);
     format!(
-        "workers {pids:?} of generation {generation}: found by _PID, as {identifier} under -u myapp, <4> read as PRIORITY=4, JOURNAL_STREAM = their stream"
+        "workers {pids:?} of generation {generation} (cgroup …/gen-{generation}): found by _PID, as {identifier} under -u myapp, <4> read as PRIORITY=4, JOURNAL_STREAM = their stream"
     )
 }
 
