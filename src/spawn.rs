@@ -370,11 +370,15 @@ unsafe fn redirect_output(output: &ChildOutput<'_>) {
     }
 }
 
-/// A connected journal stream with its header written, at an fd above 2 (CLOEXEC), or
-/// -1. Async-signal-safe calls only.
+/// A connected journal stream with its header written, at an fd above 2 (CLOEXEC,
+/// blocking again), or -1. Async-signal-safe calls only.
 unsafe fn journal_stream(addr: &libc::sockaddr_un, header: &[u8]) -> RawFd {
     unsafe {
-        let mut fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        // Non-blocking while it connects and writes the header: a journald that does not
+        // accept (its backlog full, hung) must not hold up the spawn, which the manager
+        // waits for; the worker then keeps the inherited stdout and stderr.
+        let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+        let mut fd = libc::socket(libc::AF_UNIX, kind, 0);
         // With fd 1 or 2 closed in the manager the socket could land there: move it up,
         // so that the dup2s and the close below leave the right fds.
         if (0..=2).contains(&fd) {
@@ -388,7 +392,8 @@ unsafe fn journal_stream(addr: &libc::sockaddr_un, header: &[u8]) -> RawFd {
         let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
         let ok = libc::connect(fd, (addr as *const libc::sockaddr_un).cast(), len) == 0
             && libc::shutdown(fd, libc::SHUT_RD) == 0
-            && write_all(fd, header);
+            && write_all(fd, header)
+            && libc::fcntl(fd, libc::F_SETFL, 0) == 0;
         if !ok {
             libc::close(fd);
             return -1;
