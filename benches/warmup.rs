@@ -5,21 +5,22 @@
 //!    Python app importing its framework), 2 workers on the machine's cores, under
 //!    keep-alive load from [`CLIENTS`] closed-loop clients on `/` (the load generator of
 //!    benches/peers: wrk's shape, but it keeps every request, so latencies can be cut to
-//!    the reload windows). [`RELOADS`] reloads each, for:
+//!    the reload windows), for:
 //!    - `handover --warmup low`: `handover run -w 2 -- gunicorn --workers 1 …`, reloaded
 //!      by `handover reload` (new workers start at a low CPU priority until ready);
 //!    - `handover --warmup normal`: the same at normal priority;
 //!    - `gunicorn HUP`: `gunicorn --workers 2` (no `--preload`: each new worker imports
 //!      after the fork), reloaded by `kill -HUP`.
 //!
-//!    A reload window runs from the trigger to the end of the reload (`handover reload`
+//!    Each scenario's load runs [`LENGTH`]; [`RELOADS`] reloads [`GAP`] apart start after
+//!    [`STEADY`] while it runs. A reload window runs from the trigger to the end of the reload (`handover reload`
 //!    returned and the old workers are gone; for gunicorn, both new workers imported the
 //!    app) plus [`SETTLE`]; requests started outside every window are "steady". Printed:
 //!    p99 steady and in the windows, their ratio (goal with the option on: ≤ 1.5), req/s
 //!    in both, the reloads' duration, failed requests.
 //! 2. **log_prefix.** A worker writes [`LOG_MB`] MB of 100-byte lines; the manager's own
-//!    CPU time (schedstat of its threads, not its children) with `--log-prefix` against
-//!    without: the difference per MB is what copying and prefixing costs. Without the
+//!    CPU time (schedstat of its threads, not its children; `--ready notify`, so no
+//!    readiness probing runs meanwhile) with `--log-prefix` against without: the difference per MB is what copying and prefixing costs. Without the
 //!    option the worker writes to the inherited stdout itself and the manager does nothing.
 //!
 //! Everything runs on 127.0.0.1 in temp dirs; every process started here is killed on
@@ -50,7 +51,9 @@ const GAP: Duration = Duration::from_secs(3);
 /// Added to each reload's end: its last requests and the old workers' exit.
 const SETTLE: Duration = Duration::from_millis(300);
 /// A reload that takes longer is reported as failed.
-const RELOAD_LIMIT: Duration = Duration::from_secs(20);
+const RELOAD_LIMIT: Duration = Duration::from_secs(40);
+/// Each scenario's load: reloads happen while it runs (a window is cut at its end).
+const LENGTH: Duration = Duration::from_secs(50);
 const LOG_MB: usize = 50;
 
 fn main() {
@@ -67,6 +70,10 @@ fn main() {
             gunicorn.display()
         );
         std::process::exit(1);
+    }
+    if argv.iter().any(|a| a == "--log-only") {
+        println!("{}", log_prefix_cost());
+        return;
     }
     let has_warmup = help_mentions("--warmup");
     println!(
@@ -168,12 +175,16 @@ fn run_scenario(s: &Setup<'_>, kind: &Kind) -> Result<Outcomes, String> {
     let pid = server.0.id() as i32;
     let serving = || (imported(&markers).len() >= 2 && get_ok(addr)).then_some(());
     wait(RELOAD_LIMIT, serving).ok_or("the first workers never served")?;
-    let length = STEADY + (RELOAD_LIMIT / 2 + GAP) * RELOADS as u32;
+    let length = LENGTH;
     let load = load::Load::start(addr, CLIENTS, 0, None, length);
-    let at = |t: Instant| t.duration_since(load.t0).as_micros() as u64;
+    let end_us = length.as_micros() as u64;
+    let at = |t: Instant| (t.duration_since(load.t0).as_micros() as u64).min(end_us);
     let (mut windows, mut durations) = (Vec::new(), Vec::new());
     std::thread::sleep(STEADY);
     for _ in 0..RELOADS {
+        if Instant::now() + Duration::from_secs(5) > load.t0 + length {
+            break;
+        }
         let old = workers(pid);
         let seen = imported(&markers).len();
         let t = Instant::now();
@@ -204,9 +215,6 @@ fn run_scenario(s: &Setup<'_>, kind: &Kind) -> Result<Outcomes, String> {
         let done = Instant::now();
         durations.push(done - t);
         windows.push((at(t), at(done + SETTLE)));
-        if Instant::now() + GAP > load.t0 + length {
-            break;
-        }
         std::thread::sleep(GAP);
     }
     let records = load.join();
@@ -283,8 +291,8 @@ fn figures(o: &Outcomes) -> Figures {
 
 fn table(rows: &[(&str, Outcomes)]) -> String {
     let mut t = String::from(
-        "| scenario | p99 steady | p99 in reload windows | ratio | req/s steady | req/s in windows | change | reload duration median (max) | failed |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| scenario | p99 steady | p99 in reload windows | ratio | req/s steady | req/s in windows | change | reloads | reload duration median (max) | failed |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for (name, o) in rows {
         let f = figures(o);
@@ -292,13 +300,14 @@ fn table(rows: &[(&str, Outcomes)]) -> String {
         d.sort();
         let ms = |d: Option<&Duration>| d.map_or(0, |d| d.as_millis());
         t += &format!(
-            "| {name} | {:.2} ms | {:.2} ms | {:.2}× | {:.0} | {:.0} | {:+.0} % | {} ms ({} ms) | {} |\n",
+            "| {name} | {:.2} ms | {:.2} ms | {:.2}× | {:.0} | {:.0} | {:+.0} % | {} | {} ms ({} ms) | {} |\n",
             f.p99_steady,
             f.p99_windows,
             f.p99_windows / f.p99_steady,
             f.rate_steady,
             f.rate_windows,
             (f.rate_windows / f.rate_steady - 1.0) * 100.0,
+            d.len(),
             ms(d.get(d.len() / 2)),
             ms(d.last()),
             f.failed
@@ -354,7 +363,17 @@ fn log_prefix_cost() -> String {
 fn manager_cpu(script: &Path, prefix: bool) -> Result<Duration, String> {
     let addr = free_addr();
     let mut c = Command::new(HANDOVER);
-    c.args(["run", "-w", "1", "--listen", &addr.to_string()]);
+    // `--ready notify` (the demo worker sends READY=1): no readiness probing while the
+    // worker writes, whose cost would grow with how long the writing takes.
+    c.args([
+        "run",
+        "-w",
+        "1",
+        "--ready",
+        "notify",
+        "--listen",
+        &addr.to_string(),
+    ]);
     if prefix {
         c.arg("--log-prefix");
     }
