@@ -1,8 +1,8 @@
 //! The client side of the control socket: `handover reload | status | scale | stop`.
 //!
 //! Plain blocking I/O: one request line out, reply lines in until the manager closes the
-//! connection or the client's own deadline passes. On a terminal, reload progress
-//! rewrites one line; otherwise each progress line is printed as it comes.
+//! connection or the client's own deadline passes. Reload progress is shown as suits
+//! where stderr goes (see `progress`).
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
@@ -14,6 +14,9 @@ use crate::cli::{ControlArgs, ReloadArgs, ScaleArgs, StatusArgs, UpgradeArgs};
 use crate::control::{self, Reply, Request, StatusReport};
 
 mod managers;
+mod progress;
+
+use progress::Progress;
 
 fn connect(args: &ControlArgs) -> anyhow::Result<UnixStream> {
     let Some(path) = control::socket_path(args.control.as_deref()) else {
@@ -119,19 +122,15 @@ pub fn reload(args: &ReloadArgs) -> anyhow::Result<i32> {
     let request = Request::Reload {
         wait: !args.no_wait,
     };
-    let tty = std::io::stderr().is_terminal();
+    let stderr = std::io::stderr();
+    let mut progress = Progress::new(stderr.lock(), stderr.is_terminal());
     let reply = call(&args.control, &request, args.timeout, |r| {
-        if let Reply::Progress { message, .. } = r {
-            if tty {
-                eprint!("\r\x1b[K{message}");
-            } else {
-                eprintln!("{message}");
-            }
+        if let Reply::Progress { message, phase, .. } = r {
+            progress.line(&clean(message), phase.as_deref());
         }
     });
-    if tty {
-        eprint!("\r\x1b[K");
-    }
+    progress.finish();
+    drop(progress);
     finish(reply?, "reload")
 }
 

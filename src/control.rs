@@ -56,6 +56,11 @@ pub enum Reply {
     Progress {
         v: u32,
         message: String,
+        /// Which part of the reload the line belongs to ("loading", "starting",
+        /// "probation"), so a client off a terminal prints one line per part. Absent from
+        /// managers older than this field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase: Option<String>,
     },
     /// The end of a request: success with a message, or an error.
     Done {
@@ -84,10 +89,11 @@ impl Reply {
             message: message.into(),
         }
     }
-    pub fn progress(message: impl Into<String>) -> Reply {
+    pub fn progress(message: impl Into<String>, phase: Option<&str>) -> Reply {
         Reply::Progress {
             v: VERSION,
             message: message.into(),
+            phase: phase.map(String::from),
         }
     }
 }

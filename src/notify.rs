@@ -15,6 +15,9 @@ use std::os::fd::AsRawFd;
 use nix::sys::socket::{MsgFlags, UnixAddr};
 use std::os::unix::net::UnixDatagram;
 
+/// set_write_timeout refuses zero: the shortest wait a retry uses.
+const MIN_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
 pub use workers::{WorkerMessage, WorkerNotifySocket, parse_message};
 
 /// One state change reported to systemd.
@@ -77,9 +80,19 @@ impl Systemd {
         let mut r = socket.send_to_addr(message.as_bytes(), addr);
         if important && matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
             // The queue is full: systemd is busy. Worth a short wait for a state change.
+            // A signal (a worker exiting: SIGCHLD) interrupts the wait; it goes on until
+            // the second is up.
             let _ = socket.set_nonblocking(false);
-            let _ = socket.set_write_timeout(Some(std::time::Duration::from_secs(1)));
-            r = socket.send_to_addr(message.as_bytes(), addr);
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            loop {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                let _ = socket.set_write_timeout(Some(left.max(MIN_WAIT)));
+                r = socket.send_to_addr(message.as_bytes(), addr);
+                let interrupted = matches!(&r, Err(e) if e.kind() == io::ErrorKind::Interrupted);
+                if !interrupted || left.is_zero() {
+                    break;
+                }
+            }
             let _ = socket.set_nonblocking(true);
         }
         match r {

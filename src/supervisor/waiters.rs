@@ -28,10 +28,11 @@ impl Waiters {
         self.by_generation.entry(g).or_default().extend(next);
     }
 
-    /// Sends a status line to every waiting client (a gone client is dropped later).
-    pub fn progress(&self, status: &str) {
+    /// Sends a status line, and the part of the reload it belongs to, to every waiting
+    /// client (a gone client is dropped later).
+    pub fn progress(&self, status: &str, phase: Option<&str>) {
         for c in self.by_generation.values().flatten().chain(&self.next) {
-            let _ = c.send(Reply::progress(status));
+            let _ = c.send(Reply::progress(status, phase));
         }
     }
 

@@ -49,6 +49,17 @@ impl Machine {
         }
     }
 
+    /// The part of a reload in progress, as `handover reload` shows it: "loading" (its
+    /// configuration), "starting" (new workers not all ready), "probation".
+    pub fn reload_phase(&self) -> Option<&'static str> {
+        match &self.phase {
+            Phase::Loading { .. } => Some("loading"),
+            Phase::Rolling(r) if r.probation_until.is_some() => Some("probation"),
+            Phase::Rolling(_) => Some("starting"),
+            _ => None,
+        }
+    }
+
     pub fn is_stopping(&self) -> bool {
         matches!(self.phase, Phase::Stopping { .. })
     }

@@ -137,6 +137,8 @@ struct Task<'a> {
     statuses: intake::Statuses,
     /// An in-place upgrade under way (its check runs; see upgrade.rs).
     upgrading: Option<upgrade::Upgrading>,
+    /// The part of a reload in progress after the last step, for progress lines.
+    reload_phase: Option<&'static str>,
 }
 
 /// Runs the supervisor until it decides to exit; returns the exit code.
@@ -201,6 +203,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         control: control_dup,
         upgrades: 0,
         statuses: intake::Statuses::default(),
+        reload_phase: None,
         upgrading: None,
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
@@ -244,6 +247,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             for note in machine.take_notes() {
                 note.log();
             }
+            task.reload_phase = machine.reload_phase();
             for action in actions {
                 if let Action::Exit(_) = action {
                     // Nothing of any generation may outlive the manager: what re-parented
@@ -345,7 +349,7 @@ impl Task<'_> {
             Action::Notify(states) => {
                 for s in &states {
                     if let SdState::Status(status) = s {
-                        self.waiters.progress(status);
+                        self.waiters.progress(status, self.reload_phase);
                     }
                 }
                 self.systemd.send(&states);
