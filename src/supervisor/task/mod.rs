@@ -259,6 +259,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                     }
                 }
                 if let Some(code) = task.execute(action, &mut answers) {
+                    task.systemd.settle();
                     task.waiters.fail_all("the manager stopped");
                     if let Some(reason) = task.start_failure.take() {
                         anyhow::bail!("the first generation failed: {reason}");
@@ -304,6 +305,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 }
             }
             _ = tick(&mut watchdog) => task.systemd.send(&[SdState::Watchdog]),
+            _ = tokio::time::sleep(notify::FLUSH_EVERY), if task.systemd.has_pending() => task.systemd.flush(),
             _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
             _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &listeners, &mut queue),
             _ = signals.usr2.recv() => task.start_upgrade(&machine, ctx.sockets, &notify_socket, None),
