@@ -76,6 +76,11 @@ pub struct Handoff {
     /// or `scale`): the new image acts on them first, in order. (Absent in version 2.)
     #[serde(default)]
     pub pending: Vec<Carried>,
+    /// The workers' soft RLIMIT_NOFILE (fdlimit.rs): the first image's original soft
+    /// limit, which the new image, started already raised, cannot see. (Absent before
+    /// it was added: the new image then gives workers its own.)
+    #[serde(default)]
+    pub worker_nofile: Option<u64>,
 }
 
 /// A request the old image took in during an upgrade and the new image carries out.
@@ -419,6 +424,7 @@ mod tests {
             last_reload: None,
             upgrades: 1,
             pending: vec![Carried::Reload, Carried::Scale(-1), Carried::ScaleTo(3)],
+            worker_nofile: Some(1024),
         };
         let json = encode(&h).expect("encode");
         assert_eq!(decode(&json).expect("v3").pending, h.pending);
