@@ -5,7 +5,8 @@
 //! Asserted, with the manager started under `prlimit --nofile=1024:HARD`: the manager
 //! raised its soft limit to the hard one, its workers got 1024 back (their
 //! `/proc/PID/limits`), 1,100 idle control connections held open leave a reload
-//! succeeding, and the log holds at most a couple of lines about it. With soft = hard =
+//! succeeding, and the log holds at most a couple of lines about it; workers started
+//! after an in-place upgrade still get 1024. With soft = hard =
 //! 1024 (nothing to raise), the cap on control clients and the reserve still let the
 //! reload spawn its workers.
 
@@ -151,11 +152,27 @@ fn idle_control_clients_under_systemds_soft_limit_leave_the_reload_working() {
         Some((hard.clone(), hard.clone())),
         "the manager raised its soft limit to the hard one"
     );
-    for pid in new {
+    for pid in &new {
+        assert_eq!(
+            nofile(*pid),
+            Some(("1024".to_owned(), hard.clone())),
+            "worker {pid} got the soft limit it would have had under systemd"
+        );
+    }
+    // An in-place upgrade starts the new image already raised: the workers' limit comes
+    // with the handoff.
+    let upgrade = m.ctl(&["upgrade"]);
+    assert!(upgrade.status.success(), "{upgrade:?}");
+    assert!(m.ctl(&["reload"]).status.success());
+    let after = wait_for(10 * SEC, "the generation after the upgrade", || {
+        let c = m.children();
+        (c.len() == 2 && c.iter().all(|p| !new.contains(p))).then_some(c)
+    });
+    for pid in after {
         assert_eq!(
             nofile(pid),
             Some(("1024".to_owned(), hard.clone())),
-            "worker {pid} got the soft limit it would have had under systemd"
+            "worker {pid}, started after the upgrade"
         );
     }
 }
