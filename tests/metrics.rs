@@ -5,7 +5,9 @@
 //! counters must have moved (and survived the upgrade). Without the parser the test
 //! fails under CI=true and says so loudly otherwise.
 //!
-//! Bad input: a metrics file that cannot be written refuses the start in one line.
+//! A file that cannot be written at runtime is logged once per episode and never stops
+//! serving. Bad input: a metrics file that cannot be written refuses the start in one
+//! line.
 
 mod common;
 
@@ -219,12 +221,32 @@ fn metrics_parse_and_move_with_reloads_rollbacks_and_an_upgrade() {
             && p.get(OK).is_some_and(|v| v.1 == 1.0)
     });
     // The file's directory holds the file alone: no temp file left behind.
-    let names: Vec<_> = std::fs::read_dir(file.parent().expect("dir"))
+    let textfile = file.parent().expect("dir");
+    let names: Vec<_> = std::fs::read_dir(textfile)
         .expect("list")
         .flatten()
         .map(|e| e.file_name())
         .collect();
     assert_eq!(names, ["app.prom"]);
+
+    // The directory goes away: reloads go on, the failure is logged once; it comes back:
+    // the file is written again, and that is logged once too.
+    std::fs::remove_dir_all(textfile).expect("remove the textfile dir");
+    // One reload is many changes: several writes fail in this episode.
+    assert!(ok(&m.ctl(&["reload"])), "serving goes on without the file");
+    std::fs::create_dir(textfile).expect("the dir back");
+    assert!(ok(&m.ctl(&["reload"])));
+    file_once(&file, &python, "the file written again", |p| {
+        p.get(OK).is_some_and(|v| v.1 == 3.0)
+    });
+    let log = m.log();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("WARN metrics file"),
+        1,
+        "one warning per episode:\n{log}"
+    );
+    assert_eq!(count("written again"), 1, "{log}");
 }
 
 #[test]
