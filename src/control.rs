@@ -255,8 +255,9 @@ impl ControlServer {
                 }
                 Err(e) if crate::fdlimit::exhausted(&e) => {
                     if out_of_fds.failed(std::time::Instant::now()) {
+                        let limit = crate::fdlimit::current_soft();
                         tracing::warn!(
-                            "control socket: out of file descriptors ({e}, soft limit {soft}): answering clients \"busy\" until some close"
+                            "control socket: out of file descriptors ({e}, soft limit {limit}): answering clients \"busy\" until some close"
                         );
                     }
                     if !reserve.spend(&self.listener, cap).await {

@@ -75,6 +75,12 @@ pub fn raise(worker_soft: Option<u64>) -> Limits {
     limits
 }
 
+/// The soft RLIMIT_NOFILE in force now (it may have been changed from outside, e.g. with
+/// `prlimit --pid`), for messages.
+pub fn current_soft() -> u64 {
+    get().map_or(0, |r| r.rlim_cur)
+}
+
 /// The limits `raise` set, if it ran (it does in `handover run`).
 pub fn limits() -> Option<Limits> {
     LIMITS.get().copied()

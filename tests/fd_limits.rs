@@ -8,7 +8,9 @@
 //! succeeding, and the log holds at most a couple of lines about it; workers started
 //! after an in-place upgrade still get 1024. With soft = hard =
 //! 1024 (nothing to raise), the cap on control clients and the reserve still let the
-//! reload spawn its workers.
+//! reload spawn its workers. A manager really out of fds (its limit lowered from outside
+//! with `prlimit --pid`) answers the waiting clients "busy" with its spare fd, and logs
+//! the episode once when it starts and once, with a count, when it ends.
 
 mod common;
 
@@ -45,7 +47,8 @@ fn nofile(pid: i32) -> Option<(String, String)> {
 }
 
 /// Opens `n` connections to `path` and keeps them, each silent (never a request).
-/// Non-blocking connects, so a full backlog is waited out against a deadline.
+/// Non-blocking connects, so a full backlog is waited out against a deadline; the
+/// connections returned block.
 fn idle_clients(path: &std::path::Path, n: usize) -> Vec<UnixStream> {
     let addr = socket2::SockAddr::unix(path).expect("unix address");
     let mut out = Vec::with_capacity(n);
@@ -68,6 +71,7 @@ fn idle_clients(path: &std::path::Path, n: usize) -> Vec<UnixStream> {
                 Err(e) => panic!("connect {}: {e}", path.display()),
             }
         }
+        s.set_nonblocking(false).expect("blocking again");
         out.push(s.into());
     }
     out
@@ -187,4 +191,60 @@ fn with_nothing_to_raise_the_client_cap_and_reserve_still_let_a_reload_spawn() {
     for pid in new {
         assert_eq!(nofile(pid), limit, "worker {pid}");
     }
+}
+
+/// Open fds of `pid`.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn a_manager_out_of_fds_answers_busy_and_logs_the_episode_once_at_each_end() {
+    use std::io::Read;
+    raise_own_limit();
+    let m = Manager::start(
+        &["--workers", "1"],
+        &[HANDOVER, "demo-worker", "--drain-idle", "1s"],
+    );
+    m.wait_ready(1);
+    // Room for 3 clients beyond what it holds now (the cap, 256, is far above).
+    let limit = open_fds(m.pid()) + 3;
+    let set = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", m.pid()))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("prlimit");
+    assert!(set.success());
+    let mut clients = idle_clients(&m.control_path(), 40);
+    // Those over the limit are taken with the spare fd and told "busy" at once.
+    let mut busy = 0;
+    let mut other = Vec::new();
+    for c in &mut clients {
+        c.set_read_timeout(Some(SEC / 2)).expect("timeout");
+        let mut line = String::new();
+        match c.read_to_string(&mut line) {
+            Ok(_) if line.contains("\"type\":\"busy\"") => busy += 1,
+            r => other.push(format!("{r:?} {line:?}")),
+        }
+    }
+    eprintln!("{busy} told busy; the others: {other:#?}");
+    assert!(busy >= 30, "{busy} of 40 clients were told busy");
+    let warned = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("out of file descriptors"))
+            .count()
+    };
+    assert_eq!(warned(&m.log()), 1, "once per episode:\n{}", m.log());
+    // The held clients are dropped at their read deadline; then the manager has fds
+    // again: a client is served, and the end of the episode is logged with its count.
+    drop(clients);
+    let status = m.ctl(&["status", "--json"]);
+    assert!(status.status.success(), "{status:?}");
+    let log = wait_for(10 * SEC, "the end of the episode logged", || {
+        let log = m.log();
+        log.contains("file descriptors available again")
+            .then_some(log)
+    });
+    assert_eq!(warned(&log), 1, "{log}");
+    eprintln!("{}", fd_warnings(&log).join("\n"));
 }
