@@ -38,6 +38,8 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Stop a running manager gracefully.
     Stop(ControlArgs),
+    /// Print a running manager's metrics in the Prometheus text exposition format.
+    Metrics(ControlArgs),
     /// Re-execute a running manager from the (new) handover binary in place: same pid,
     /// sockets and workers kept. Fails, leaving the old one running, if the new binary
     /// cannot start or cannot take the state.
@@ -156,6 +158,12 @@ pub struct RunArgs {
     /// upgrade, removed at exit); a file naming a running handover refuses the start.
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
+
+    /// Write the metrics (as `handover metrics` prints them) to this file at every change,
+    /// atomically, for node_exporter's textfile collector (e.g.
+    /// /var/lib/node_exporter/textfile/myapp.prom). Read at start only.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 
     /// The worker command and its arguments (after `--`), unless the config file has it.
     #[arg(last = true, value_name = "CMD")]

@@ -34,14 +34,25 @@ fn connect(args: &ControlArgs) -> anyhow::Result<UnixStream> {
 }
 
 /// Sends `request` and hands each reply to `on_reply` until the final one, which is
-/// returned. Fails if the deadline passes first.
+/// returned. Fails if the deadline passes first. A manager with too many clients at
+/// once answers "busy": asked again, with a growing pause, until the deadline.
 fn call(
     args: &ControlArgs,
     request: &Request,
     timeout: Duration,
-    on_reply: impl FnMut(&Reply),
+    mut on_reply: impl FnMut(&Reply),
 ) -> anyhow::Result<Reply> {
-    call_on(connect(args)?, request, timeout, on_reply)
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reply = call_on(connect(args)?, request, left, &mut on_reply)?;
+        if !matches!(reply, Reply::Busy { .. }) || Instant::now() + pause >= deadline {
+            return Ok(reply);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
 }
 
 /// `call` on a connection made already.
@@ -111,6 +122,7 @@ fn finish(reply: Reply, what: &str) -> anyhow::Result<i32> {
         Reply::Done {
             ok: false, message, ..
         } => bail!("{what} failed: {}", clean(&message)),
+        Reply::Busy { message, .. } => bail!("{what} failed: the manager is {}", clean(&message)),
         other => bail!(
             "unexpected answer from the manager: {}",
             clean(&format!("{other:?}"))
@@ -144,6 +156,18 @@ pub fn scale(args: &ScaleArgs) -> anyhow::Result<i32> {
         |_| {},
     )?;
     finish(reply, "scale")
+}
+
+/// `handover metrics`: the exposition text, as the manager renders it.
+pub fn metrics(args: &ControlArgs) -> anyhow::Result<i32> {
+    match call(args, &Request::Metrics, STATUS_DEADLINE, |_| {})? {
+        Reply::Metrics { text, .. } => {
+            // Not print!: it panics when stdout is closed early (`| head`).
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            Ok(0)
+        }
+        other => finish(other, "metrics"),
+    }
 }
 
 pub fn stop(args: &ControlArgs) -> anyhow::Result<i32> {

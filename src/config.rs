@@ -27,6 +27,8 @@ pub struct RunConfig {
     pub release: Release,
     /// Where the manager writes its pid (read at start; a reload does not move it).
     pub pid_file: Option<std::path::PathBuf>,
+    /// Where the manager writes its metrics at every change (read at start only).
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,7 @@ impl RunConfig {
                 ..Settings::default()
             },
             pid_file: args.pid_file.clone().or(file.pid_file.clone()),
+            metrics_file: args.metrics_file.clone().or(file.metrics_file.clone()),
             release: Release::pin(
                 &program,
                 rest,
@@ -161,6 +164,9 @@ impl std::fmt::Display for RunConfig {
         }
         if let Some(d) = s.probation {
             writeln!(f, "probation = \"{}\"", show_duration(d))?;
+        }
+        if let Some(p) = &self.metrics_file {
+            writeln!(f, "metrics_file = {}", q(p.as_os_str()))?;
         }
         if let Some(d) = &self.release.chdir {
             writeln!(f, "chdir = {}", q(d.as_os_str()))?;

@@ -16,6 +16,7 @@
 //! chdir = "/srv/app/current"
 //! env_file = "/etc/myapp/env"              # relative: against this file's directory
 //! pid_file = "/run/myapp/handover.pid"     # read at start only
+//! metrics_file = "/var/lib/node_exporter/textfile/myapp.prom"  # read at start only
 //! [env]
 //! RUST_LOG = "info"
 //! ```
@@ -76,6 +77,8 @@ pub struct FileConfig {
     pub env_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "pid_file")]
     pub pid_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "metrics_file")]
+    pub metrics_file: Option<PathBuf>,
     /// The `[env]` table, in file order.
     #[serde(default, deserialize_with = "env_table")]
     pub env: Vec<(String, String)>,
@@ -336,6 +339,7 @@ field!(watchdog: Duration, |v| parsed(v, parse_duration));
 field!(chdir: PathBuf, |v| string(v).map(PathBuf::from));
 field!(probation: Duration, |v| parsed(v, parse_duration));
 field!(pid_file: PathBuf, |v| string(v).map(PathBuf::from));
+field!(metrics_file: PathBuf, |v| string(v).map(PathBuf::from));
 field!(env_file: PathBuf, |v| string(v).map(PathBuf::from));
 
 /// The `[env]` table. The toml deserializer hands keys over sorted, so each key is taken
@@ -432,6 +436,7 @@ A_FIRST = "x=y"
             chdir: Some("/srv/app/current".into()),
             env_file: Some("/etc/myapp/env".into()),
             pid_file: None,
+            metrics_file: None,
             probation: None,
             env: vec![
                 ("RUST_LOG".into(), "info".into()),
@@ -479,7 +484,7 @@ A_FIRST = "x=y"
         let want = ":1: ready_timeout: `fast` is not a duration: use e.g. 500ms, 30s, 2m";
         assert_eq!(err("ready_timeout = \"fast\""), format!("{PATH}{want}"));
         assert!(err("worker = 2").ends_with(
-            ", batch, max_lifetime, max_memory, watchdog, probation, chdir, env_file, pid_file, env"
+            ", batch, max_lifetime, max_memory, watchdog, probation, chdir, env_file, pid_file, metrics_file, env"
         ));
     }
 

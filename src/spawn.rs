@@ -119,6 +119,7 @@ pub fn spawn(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Result<i3
 
     let (read_end, write_end) = pipe_cloexec().map_err(|e| fail(1, e))?;
     let parent = std::process::id() as libc::pid_t;
+    let nofile = crate::fdlimit::worker_rlimit();
 
     // SAFETY: the child runs only async-signal-safe libc calls on memory prepared above
     // (see `child`), then execs or _exits; it never returns into Rust code.
@@ -139,6 +140,7 @@ pub fn spawn(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Result<i3
                 scratch: &mut scratch,
                 report: write_end.as_raw_fd(),
                 parent,
+                nofile,
             })
         }
     }
@@ -192,6 +194,8 @@ struct ChildPlan<'a> {
     scratch: &'a mut [RawFd],
     report: RawFd,
     parent: libc::pid_t,
+    /// The worker's RLIMIT_NOFILE (the manager raised its own: fdlimit.rs).
+    nofile: Option<libc::rlimit>,
 }
 
 /// Runs in the forked child. Async-signal-safe calls only.
@@ -242,6 +246,13 @@ unsafe fn child(p: ChildPlan<'_>) -> ! {
         }
         if !p.chdir.is_null() && libc::chdir(p.chdir) != 0 {
             die(4);
+        }
+        // The fd limit the worker would have had (fdlimit.rs); last, because the moves
+        // above may need fd numbers above it.
+        if let Some(limit) = &p.nofile
+            && libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0
+        {
+            die(3);
         }
         write_pid(p.listen_pid.add(b"LISTEN_PID=".len()), libc::getpid());
         libc::execve(p.program, p.argv, p.envp);

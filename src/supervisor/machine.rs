@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use tokio::time::Instant;
 
+mod counters;
 mod queries;
 mod ready;
 mod recycle;
@@ -23,6 +24,7 @@ mod snapshot;
 mod status;
 mod trees;
 mod workers;
+pub use counters::{Counters, ReloadEnd};
 pub use snapshot::Snapshot;
 
 use super::generation::Generation;
@@ -87,6 +89,7 @@ pub struct Machine {
     last_failure: Option<String>,
     last_status: String,
     notes: Vec<Note>,
+    counters: Counters,
 }
 
 impl Machine {
@@ -102,6 +105,7 @@ impl Machine {
             last_failure: None,
             last_status: String::new(),
             notes: Vec::new(),
+            counters: Counters::default(),
         }
     }
 
@@ -407,10 +411,14 @@ impl Machine {
             None => Outcome::Started {
                 generation: r.candidate,
             },
-            Some(_) => Outcome::Reloaded {
-                generation: r.candidate,
-                took: now.saturating_duration_since(r.started),
-            },
+            Some(_) => {
+                let took = now.saturating_duration_since(r.started);
+                self.counters.reload_ended(ReloadEnd::Ok, took);
+                Outcome::Reloaded {
+                    generation: r.candidate,
+                    took,
+                }
+            }
         }));
         self.reconcile(now, out);
         if r.follow_up {
@@ -435,11 +443,23 @@ impl Machine {
         }
         self.last_failure = Some(format!("gen {}: {reason}", r.candidate));
         self.phase = Phase::Running;
+        let took = now.saturating_duration_since(r.started);
+        // No generation was created when its configuration did not load.
+        let started = self.generations.contains_key(&r.candidate);
+        let end = if started {
+            ReloadEnd::RolledBack
+        } else {
+            ReloadEnd::Failed
+        };
+        self.counters.reload_ended(end, took);
+        if r.probation_until.is_some() {
+            self.counters.probation_rollbacks += 1;
+        }
         out.push(Action::Notify(vec![SdState::Ready]));
         out.push(Action::Outcome(Outcome::RolledBack {
             generation: r.candidate,
             reason,
-            took: now.saturating_duration_since(r.started),
+            took,
         }));
         // Old workers retired for a batch that has now failed are replaced.
         self.reconcile(now, out);

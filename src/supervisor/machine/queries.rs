@@ -64,6 +64,11 @@ impl Machine {
         matches!(self.phase, Phase::Stopping { .. })
     }
 
+    /// What the machine counted so far (the metrics).
+    pub fn counters(&self) -> &super::Counters {
+        &self.counters
+    }
+
     /// What happened since the last call, for the log.
     pub fn take_notes(&mut self) -> Vec<Note> {
         std::mem::take(&mut self.notes)

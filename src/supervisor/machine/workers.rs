@@ -335,6 +335,7 @@ impl Machine {
             generation.pending.drain(..).partition(|p| p.at <= now);
         generation.pending = waiting;
         for p in due {
+            self.counters.worker_restarts += 1;
             out.extend(self.spawn(g, p.slot, p.restarts, now));
         }
     }
@@ -352,10 +353,13 @@ impl Machine {
         if let Some((candidate, started)) = interrupted
             && self.current.is_some()
         {
+            let took = now.saturating_duration_since(started);
+            self.counters
+                .reload_ended(super::ReloadEnd::Interrupted, took);
             out.push(Action::Outcome(Outcome::RolledBack {
                 generation: candidate,
                 reason: "the manager is stopping".to_owned(),
-                took: now.saturating_duration_since(started),
+                took,
             }));
         }
         if !self.is_stopping() {

@@ -14,6 +14,7 @@
 //! pending, the task sleeps until a signal, a datagram or a client arrives.
 
 mod intake;
+mod metrics;
 mod readiness;
 mod reap;
 mod requests;
@@ -139,6 +140,10 @@ struct Task<'a> {
     upgrading: Option<upgrade::Upgrading>,
     /// The part of a reload in progress after the last step, for progress lines.
     reload_phase: Option<&'static str>,
+    /// `metrics_file`, and what it shows (metrics.rs).
+    metrics: Option<metrics::Published>,
+    /// When the manager process started, for the metrics.
+    start_time: Option<f64>,
 }
 
 /// Runs the supervisor until it decides to exit; returns the exit code.
@@ -158,6 +163,27 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let notify_socket = ctx.notify_socket;
     // SAFETY: the AsyncFd owns this duplicate OwnedFd, which stays open until it drops.
     let notify_fd = unsafe { AsyncFd::register(notify_socket.as_fd().try_clone_to_owned()?)? };
+    // The metrics file is written once before anything starts: a path that cannot be
+    // written refuses a fresh start here; after an upgrade it is only logged.
+    let metrics_path = match &ctx.initial {
+        Some(c) => c.metrics_file.clone(),
+        None => (ctx.args.metrics_file.clone())
+            .or_else(|| RunConfig::load(&ctx.args).ok()?.metrics_file),
+    };
+    let start_time = crate::metrics::process_start_time();
+    let mut published = metrics_path.map(|p| metrics::Published {
+        file: crate::metrics_file::MetricsFile::new(&p),
+        shown: None,
+    });
+    if let Some(p) = &mut published {
+        let text = crate::metrics::render(&metrics::view(&machine, 0, start_time, false));
+        if ctx.resume.is_none() {
+            p.file.write(&text)?;
+        } else {
+            p.file.update(&text);
+        }
+        tracing::info!("metrics file: {}", p.file.path().display());
+    }
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
     let mut resume = ctx.resume;
     let server = match resume.as_mut().map(|r| r.control.take()) {
@@ -205,6 +231,8 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         statuses: intake::Statuses::default(),
         reload_phase: None,
         upgrading: None,
+        metrics: published,
+        start_time,
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
@@ -212,6 +240,11 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let mut memory: Option<tokio::time::Interval> = None;
     // While workers wait to be seen serving, their trees are probed; otherwise nothing.
     let mut probes: Option<tokio::time::Interval> = None;
+    // With a metrics file, its memory figures are refreshed now and then.
+    let mut metrics_refresh = task
+        .metrics
+        .as_ref()
+        .map(|_| tokio::time::interval(metrics::REFRESH));
     let socket_ids = crate::readiness::socket_ids(&task.env.fds)?;
     let listeners = crate::readiness::tcp_listeners(&task.env.fds);
     let mut buf = vec![0u8; 4096];
@@ -260,6 +293,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 }
                 if let Some(code) = task.execute(action, &mut answers) {
                     task.systemd.settle();
+                    task.publish_metrics(&machine, true);
                     task.waiters.fail_all("the manager stopped");
                     if let Some(reason) = task.start_failure.take() {
                         anyhow::bail!("the first generation failed: {reason}");
@@ -273,6 +307,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 queue.push_front(e);
             }
         }
+        task.publish_metrics(&machine, false);
         if machine.settings().max_memory.is_some() != memory.is_some() {
             memory = machine
                 .settings()
@@ -307,6 +342,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             _ = tick(&mut watchdog) => task.systemd.send(&[SdState::Watchdog]),
             _ = tokio::time::sleep(notify::FLUSH_EVERY), if task.systemd.has_pending() => task.systemd.flush(),
             _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
+            _ = tick(&mut metrics_refresh) => task.publish_metrics(&machine, true),
             _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &listeners, &mut queue),
             _ = signals.usr2.recv() => task.start_upgrade(&machine, ctx.sockets, &notify_socket, None),
             result = upgrade::checked(&mut task.upgrading) => {

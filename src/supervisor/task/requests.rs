@@ -8,7 +8,6 @@ use tokio::time::Instant;
 use super::Task;
 use crate::control::{self, Incoming, Reply, Request, StatusReport};
 use crate::sockets::HeldSocket;
-use crate::supervisor::machine::WorkerPhase;
 use crate::supervisor::{Event, Machine, Outcome};
 use crate::units;
 
@@ -26,6 +25,10 @@ impl Task<'_> {
             Request::Status => Reply::Status {
                 v: control::VERSION,
                 status: self.report(m, sockets),
+            },
+            Request::Metrics => Reply::Metrics {
+                v: control::VERSION,
+                text: self.metrics_text(m),
             },
             _ if m.is_stopping() => Reply::error("the manager is stopping"),
             Request::Reload { wait } => {
@@ -65,12 +68,7 @@ impl Task<'_> {
                 pid: w.pid,
                 generation,
                 slot: w.slot,
-                state: match w.phase {
-                    WorkerPhase::Spawning | WorkerPhase::Starting { .. } => "starting",
-                    WorkerPhase::Ready => "ready",
-                    WorkerPhase::Stopping { .. } => "draining",
-                }
-                .to_owned(),
+                state: super::metrics::state_name(&w.phase).to_owned(),
                 age_secs: now.saturating_duration_since(w.started).as_secs_f64(),
                 restarts: w.restarts,
                 status: self.statuses.get(w.pid),

@@ -259,6 +259,7 @@ impl Task<'_> {
             last_reload: self.last_reload_info(now),
             upgrades: self.upgrades + 1,
             pending,
+            worker_nofile: crate::fdlimit::limits().map(|l| l.worker_soft),
         })
     }
 }

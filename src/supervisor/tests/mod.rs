@@ -873,6 +873,7 @@ fn a_worker_dying_while_its_successor_starts_hands_it_the_slot() {
     assert_eq!(d.sup.next_deadline(), None);
 }
 
+mod counters;
 mod generations;
 mod readiness;
 mod trees;
