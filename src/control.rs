@@ -40,6 +40,13 @@ pub enum Request {
     Stop,
     /// Re-execute the handover binary in place (same pid, sockets and workers kept).
     Upgrade,
+    /// Drain and stop the workers, the sockets held, for at most `max_ms`; answered once
+    /// the last worker is gone.
+    Pause {
+        max_ms: u64,
+    },
+    /// Start the paused workers again.
+    Resume,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -323,6 +330,8 @@ mod tests {
             Request::Status,
             Request::Scale { workers: 3 },
             Request::Stop,
+            Request::Pause { max_ms: 30_000 },
+            Request::Resume,
         ] {
             assert_eq!(parse_request(&encode_request(&r)), Ok(r));
         }

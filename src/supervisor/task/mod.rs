@@ -268,6 +268,12 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 queue.push_front(e);
             }
         }
+        if !machine.is_paused() {
+            // A pause the machine did not take (a reload queued just before it).
+            let why = machine.pause_refusal().unwrap_or_default();
+            task.waiters
+                .resolve_paused(control::Reply::error(format!("not paused: {why}")));
+        }
         if machine.settings().max_memory.is_some() != memory.is_some() {
             memory = machine
                 .settings()
