@@ -114,7 +114,7 @@ fn a_release_dying_2s_after_ready_is_rolled_back_and_only_its_own_requests_fail(
     let on = |set: &dyn Fn(i32) -> bool| {
         failed
             .iter()
-            .filter(|s| s.conn_pid.is_some_and(|p| set(p)))
+            .filter(|s| s.conn_pid.is_some_and(set))
             .count()
     };
     let on_old = on(&|p| old.contains(&p));
