@@ -218,3 +218,19 @@ impl std::fmt::Display for RunConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+    use crate::units::DEFAULT_RELOAD_TIMEOUT;
+
+    #[test]
+    fn the_reload_clients_default_timeout_is_the_default_reload_timeout() {
+        let Command::Reload(args) = Cli::parse_from(["handover", "reload"]).command else {
+            panic!("not a reload");
+        };
+        assert_eq!(args.timeout, DEFAULT_RELOAD_TIMEOUT);
+    }
+}

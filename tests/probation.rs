@@ -189,3 +189,84 @@ fn a_canary_serves_its_probation_beside_every_old_worker() {
         (now.len() == 3 && now.iter().all(|p| !old.contains(p))).then_some(())
     });
 }
+
+/// `handover check` (and a reload) refuse what a reload cannot do: more canaries than
+/// workers, a canary of 0, a probation that cannot fit in the reload timeout; one line
+/// each, and a running manager keeps its workers.
+#[test]
+fn a_probation_or_canary_that_cannot_work_is_refused_in_one_line() {
+    let check = |args: &[&str]| {
+        let out = std::process::Command::new(HANDOVER)
+            .arg("check")
+            .args(args)
+            .args(["--", "/bin/true"])
+            .output()
+            .expect("run handover check");
+        assert!(!out.status.success(), "{args:?} accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = check(&["--workers", "2", "--canary", "3"]);
+    assert_eq!(
+        said.trim(),
+        "handover: error: canary = 3 is more than workers = 2: start at most 2 canary workers, or leave canary out"
+    );
+    let said = check(&["--probation", "90s"]);
+    assert_eq!(
+        said.trim(),
+        "handover: error: probation 90s does not fit in the reload timeout 80s (reload_timeout; \
+         systemd's TimeoutStartSec bounds `systemctl reload`): shorten probation, or raise \
+         reload_timeout, TimeoutStartSec and `handover reload --timeout` together"
+    );
+    let said = check(&["--probation", "30s", "--reload-timeout", "20s"]);
+    assert!(said.contains("probation 30s does not fit in the reload timeout 20s"));
+    let said = check(&["--canary", "0"]);
+    assert!(
+        said.lines().next().unwrap_or_default().contains("--canary"),
+        "{said}"
+    );
+    // A fitting one passes, and `check` shows it.
+    let out = std::process::Command::new(HANDOVER)
+        .args([
+            "check",
+            "--workers",
+            "4",
+            "--canary",
+            "1",
+            "--probation",
+            "30s",
+        ])
+        .args(["--", "/bin/true"])
+        .output()
+        .expect("run handover check");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("canary = 1\n") && shown.contains("reload_timeout = \"80s\"\n"));
+
+    // A running manager whose config file turns bad: the reload fails in one line, and
+    // the workers serve on.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("handover.toml");
+    std::fs::write(&config, "workers = 2\n").expect("config");
+    let config = config.display().to_string();
+    let m = Manager::start_in(dir, &["-c", &config], &[HANDOVER, "demo-worker"]);
+    let old = m.wait_ready(2);
+    for (bad, want) in [
+        (
+            "workers = 2\ncanary = 3\n",
+            "canary = 3 is more than workers = 2",
+        ),
+        (
+            "workers = 2\nprobation = \"2m\"\n",
+            "probation 2m does not fit",
+        ),
+        ("workers = 2\ncanary = 0\n", "canary: 0 is out of range"),
+    ] {
+        std::fs::write(&config, bad).expect("bad config");
+        let out = m.ctl(&["reload"]);
+        let said = stderr(&out);
+        assert!(!out.status.success(), "{bad}: {said}");
+        let last = said.lines().last().unwrap_or_default();
+        assert!(last.contains(want), "{bad}: {said}");
+        assert_eq!(m.children(), old, "{bad}");
+    }
+}
