@@ -337,8 +337,13 @@ impl Machine {
             }
             Phase::Idle | Phase::Stopping { .. } => self.notes.push(Note::ReloadIgnored),
             // The control socket refuses it with the reason (`reload_refusal`); a SIGHUP
-            // is only logged.
-            Phase::Paused { .. } => self.notes.push(Note::ReloadWhilePaused),
+            // is logged, and systemd (under Type=notify-reload it waits for the reload's
+            // READY=1) hears at once that it ended, the status saying paused.
+            Phase::Paused { .. } => {
+                self.notes.push(Note::ReloadWhilePaused);
+                out.push(Action::Notify(vec![SdState::Reloading]));
+                out.push(Action::Notify(vec![SdState::Ready]));
+            }
         }
     }
 

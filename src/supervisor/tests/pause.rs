@@ -108,7 +108,14 @@ fn what_cannot_be_done_while_paused_is_refused_and_changes_nothing() {
         d.sup.reload_refusal().as_deref(),
         Some("paused: `handover resume` first, then reload")
     );
-    assert!(d.send(Event::Reload).is_empty(), "a SIGHUP while paused");
+    // A SIGHUP while paused: systemd hears the reload end at once, nothing else happens.
+    let a = d.send(Event::Reload);
+    let reload = vec![SdState::Reloading];
+    assert_eq!(
+        notifies(&a),
+        [reload, vec![SdState::Ready, status(&before)]]
+    );
+    assert!(spawns(&a).is_empty() && signals(&a).is_empty() && outcomes(&a).is_empty());
     assert_eq!(
         d.sup.snapshot(d.now).unwrap_err(),
         "paused: `handover resume` first, then upgrade"
