@@ -44,6 +44,12 @@ fn requests_sent_during_a_3s_pause_all_complete_after_the_resume() {
     let m = Manager::start(&["--workers", "2"], &demo());
     let old = m.wait_ready(2);
     refused(&m, &["resume"], "not paused: nothing to resume");
+    refused(
+        &m,
+        &["pause", "--max-pause", "25h"],
+        "--max-pause is at most 86400s",
+    );
+    assert_eq!(m.children(), old, "a refused pause disturbs nothing");
     let load = Load::recording_fresh(m.addr, 6, 1, 2, 60 * SEC);
     wait_for(10 * SEC, "load answered", || {
         (!load.live.lock().ok()?.is_empty()).then_some(())

@@ -56,6 +56,10 @@ impl Task<'_> {
             Request::Pause { max_ms } => match m.pause_refusal() {
                 Some(why) => Reply::error(why),
                 None if max_ms == 0 => Reply::error("pause: --max-pause must be above 0"),
+                None if u128::from(max_ms) > units::MAX_PAUSE.as_millis() => Reply::error(format!(
+                    "pause: --max-pause is at most {:?}",
+                    units::MAX_PAUSE
+                )),
                 None => {
                     let max = std::time::Duration::from_millis(max_ms);
                     queue.push_back(Event::Pause { max });
