@@ -11,7 +11,9 @@
 //! serves; during a reload a *candidate* generation starts beside it. Workers of older
 //! generations are *draining*: they got their generation's stop signal and are expected to
 //! exit. Every instant `next_deadline` returns is one at which `Timer` changes something,
-//! so the task never spins.
+//! so the task never spins. A candidate may serve a *probation* window (and start with
+//! *canaries*) before the old generation stops (`probation.rs`); a *paused* manager has a
+//! current generation with no workers, the sockets queueing connections (`pause.rs`).
 
 use std::collections::BTreeMap;
 use tokio::time::Instant;
