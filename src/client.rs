@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::cli::{ControlArgs, ReloadArgs, ScaleArgs, StatusArgs, UpgradeArgs};
+use crate::cli::{ControlArgs, PauseArgs, ReloadArgs, ScaleArgs, StatusArgs, UpgradeArgs};
 use crate::control::{self, Reply, Request, StatusReport};
 
 mod managers;
@@ -173,6 +173,21 @@ pub fn metrics(args: &ControlArgs) -> anyhow::Result<i32> {
 pub fn stop(args: &ControlArgs) -> anyhow::Result<i32> {
     let reply = call(args, &Request::Stop, Duration::from_secs(10), |_| {})?;
     finish(reply, "stop")
+}
+
+pub fn pause(args: &PauseArgs) -> anyhow::Result<i32> {
+    if args.max_pause.is_zero() {
+        bail!("--max-pause 0: give how long handover may stay paused, e.g. --max-pause 30s");
+    }
+    let max_ms = u64::try_from(args.max_pause.as_millis()).unwrap_or(u64::MAX);
+    let request = Request::Pause { max_ms };
+    let reply = call(&args.control, &request, args.timeout, |_| {})?;
+    finish(reply, "pause")
+}
+
+pub fn resume(args: &ControlArgs) -> anyhow::Result<i32> {
+    let reply = call(args, &Request::Resume, Duration::from_secs(10), |_| {})?;
+    finish(reply, "resume")
 }
 
 /// Asks for an in-place upgrade and waits until the manager answers again from its new

@@ -42,6 +42,13 @@ pub enum Request {
     Upgrade,
     /// The metrics, in the Prometheus text exposition format (metrics.rs).
     Metrics,
+    /// Drain and stop the workers, the sockets held, for at most `max_ms`; answered once
+    /// the last worker is gone.
+    Pause {
+        max_ms: u64,
+    },
+    /// Start the paused workers again.
+    Resume,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -414,6 +421,8 @@ mod tests {
             Request::Status,
             Request::Scale { workers: 3 },
             Request::Stop,
+            Request::Pause { max_ms: 30_000 },
+            Request::Resume,
         ] {
             assert_eq!(parse_request(&encode_request(&r)), Ok(r));
         }

@@ -158,6 +158,8 @@ fn demo_args(args: &DemoArgs) -> anyhow::Result<RunArgs> {
         pid_file: None,
         metrics_file: None,
         probation: None,
+        canary: None,
+        reload_timeout: None,
         graceful_timeout: Some(std::time::Duration::from_secs(10)),
         batch: None,
         max_lifetime: None,

@@ -76,7 +76,10 @@ impl Machine {
 
     /// Crashed workers of the current generation restart in these phases.
     pub(super) fn restarts_may_run(&self) -> bool {
-        !matches!(self.phase, Phase::Idle | Phase::Stopping { .. })
+        !matches!(
+            self.phase,
+            Phase::Idle | Phase::Stopping { .. } | Phase::Paused { .. }
+        )
     }
 
     pub(super) fn current_gen(&self) -> Option<&Generation> {

@@ -165,6 +165,10 @@ impl Machine {
         match self.phase {
             Phase::Running => {}
             Phase::Stopping { .. } => return Err("the manager is stopping".into()),
+            // A pause is a few seconds of maintenance: not worth carrying across an exec.
+            Phase::Paused { .. } => {
+                return Err("paused: `handover resume` first, then upgrade".into());
+            }
             _ => return Err("a reload is in progress: try again when it is done".into()),
         }
         let mut generations = Vec::new();

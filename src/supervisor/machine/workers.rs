@@ -269,10 +269,8 @@ impl Machine {
     }
 
     pub(super) fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.probation_until().is_some_and(|t| t <= now) {
-            // The new generation served its probation without losing a worker.
-            self.promote(now, out);
-        }
+        self.probation_timer(now, out);
+        self.pause_timer(now, out);
         let mut ready = Vec::new();
         let mut late = Vec::new();
         for generation in self.generations.values_mut() {

@@ -298,6 +298,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                     if let Some(reason) = task.start_failure.take() {
                         anyhow::bail!("the first generation failed: {reason}");
                     }
+                    flush_replies().await;
                     return Ok(code);
                 }
             }
@@ -308,6 +309,12 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             }
         }
         task.publish_metrics(&machine, false);
+        if !machine.is_paused() {
+            // A pause the machine did not take (a reload queued just before it).
+            let why = machine.pause_refusal().unwrap_or_default();
+            task.waiters
+                .resolve_paused(control::Reply::error(format!("not paused: {why}")));
+        }
         if machine.settings().max_memory.is_some() != memory.is_some() {
             memory = machine
                 .settings()
@@ -420,6 +427,17 @@ impl Task<'_> {
         }
         Event::ConfigLoaded { generation, result }
     }
+}
+
+/// Lets the control connections write what they were just given (a `handover stop` of a
+/// paused manager is answered in the very step that exits), for at most a moment.
+async fn flush_replies() {
+    let yields = async {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(100), yields).await;
 }
 
 /// The next tick of an optional interval; never when there is none.

@@ -874,6 +874,8 @@ fn a_worker_dying_while_its_successor_starts_hands_it_the_slot() {
 }
 
 mod counters;
+mod canary;
 mod generations;
+mod pause;
 mod readiness;
 mod trees;
