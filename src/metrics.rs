@@ -24,6 +24,8 @@ pub struct View {
     pub start_time: Option<f64>,
     pub current_generation: Option<u64>,
     pub desired_workers: usize,
+    /// Paused (`handover pause`): the sockets held, no worker running.
+    pub paused: bool,
     pub upgrades: u64,
     pub counters: Counters,
     /// Live workers per (generation, state).
@@ -95,6 +97,12 @@ pub fn render(v: &View) -> String {
         "gauge",
         "Workers the serving generation is kept at (configured, or scaled at runtime).",
         v.desired_workers,
+    );
+    t.single(
+        "handover_paused",
+        "gauge",
+        "1 while paused by `handover pause` (sockets held, connections queue), else 0.",
+        u8::from(v.paused),
     );
     t.family(
         "handover_reloads_total",
@@ -209,6 +217,7 @@ mod tests {
             start_time: Some(1_700_000_000.5),
             current_generation: Some(3),
             desired_workers: 2,
+            paused: false,
             upgrades: 1,
             counters: Counters {
                 reloads_ok: 2,

@@ -63,6 +63,7 @@ fn requests_sent_during_a_3s_pause_all_complete_after_the_resume() {
     assert!(text(&out).starts_with("paused: every worker of gen 1 stopped"));
     assert!(m.children().is_empty(), "workers left: {:?}", m.children());
     assert!(status_line(&m).starts_with("paused: every worker stopped"));
+    assert!(text(&m.ctl(&["metrics"])).contains("\nhandover_paused 1\n"));
     let said = m.drain_notify().concat();
     assert!(
         said.iter().any(|l| l.starts_with("STATUS=paused")),
@@ -103,6 +104,7 @@ fn requests_sent_during_a_3s_pause_all_complete_after_the_resume() {
         (c.len() == 2 && status_line(&m).starts_with("gen 1: 2/2 ready")).then_some(c)
     });
     assert!(new.iter().all(|p| !old.contains(p)), "{new:?} {old:?}");
+    assert!(text(&m.ctl(&["metrics"])).contains("\nhandover_paused 0\n"));
     let mut waited = Vec::new();
     for t in one_shots {
         let (got, sent, took) = t.join().expect("one-shot client");

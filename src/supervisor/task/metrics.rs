@@ -48,6 +48,7 @@ pub(super) fn view(m: &Machine, upgrades: u32, start_time: Option<f64>, memory: 
         start_time,
         current_generation: m.current_generation(),
         desired_workers: m.desired_workers(),
+        paused: m.is_paused(),
         upgrades: u64::from(upgrades),
         counters: m.counters().clone(),
         workers,

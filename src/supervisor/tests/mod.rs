@@ -873,8 +873,8 @@ fn a_worker_dying_while_its_successor_starts_hands_it_the_slot() {
     assert_eq!(d.sup.next_deadline(), None);
 }
 
-mod counters;
 mod canary;
+mod counters;
 mod generations;
 mod pause;
 mod readiness;
