@@ -452,6 +452,8 @@ fn parse_args() -> Args {
     if let Some(bad) = a.only.iter().find(|s| !known(s)) {
         usage(&format!("no scenario {bad:?}"));
     }
+    // Absolute: nginx reads paths relative to its own prefix, not to the bench's cwd.
+    a.out = std::path::absolute(&a.out).unwrap_or_else(|e| usage(&format!("--out: {e}")));
     a.paths.logs = a.out.clone();
     a
 }
