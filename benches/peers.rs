@@ -279,24 +279,14 @@ fn scenario(
         std::fs::write(&events, run.events_csv())
             .map_err(|e| format!("{}: {e}", events.display()))?;
     }
-    if steady_only {
-        return Ok(Scenario {
-            name: name.to_owned(),
-            trigger: String::new(),
-            manager: manager.to_owned(),
-            direct: stacks::direct(name).map(str::to_owned),
-            steady_only,
-            throughput,
-            steady: steady.summary(),
-            reloading: reloading.summary(),
-            idle: None,
-            wrk,
-        });
-    }
     // The last old generation drains; then the manager is left alone.
-    server.wait_serving(REPLACE_LIMIT)?;
-    let idle =
-        (args.idle > 0).then(|| procfs::idle(server.manager, Duration::from_secs(args.idle)));
+    let idle = match steady_only || args.idle == 0 {
+        true => None,
+        false => {
+            server.wait_serving(REPLACE_LIMIT)?;
+            Some(procfs::idle(server.manager, Duration::from_secs(args.idle)))
+        }
+    };
     Ok(Scenario {
         name: name.to_owned(),
         trigger: server.describe_trigger(),

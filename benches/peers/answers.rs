@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{Latency, Scenario, median_max};
+use crate::report::{Latency, Scenario};
 
 fn ms(us: u64) -> String {
     match us {
@@ -136,4 +136,11 @@ pub fn questions(all: &[Scenario]) -> String {
         );
     }
     t
+}
+
+fn median_max(v: &[f64]) -> String {
+    match v.len() {
+        0 => "—".into(),
+        n => format!("{:.1} / {:.1}", (v[(n - 1) / 2] + v[n / 2]) / 2.0, v[n - 1]),
+    }
 }

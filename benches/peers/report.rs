@@ -371,28 +371,6 @@ pub fn tables(all: &[Scenario]) -> String {
             s.reloading.loadavg
         );
     }
-    let _ = writeln!(
-        t,
-        "\n### Reloads\n\n\
-         | scenario | trigger | trigger returns: median / max (ms) | \
-         all serving processes new: median / max (ms) | errors |\n\
-         | --- | --- | ---: | ---: | --- |"
-    );
-    for s in all {
-        let x = &s.reloading;
-        let _ = writeln!(
-            t,
-            "| {} | `{}` | {} | {} | {} |",
-            s.name,
-            s.trigger,
-            median_max(&x.trigger_ms),
-            median_max(&x.replaced_ms),
-            match x.reload_errors.len() {
-                0 => "—".to_owned(),
-                n => format!("{n}: {}", x.reload_errors[0].trim()),
-            }
-        );
-    }
     if all.iter().any(|s| s.idle.is_some()) {
         manager_table(&mut t, all);
     }
@@ -435,12 +413,5 @@ fn manager_table(t: &mut String, all: &[&Scenario]) {
             i.wakeups,
             i.seconds
         );
-    }
-}
-
-pub fn median_max(v: &[f64]) -> String {
-    match v.len() {
-        0 => "—".into(),
-        n => format!("{:.1} / {:.1}", (v[(n - 1) / 2] + v[n / 2]) / 2.0, v[n - 1]),
     }
 }

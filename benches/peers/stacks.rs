@@ -67,8 +67,13 @@ pub fn direct(name: &str) -> Option<&'static str> {
 
 /// Starts scenario `name` (None: not one of today's); returns it and what its manager is.
 pub fn start(name: &str, p: &Paths) -> Option<Result<(Server, &'static str), String>> {
-    let front = |backend: &str| nginx(name, p, start(backend, p)?);
-    Some(Ok(match name {
+    build(name, name, p)
+}
+
+/// Starts server `kind` with its logs and sockets named after `name`.
+fn build(kind: &str, name: &str, p: &Paths) -> Option<Result<(Server, &'static str), String>> {
+    let front = |backend: &str| nginx(name, p, build(backend, &format!("{name}.backend"), p)?);
+    Some(Ok(match kind {
         "uvicorn-workers" => (uvicorn_workers(name, p), "uvicorn (main process)"),
         "handover-uvicorn-plain" => {
             let cmd = uvicorn(p, &["--fd", "3"]);
