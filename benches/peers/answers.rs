@@ -38,24 +38,29 @@ pub fn questions(all: &[Scenario]) -> String {
     let _ = writeln!(
         t,
         "### What do clients see during a reload\n\n\
-         Failed requests per reload, by client, and latency of `/` (ms) in the reload \
-         windows against the steady run (paced load).\n\n\
+         Failed requests per reload, by client; how many of all the failures were \
+         timeouts (no answer within 2 s: a stall, not a drop) against resets, refusals \
+         and early closes; latency of `/` (ms) in the reload windows against the steady \
+         run (paced load).\n\n\
          | scenario | reloads | failed / reload: keep-alive | fresh connection | `/slow` | \
-         p50 steady → windows | **p99 steady → windows** | p99 × | max steady → windows | \
+         failed: timeouts / reset, refused, closed | p50 steady → windows | \
+         **p99 steady → windows** | p99 × | max steady → windows | \
          fresh p99 steady → windows |\n\
-         | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- |"
+         | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- |"
     );
     for s in &reloaded {
         let (st, re) = (&s.steady, &s.reloading);
         let (a, w): (&Latency, &Latency) = (&st.fast, &re.fast_in_windows);
         let _ = writeln!(
             t,
-            "| {} | {} | **{}** | **{}** | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | **{}** | **{}** | {} | {} / {} | {} | {} | {} | {} | {} |",
             s.name,
             re.reloads,
             per_reload(re.fast_failed, re.reloads),
             per_reload(re.fresh_failed, re.reloads),
             per_reload(re.slow_failed, re.reloads),
+            re.failed.timeout,
+            re.failed.total() - re.failed.timeout,
             steady_to(a.p50, w.p50),
             steady_to(a.p99, w.p99),
             ratio(w.p99 as f64, a.p99 as f64),

@@ -14,7 +14,8 @@ returned_us, first_new_us, replaced_us). It writes to OUTPUT_DIR:
                            its trigger (dashed line) to every serving process new (shaded),
                            its trigger's return (▼) and the first answer of a new process
                            (green line)
-  BENCHMARKS-failures.svg  failed requests per reload by scenario and client
+  BENCHMARKS-failures.svg  failed requests per reload by scenario and client (reset,
+                           refused or closed early), timeouts apart
 """
 
 import csv
@@ -61,8 +62,10 @@ def latency(names, records_dir, out):
     fig, axes = plt.subplots(
         len(names), 1, figsize=(9, 1.55 * len(names) + 0.6), sharex=True, squeeze=False
     )
+    end = 0.0
     for ax, name in zip(axes[:, 0], names):
         records = read(records_dir / f"{name}.reloads.csv")
+        end = max([end] + [int(r["start_us"]) / 1e6 for r in records[-1:]])
         events = read(records_dir / f"{name}.reloads.events.csv")
         for client, colour, label in [
             ("keepalive", "tab:blue", "keep-alive"),
@@ -88,6 +91,8 @@ def latency(names, records_dir, out):
         n = len(failed)
         ax.set_title(f"{name}: {len(events)} reloads, {n} failed requests", loc="left", fontsize=8)
         ax.set_ylabel("ms")
+    # A reload still under way when the run ended is drawn up to the end of the run.
+    axes[-1, 0].set_xlim(0, end + 0.5)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     for ax in axes[1:, 0]:  # a panel without failures has no red tick: take it elsewhere
         h, lab = ax.get_legend_handles_labels()
@@ -109,9 +114,11 @@ def failures(names, records_dir, out):
     for name in names:
         records = read(records_dir / f"{name}.reloads.csv")
         reloads = max(1, len(read(records_dir / f"{name}.reloads.events.csv")))
-        count = {"keepalive": 0, "fresh": 0, "slow": 0}
+        count = {"keepalive": 0, "fresh": 0, "slow": 0, "timeout": 0}
         for r in records:
-            if r["outcome"] != "Ok":
+            if r["outcome"] == "Timeout":  # a stall (or a starved machine), not a drop
+                count["timeout"] += 1
+            elif r["outcome"] != "Ok":
                 count[r["client"]] += 1
         rows.append((name, {k: v / reloads for k, v in count.items()}))
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.0))
@@ -121,6 +128,7 @@ def failures(names, records_dir, out):
         ("keepalive", "tab:blue", "keep-alive on /"),
         ("fresh", "tab:orange", "fresh connection on /"),
         ("slow", "tab:purple", "/slow?ms=300"),
+        ("timeout", "lightgrey", "timeout (no answer in 2 s), any client"),
     ]:
         widths = [r[1][client] for r in rows]
         ax.barh(ys, widths, left=left, color=colour, label=label)
