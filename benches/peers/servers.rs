@@ -16,7 +16,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,9 +78,9 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub fn describe(&self, handover: &Path) -> String {
+    pub fn describe(&self) -> String {
         match self {
-            Trigger::Control(_) => format!("{} reload", handover.display()),
+            Trigger::Control(_) => "handover reload".into(),
             Trigger::Hangup(_) => "kill -HUP <master>".into(),
             Trigger::Systemctl(cmds) => (cmds.iter().map(|c| c.join(" ")))
                 .collect::<Vec<_>>()
@@ -323,7 +323,7 @@ impl Server {
     }
 
     pub fn describe_trigger(&self) -> String {
-        self.trigger.describe(&self.handover)
+        self.trigger.describe()
     }
 }
 
