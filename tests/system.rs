@@ -33,7 +33,8 @@
 //!    `handover init` (DynamicUser=, two named sockets) starts, gets each fd with its
 //!    name, writes its state and logs, reloads, and scores ≤ 4.5 too;
 //! 1. socket activation: `systemctl start myapp.socket`; the first connection starts
-//!    myapp.service;
+//!    myapp.service; the manager runs with its soft fd limit raised to the hard one, its
+//!    workers with systemd's 1024, and `handover metrics` answers;
 //! 2. 10 × `systemctl reload myapp` under keep-alive load: 0 failed requests, each reload
 //!    returns only once a new generation with all-new pids is ready, and it serves;
 //! 3. a broken release: the reload fails, the old workers keep serving, `systemctl status`
@@ -112,6 +113,7 @@ fn system_test(distro: &str, systemd: u32) {
         |app| init_app::init_app(app.c),
     );
     step(&app, "socket activation", socket_activation);
+    step(&app, "file descriptor limits", fd_limits);
     step(&app, "reload under load (demo worker)", |app| {
         reload_under_load(app, 8, 2)
     });
@@ -214,6 +216,47 @@ fn socket_activation(app: &App) -> String {
     format!(
         "first request answered in {} ms by worker {pid}",
         t.elapsed().as_millis()
+    )
+}
+
+/// systemd's default limits (soft 1024, a high hard one): the manager raised its soft
+/// limit to the hard one, its workers run with 1024, as they would without handover.
+fn fd_limits(app: &App) -> String {
+    // "Max open files            1024                 524288               files"
+    let nofile = |pid: &str| -> (String, String) {
+        let limits = app.c.ok(&["cat", &format!("/proc/{pid}/limits")]);
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or_else(|| panic!("no Max open files line for {pid}: {limits}"))
+            .to_owned();
+        let mut f = line["Max open files".len()..].split_whitespace();
+        let mut next = || f.next().unwrap_or_default().to_owned();
+        (next(), next())
+    };
+    let (soft, hard) = nofile(&main_pid(app));
+    assert_eq!(
+        soft, hard,
+        "the manager raised its soft limit to the hard one"
+    );
+    let (_, workers) = serving(&app.status());
+    for pid in &workers {
+        assert_eq!(
+            nofile(&pid.to_string()),
+            ("1024".to_owned(), hard.clone()),
+            "worker {pid}: systemd's soft limit"
+        );
+    }
+    let metrics = app
+        .c
+        .ok(&["handover", "metrics", "--control", app::CONTROL]);
+    assert!(
+        metrics.contains("handover_workers{generation="),
+        "{metrics}"
+    );
+    format!(
+        "manager {soft}:{hard}, {} workers 1024:{hard}; handover metrics answers",
+        workers.len()
     )
 }
 

@@ -16,7 +16,7 @@ const SOCKET_UNIT: &str = include_str!("../../systemd/myapp.socket");
 pub const SERVICE_UNIT: &str = include_str!("../../systemd/myapp.service");
 pub const NOTIFY_RELOAD_UNIT: &str = include_str!("../../systemd/myapp-notify-reload.service");
 /// The control socket in the unit's RuntimeDirectory=myapp.
-const CONTROL: &str = "/run/myapp/handover.sock";
+pub const CONTROL: &str = "/run/myapp/handover.sock";
 /// Bounds `systemctl reload`; the units' TimeoutStartSec=90 bounds it inside too.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(100);
 

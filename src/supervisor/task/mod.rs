@@ -163,24 +163,23 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let notify_socket = ctx.notify_socket;
     // SAFETY: the AsyncFd owns this duplicate OwnedFd, which stays open until it drops.
     let notify_fd = unsafe { AsyncFd::register(notify_socket.as_fd().try_clone_to_owned()?)? };
-    // The metrics file is written once before anything starts: a path that cannot be
-    // written refuses a fresh start here; after an upgrade it is only logged.
+    // On a fresh start the metrics file is written once before anything starts, so a
+    // path that cannot be written refuses the start here. After an upgrade the loop's
+    // first write (with the carried upgrade count) is the first, and a failure is logged.
     let metrics_path = match &ctx.initial {
         Some(c) => c.metrics_file.clone(),
         None => (ctx.args.metrics_file.clone())
             .or_else(|| RunConfig::load(&ctx.args).ok()?.metrics_file),
     };
     let start_time = crate::metrics::process_start_time();
-    let mut published = metrics_path.map(|p| metrics::Published {
+    let published = metrics_path.map(|p| metrics::Published {
         file: crate::metrics_file::MetricsFile::new(&p),
         shown: None,
     });
-    if let Some(p) = &mut published {
-        let text = crate::metrics::render(&metrics::view(&machine, 0, start_time, false));
+    if let Some(p) = &published {
         if ctx.resume.is_none() {
-            p.file.write(&text)?;
-        } else {
-            p.file.update(&text);
+            let view = metrics::view(&machine, 0, start_time, false);
+            p.file.write(&crate::metrics::render(&view))?;
         }
         tracing::info!("metrics file: {}", p.file.path().display());
     }
