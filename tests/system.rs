@@ -37,7 +37,9 @@
 //! 2. 10 × `systemctl reload myapp` under keep-alive load: 0 failed requests, each reload
 //!    returns only once a new generation with all-new pids is ready, and it serves;
 //! 3. a broken release: the reload fails, the old workers keep serving, `systemctl status`
-//!    says "last reload failed";
+//!    says "last reload failed"; then `handover pause`: `systemctl status` says paused,
+//!    `systemctl reload` fails while the service stays active, and after `handover resume`
+//!    no request sent meanwhile failed;
 //! 4. gunicorn (Debian's python3-gunicorn) deployed by a reload, then reloaded 10 × under
 //!    load with 0 failures;
 //! 5. `systemctl stop myapp` lets an in-flight request finish;
@@ -116,6 +118,11 @@ fn system_test(distro: &str, systemd: u32) {
         reload_under_load(app, 8, 2)
     });
     step(&app, "broken release rolls back", broken_release);
+    step(
+        &app,
+        "pause: clients wait, systemctl reload refused, STATUS= says paused",
+        pause_resume,
+    );
     step(&app, "gunicorn: deploy and reload under load", gunicorn);
     step(
         &app,
@@ -306,6 +313,47 @@ fn reload_broken(app: &App, job_fails: bool) -> String {
 
 fn broken_release(app: &App) -> String {
     reload_broken(app, true)
+}
+
+/// `handover pause` under systemd: the workers stop, `systemctl status` shows the pause,
+/// `systemctl reload` fails (ExecReload= is refused) with the service still active, and
+/// after `handover resume` every request sent meanwhile has completed.
+fn pause_resume(app: &App) -> String {
+    let (generation, pids) = serving(&app.status());
+    let load = Load::start(app.addr, 4, 1, LOAD_MAX);
+    std::thread::sleep(BETWEEN_RELOADS);
+    let out = app.handover(&["pause", "--max-pause", "30s"]);
+    assert!(out.status.success(), "pause: {}", describe(&out));
+    let paused = Instant::now();
+    let shown = app.systemctl(&["status", "myapp", "--no-pager"]);
+    let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Status: \"paused: "))
+        .unwrap_or_else(|| panic!("no paused status in systemctl status:\n{text}"))
+        .trim()
+        .to_owned();
+    let reload = app.systemctl(&["reload", "myapp"]);
+    assert!(!reload.status.success(), "reload while paused succeeded");
+    assert_eq!(app.state("myapp.service"), "active");
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(paused.elapsed()));
+    let out = app.handover(&["resume"]);
+    assert!(out.status.success(), "resume: {}", describe(&out));
+    let resumed = wait_for(Duration::from_secs(20), "the resumed workers", || {
+        let s = app.status();
+        let (g, now) = serving(&s);
+        (g == generation && now.len() == s.desired_workers && now.is_disjoint(&pids)).then_some(now)
+    });
+    std::thread::sleep(BETWEEN_RELOADS);
+    let tally = load.finish();
+    assert_eq!(tally.failed(), 0, "failed requests: {tally:?}");
+    format!(
+        "paused {:.1} s, {} requests, 0 failed, gen {generation} resumed with pids {resumed:?}; \
+         systemctl reload exit {}; {line}",
+        paused.elapsed().as_secs_f64(),
+        tally.ok,
+        reload.status.code().unwrap_or(-1),
+    )
 }
 
 fn gunicorn(app: &App) -> String {
