@@ -44,8 +44,9 @@
 //!    load with 0 failures;
 //! 5. `systemctl stop myapp` lets an in-flight request finish;
 //! 6. the journal has handover's GENERATION, PID and SLOT fields;
-//! 7. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, and a broken
-//!    release that the job cannot report shows in `systemctl status`.
+//! 7. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, a broken
+//!    release that the job cannot report shows in `systemctl status`, and a reload while
+//!    paused ends at once, still paused.
 
 #[path = "system/app.rs"]
 mod app;
@@ -541,5 +542,35 @@ fn notify_reload_unit(app: &App) -> String {
     let reloads = reload_under_load(app, 8, 2);
     // The protocol has no "reload failed" answer: the job succeeds, status tells.
     let broken = reload_broken(app, false);
-    format!("{reloads}; broken release: {broken}")
+    let paused = reload_signal_while_paused(app);
+    format!("{reloads}; broken release: {broken}; {paused}")
+}
+
+/// Under Type=notify-reload, `systemctl reload` while paused sends the reload signal:
+/// handover answers RELOADING=1 and READY=1 at once (the job cannot fail), stays paused,
+/// and resumes on request.
+fn reload_signal_while_paused(app: &App) -> String {
+    let (generation, _) = serving(&app.status());
+    let out = app.handover(&["pause", "--max-pause", "30s"]);
+    assert!(out.status.success(), "pause: {}", describe(&out));
+    let t = Instant::now();
+    app.systemctl_ok(&["reload", "myapp"]);
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the reload job hung: {took:?}"
+    );
+    let status = app.status().status;
+    assert!(status.starts_with("paused: "), "{status}");
+    let out = app.handover(&["resume"]);
+    assert!(out.status.success(), "resume: {}", describe(&out));
+    wait_for(Duration::from_secs(20), "the resumed workers", || {
+        let s = app.status();
+        let (g, now) = serving(&s);
+        (g == generation && now.len() == s.desired_workers).then_some(())
+    });
+    format!(
+        "systemctl reload while paused: done in {} ms, still paused",
+        took.as_millis()
+    )
 }
