@@ -38,13 +38,16 @@
 //! 2. 10 × `systemctl reload myapp` under keep-alive load: 0 failed requests, each reload
 //!    returns only once a new generation with all-new pids is ready, and it serves;
 //! 3. a broken release: the reload fails, the old workers keep serving, `systemctl status`
-//!    says "last reload failed";
+//!    says "last reload failed"; then `handover pause`: `systemctl status` says paused,
+//!    `systemctl reload` fails while the service stays active, and after `handover resume`
+//!    no request sent meanwhile failed;
 //! 4. gunicorn (Debian's python3-gunicorn) deployed by a reload, then reloaded 10 × under
 //!    load with 0 failures;
 //! 5. `systemctl stop myapp` lets an in-flight request finish;
 //! 6. the journal has handover's GENERATION, PID and SLOT fields;
-//! 7. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, and a broken
-//!    release that the job cannot report shows in `systemctl status`.
+//! 7. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, a broken
+//!    release that the job cannot report shows in `systemctl status`, and a reload while
+//!    paused ends at once, still paused.
 
 #[path = "system/app.rs"]
 mod app;
@@ -118,6 +121,11 @@ fn system_test(distro: &str, systemd: u32) {
         reload_under_load(app, 8, 2)
     });
     step(&app, "broken release rolls back", broken_release);
+    step(
+        &app,
+        "pause: clients wait, systemctl reload refused, STATUS= says paused",
+        pause_resume,
+    );
     step(&app, "gunicorn: deploy and reload under load", gunicorn);
     step(
         &app,
@@ -351,6 +359,47 @@ fn broken_release(app: &App) -> String {
     reload_broken(app, true)
 }
 
+/// `handover pause` under systemd: the workers stop, `systemctl status` shows the pause,
+/// `systemctl reload` fails (ExecReload= is refused) with the service still active, and
+/// after `handover resume` every request sent meanwhile has completed.
+fn pause_resume(app: &App) -> String {
+    let (generation, pids) = serving(&app.status());
+    let load = Load::start(app.addr, 4, 1, LOAD_MAX);
+    std::thread::sleep(BETWEEN_RELOADS);
+    let out = app.handover(&["pause", "--max-pause", "30s"]);
+    assert!(out.status.success(), "pause: {}", describe(&out));
+    let paused = Instant::now();
+    let shown = app.systemctl(&["status", "myapp", "--no-pager"]);
+    let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Status: \"paused: "))
+        .unwrap_or_else(|| panic!("no paused status in systemctl status:\n{text}"))
+        .trim()
+        .to_owned();
+    let reload = app.systemctl(&["reload", "myapp"]);
+    assert!(!reload.status.success(), "reload while paused succeeded");
+    assert_eq!(app.state("myapp.service"), "active");
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(paused.elapsed()));
+    let out = app.handover(&["resume"]);
+    assert!(out.status.success(), "resume: {}", describe(&out));
+    let resumed = wait_for(Duration::from_secs(20), "the resumed workers", || {
+        let s = app.status();
+        let (g, now) = serving(&s);
+        (g == generation && now.len() == s.desired_workers && now.is_disjoint(&pids)).then_some(now)
+    });
+    std::thread::sleep(BETWEEN_RELOADS);
+    let tally = load.finish();
+    assert_eq!(tally.failed(), 0, "failed requests: {tally:?}");
+    format!(
+        "paused {:.1} s, {} requests, 0 failed, gen {generation} resumed with pids {resumed:?}; \
+         systemctl reload exit {}; {line}",
+        paused.elapsed().as_secs_f64(),
+        tally.ok,
+        reload.status.code().unwrap_or(-1),
+    )
+}
+
 fn gunicorn(app: &App) -> String {
     app.deploy(Release::Gunicorn);
     app.systemctl_ok(&["reload", "myapp"]);
@@ -536,5 +585,35 @@ fn notify_reload_unit(app: &App) -> String {
     let reloads = reload_under_load(app, 8, 2);
     // The protocol has no "reload failed" answer: the job succeeds, status tells.
     let broken = reload_broken(app, false);
-    format!("{reloads}; broken release: {broken}")
+    let paused = reload_signal_while_paused(app);
+    format!("{reloads}; broken release: {broken}; {paused}")
+}
+
+/// Under Type=notify-reload, `systemctl reload` while paused sends the reload signal:
+/// handover answers RELOADING=1 and READY=1 at once (the job cannot fail), stays paused,
+/// and resumes on request.
+fn reload_signal_while_paused(app: &App) -> String {
+    let (generation, _) = serving(&app.status());
+    let out = app.handover(&["pause", "--max-pause", "30s"]);
+    assert!(out.status.success(), "pause: {}", describe(&out));
+    let t = Instant::now();
+    app.systemctl_ok(&["reload", "myapp"]);
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the reload job hung: {took:?}"
+    );
+    let status = app.status().status;
+    assert!(status.starts_with("paused: "), "{status}");
+    let out = app.handover(&["resume"]);
+    assert!(out.status.success(), "resume: {}", describe(&out));
+    wait_for(Duration::from_secs(20), "the resumed workers", || {
+        let s = app.status();
+        let (g, now) = serving(&s);
+        (g == generation && now.len() == s.desired_workers).then_some(())
+    });
+    format!(
+        "systemctl reload while paused: done in {} ms, still paused",
+        took.as_millis()
+    )
 }

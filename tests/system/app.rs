@@ -121,6 +121,14 @@ impl<'c> App<'c> {
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("status --json: {e}: {json}"))
     }
 
+    /// `handover ARGS --control <the unit's socket>`, from inside the container.
+    pub fn handover(&self, args: &[&str]) -> Output {
+        let mut all = vec!["handover"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--control", CONTROL]);
+        self.c.run_for(RELOAD_TIMEOUT, &all)
+    }
+
     /// The last lines of myapp's journal, for failure messages.
     pub fn journal_tail(&self) -> String {
         let out = self
