@@ -32,7 +32,7 @@
 //! (ptrace access): the manager is the ancestor of every worker. A process that goes away
 //! mid-read simply is not waiting; a file that cannot be read is an error naming it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -151,8 +151,8 @@ pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, Pr
 
 /// `waiting_on` for several roots with one scan of /proc (the manager probes every
 /// pending worker at once).
-/// `served`: the held TCP listeners and the connections accepted from them (`Served::now`);
-/// a process holding one serves even when it is not caught waiting.
+/// `served`: the held TCP listeners; a process holding a connection accepted from one
+/// serves even when it is not caught waiting.
 pub fn waiting_on_each(
     roots: &[i32],
     sockets: &[SocketId],
@@ -279,9 +279,7 @@ fn read_failed(path: &Path) -> impl FnOnce(io::Error) -> Failed + '_ {
 struct Fds {
     sockets: Vec<RawFd>,
     epolls: Vec<RawFd>,
-    /// Connections accepted from a held socket.
-    accepted: Vec<RawFd>,
-    /// Other sockets (maybe accepted since `Served::now` read the table).
+    /// Other sockets (connections accepted from a held socket among them, maybe).
     others: Vec<RawFd>,
 }
 
@@ -292,17 +290,9 @@ fn process_waiting(
     sockets: &[SocketId],
     served: &Served,
 ) -> Result<Option<Waiting>, Failed> {
-    let Some(fds) = gone_is_none(fds_of(pid, sockets, &served.inodes))? else {
+    let Some(fds) = gone_is_none(fds_of(pid, sockets))? else {
         return Ok(None);
     };
-    if let Some(&fd) = fds.accepted.first() {
-        return Ok(Some(Waiting {
-            pid,
-            tid: pid,
-            fd,
-            how: How::Serving,
-        }));
-    }
     if fds.sockets.is_empty() && fds.epolls.is_empty() {
         return Ok(served.holds_any(pid, &fds.others).map(|fd| Waiting {
             pid,
@@ -345,12 +335,11 @@ fn gone_is_none<T>(r: Result<T, Failed>) -> Result<Option<T>, Failed> {
     }
 }
 
-fn fds_of(pid: i32, sockets: &[SocketId], accepted: &HashSet<u64>) -> Result<Fds, Failed> {
+fn fds_of(pid: i32, sockets: &[SocketId]) -> Result<Fds, Failed> {
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
     let mut fds = Fds {
         sockets: Vec::new(),
         epolls: Vec::new(),
-        accepted: Vec::new(),
         others: Vec::new(),
     };
     for entry in dir.read_dir().map_err(read_failed(&dir))? {
@@ -372,8 +361,6 @@ fn fds_of(pid: i32, sockets: &[SocketId], accepted: &HashSet<u64>) -> Result<Fds
         {
             if sockets.iter().any(|s| s.ino == ino) {
                 fds.sockets.push(fd);
-            } else if accepted.contains(&ino) {
-                fds.accepted.push(fd);
             } else {
                 fds.others.push(fd);
             }

@@ -15,6 +15,7 @@
 
 mod cgroups;
 mod intake;
+mod metrics;
 mod readiness;
 mod reap;
 mod requests;
@@ -140,6 +141,12 @@ struct Task<'a> {
     upgrading: Option<upgrade::Upgrading>,
     /// Generation cgroups and warm-up priorities (cgroups.rs).
     cgroups: cgroups::Cgroups,
+    /// The part of a reload in progress after the last step, for progress lines.
+    reload_phase: Option<&'static str>,
+    /// `metrics_file`, and what it shows (metrics.rs).
+    metrics: Option<metrics::Published>,
+    /// When the manager process started, for the metrics.
+    start_time: Option<f64>,
 }
 
 /// Runs the supervisor until it decides to exit; returns the exit code.
@@ -159,6 +166,27 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let notify_socket = ctx.notify_socket;
     // SAFETY: the AsyncFd owns this duplicate OwnedFd, which stays open until it drops.
     let notify_fd = unsafe { AsyncFd::register(notify_socket.as_fd().try_clone_to_owned()?)? };
+    // The metrics file is written once before anything starts: a path that cannot be
+    // written refuses a fresh start here; after an upgrade it is only logged.
+    let metrics_path = match &ctx.initial {
+        Some(c) => c.metrics_file.clone(),
+        None => (ctx.args.metrics_file.clone())
+            .or_else(|| RunConfig::load(&ctx.args).ok()?.metrics_file),
+    };
+    let start_time = crate::metrics::process_start_time();
+    let mut published = metrics_path.map(|p| metrics::Published {
+        file: crate::metrics_file::MetricsFile::new(&p),
+        shown: None,
+    });
+    if let Some(p) = &mut published {
+        let text = crate::metrics::render(&metrics::view(&machine, 0, start_time, false));
+        if ctx.resume.is_none() {
+            p.file.write(&text)?;
+        } else {
+            p.file.update(&text);
+        }
+        tracing::info!("metrics file: {}", p.file.path().display());
+    }
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
     let mut resume = ctx.resume;
     let server = match resume.as_mut().map(|r| r.control.take()) {
@@ -204,8 +232,11 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         control: control_dup,
         upgrades: 0,
         statuses: intake::Statuses::default(),
+        reload_phase: None,
         upgrading: None,
         cgroups: cgroups::Cgroups::new(resume.is_none(), &machine),
+        metrics: published,
+        start_time,
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
@@ -215,6 +246,11 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let mut probes: Option<tokio::time::Interval> = None;
     // While a forgotten generation's cgroup waits to empty, it is looked at; else nothing.
     let mut removals: Option<tokio::time::Interval> = None;
+    // With a metrics file, its memory figures are refreshed now and then.
+    let mut metrics_refresh = task
+        .metrics
+        .as_ref()
+        .map(|_| tokio::time::interval(metrics::REFRESH));
     let socket_ids = crate::readiness::socket_ids(&task.env.fds)?;
     let listeners = crate::readiness::tcp_listeners(&task.env.fds);
     let mut buf = vec![0u8; 4096];
@@ -250,6 +286,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             for note in machine.take_notes() {
                 note.log();
             }
+            task.reload_phase = machine.reload_phase();
             for action in actions {
                 if let Action::Exit(_) = action {
                     // Nothing of any generation may outlive the manager: what re-parented
@@ -262,10 +299,13 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 }
                 if let Some(code) = task.execute(action, &mut answers, &machine) {
                     task.cgroups.remove_all();
+                    task.systemd.settle();
+                    task.publish_metrics(&machine, true);
                     task.waiters.fail_all("the manager stopped");
                     if let Some(reason) = task.start_failure.take() {
                         anyhow::bail!("the first generation failed: {reason}");
                     }
+                    flush_replies().await;
                     return Ok(code);
                 }
             }
@@ -281,6 +321,13 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 .cgroups
                 .removing()
                 .then(|| tokio::time::interval(cgroups::REMOVE_EVERY));
+        }
+        task.publish_metrics(&machine, false);
+        if !machine.is_paused() {
+            // A pause the machine did not take (a reload queued just before it).
+            let why = machine.pause_refusal().unwrap_or_default();
+            task.waiters
+                .resolve_paused(control::Reply::error(format!("not paused: {why}")));
         }
         if machine.settings().max_memory.is_some() != memory.is_some() {
             memory = machine
@@ -314,8 +361,10 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 }
             }
             _ = tick(&mut watchdog) => task.systemd.send(&[SdState::Watchdog]),
+            _ = tokio::time::sleep(notify::FLUSH_EVERY), if task.systemd.has_pending() => task.systemd.flush(),
             _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
             _ = tick(&mut removals) => task.cgroups.retry_removals(),
+            _ = tick(&mut metrics_refresh) => task.publish_metrics(&machine, true),
             _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &listeners, &mut queue),
             _ = signals.usr2.recv() => task.start_upgrade(&machine, ctx.sockets, &notify_socket, None),
             result = upgrade::checked(&mut task.upgrading) => {
@@ -364,7 +413,7 @@ impl Task<'_> {
             Action::Notify(states) => {
                 for s in &states {
                     if let SdState::Status(status) = s {
-                        self.waiters.progress(status);
+                        self.waiters.progress(status, self.reload_phase);
                     }
                 }
                 self.systemd.send(&states);
@@ -397,6 +446,17 @@ impl Task<'_> {
         }
         Event::ConfigLoaded { generation, result }
     }
+}
+
+/// Lets the control connections write what they were just given (a `handover stop` of a
+/// paused manager is answered in the very step that exits), for at most a moment.
+async fn flush_replies() {
+    let yields = async {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(100), yields).await;
 }
 
 /// The next tick of an optional interval; never when there is none.
