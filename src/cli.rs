@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::demo_worker::DemoWorkerArgs;
 use crate::sockets::ListenSpec;
-use crate::units::{MAX_WORKERS, Readiness, StopTo, parse_duration, parse_signal, parse_size};
+use crate::units::{
+    MAX_WORKERS, Readiness, StopTo, Warmup, parse_duration, parse_signal, parse_size,
+};
 
 /// Zero-downtime restarts for any server under systemd.
 ///
@@ -111,6 +113,12 @@ pub struct RunArgs {
     /// process handover started) [default: group].
     #[arg(long, value_name = "TARGET")]
     pub stop_to: Option<StopTo>,
+
+    /// How a starting generation runs until it is ready: `low` (a low CPU weight, or a
+    /// nice value, so a CPU-heavy start leaves the serving workers alone) or `normal`
+    /// [default: low].
+    #[arg(long, value_name = "MODE")]
+    pub warmup: Option<Warmup>,
 
     /// How long a draining worker may take before it is killed with SIGKILL [default: 30s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]

@@ -312,13 +312,29 @@ pub fn render(s: &StatusReport) -> String {
         }
         None => out += "last reload: none yet\n",
     }
-    // Memory of each generation: the sum of its workers' trees.
+    // Memory of each generation: its cgroup's memory.current where there is one, else
+    // the sum of its workers' trees.
     let mut by_generation: std::collections::BTreeMap<u64, u64> = Default::default();
     for w in &s.workers {
         *by_generation.entry(w.generation).or_default() += w.tree_rss_bytes.unwrap_or(0);
     }
     for (g, bytes) in by_generation.iter().rev() {
-        out += &format!("gen {g} memory: {}\n", mib(*bytes));
+        let cgroup = s.cgroups.iter().find(|c| c.generation == *g);
+        out += &match cgroup {
+            Some(c) => match c.memory_bytes {
+                Some(m) => format!(
+                    "gen {g} memory: {} (memory.current of {})\n",
+                    mib(m),
+                    c.path
+                ),
+                None => format!(
+                    "gen {g} memory: {} (sum of its trees; cgroup {})\n",
+                    mib(*bytes),
+                    c.path
+                ),
+            },
+            None => format!("gen {g} memory: {}\n", mib(*bytes)),
+        };
     }
     out += &format!(
         "{:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  {:>9}  STATUS\n",

@@ -117,6 +117,7 @@ impl RunConfig {
                     .or(file.stop_signal)
                     .unwrap_or(DEFAULT_STOP_SIGNAL),
                 stop_to: args.stop_to.or(file.stop_to).unwrap_or_default(),
+                warmup: args.warmup.or(file.warmup).unwrap_or_default(),
                 graceful_timeout: args
                     .graceful_timeout
                     .or(file.graceful_timeout)
@@ -188,6 +189,7 @@ impl std::fmt::Display for RunConfig {
         writeln!(f, "ready_timeout = \"{}\"", show_duration(s.ready_timeout))?;
         writeln!(f, "stop_signal = \"{}\"", s.stop_signal)?;
         writeln!(f, "stop_to = \"{}\"", s.stop_to.text())?;
+        writeln!(f, "warmup = \"{}\"", s.warmup.text())?;
         writeln!(
             f,
             "graceful_timeout = \"{}\"",

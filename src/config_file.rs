@@ -11,6 +11,7 @@
 //! ready_timeout = "60s"
 //! stop_signal = "SIGTERM"
 //! stop_to = "group"                        # or "main": the process handover started
+//! warmup = "low"                           # or "normal": starting workers' CPU priority
 //! graceful_timeout = "30s"
 //! batch = 0                                # rolling reload batch size, 0 = all at once
 //! probation = "30s"                        # new workers serve beside the old this long
@@ -40,7 +41,7 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess,
 use toml::{Spanned, Value};
 
 use crate::sockets::ListenSpec;
-use crate::units::{Readiness, StopTo, parse_duration, parse_signal, parse_size};
+use crate::units::{Readiness, StopTo, Warmup, parse_duration, parse_signal, parse_size};
 
 /// The settings a config file may give; `None` (or an empty `env`) means not given.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -62,6 +63,8 @@ pub struct FileConfig {
     pub stop_signal: Option<Signal>,
     #[serde(default, deserialize_with = "stop_to")]
     pub stop_to: Option<StopTo>,
+    #[serde(default, deserialize_with = "warmup")]
+    pub warmup: Option<Warmup>,
     #[serde(default, deserialize_with = "graceful_timeout")]
     pub graceful_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "batch")]
@@ -338,6 +341,7 @@ field!(ready: Readiness, |v| parsed(v, Readiness::from_str));
 field!(ready_timeout: Duration, |v| parsed(v, parse_duration));
 field!(stop_signal: Signal, |v| parsed(v, parse_signal));
 field!(stop_to: StopTo, |v| parsed(v, StopTo::from_str));
+field!(warmup: Warmup, |v| parsed(v, Warmup::from_str));
 field!(graceful_timeout: Duration, |v| parsed(v, parse_duration));
 field!(batch: u32, |v| number(v, 0, 4096, "a whole number from 0 (all at once) to 4096"));
 field!(max_lifetime: Duration, |v| parsed(v, parse_duration));
@@ -413,6 +417,7 @@ ready = "delay:2s"
 ready_timeout = "60s"
 stop_signal = "SIGQUIT"
 stop_to = "main"
+warmup = "normal"
 graceful_timeout = 30
 batch = 0
 max_lifetime = "1h"
@@ -437,6 +442,7 @@ A_FIRST = "x=y"
             ready_timeout: Some(Duration::from_secs(60)),
             stop_signal: Some(Signal::SIGQUIT),
             stop_to: Some(StopTo::Main),
+            warmup: Some(Warmup::Normal),
             graceful_timeout: Some(Duration::from_secs(30)),
             batch: Some(0),
             max_lifetime: Some(Duration::from_secs(3600)),

@@ -130,6 +130,19 @@ pub struct StatusReport {
     pub sockets: Vec<SocketInfo>,
     pub workers: Vec<WorkerInfo>,
     pub last_reload: Option<ReloadInfo>,
+    /// Each generation's own cgroup, under systemd with `Delegate=` (none otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<CgroupInfo>,
+}
+
+/// A generation's cgroup and what it measures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CgroupInfo {
+    pub generation: u64,
+    pub path: String,
+    /// Its `memory.current` (every process in it), where the memory controller is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -21,11 +21,12 @@
 //! the old release serving.
 //!
 //! Modules: [`sockets`] (intake and binding), [`spawn`] (fork/exec with the fds),
-//! [`notify`] (sd_notify both ways), [`supervisor`] (the pure `Machine` + the task that
+//! [`notify`] (sd_notify both ways), [`cgroup`] (a generation per cgroup), [`supervisor`] (the pure `Machine` + the task that
 //! executes it), [`release`] (what a generation runs), [`units`] (leaf types and
 //! defaults), [`config`], [`config_file`] and [`cli`] (flags and file), [`logging`],
 //! [`demo_worker`] (the reference worker).
 
+pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod config;

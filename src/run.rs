@@ -155,6 +155,7 @@ fn demo_args(args: &DemoArgs) -> anyhow::Result<RunArgs> {
         ready_timeout: Some(std::time::Duration::from_secs(10)),
         stop_signal: None,
         stop_to: None,
+        warmup: None,
         pid_file: None,
         metrics_file: None,
         probation: None,

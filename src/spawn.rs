@@ -30,13 +30,14 @@ pub struct SpawnError {
     pub errno: nix::errno::Errno,
 }
 
-const STAGES: [&str; 6] = [
+const STAGES: [&str; 7] = [
     "fork",
     "pipe",
     "set up fds",
     "set up process",
     "chdir",
     "exec",
+    "join its cgroup / set its nice value",
 ];
 const PID_DIGITS: usize = 10;
 
@@ -90,8 +91,27 @@ fn build_env(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Vec<CStri
     out
 }
 
+/// Where a worker is placed before it execs: its generation's cgroup, its nice value.
+#[derive(Default)]
+pub struct Placement<'a> {
+    /// `cgroup.procs` of the generation's cgroup, open for writing: the child joins it.
+    pub cgroup: Option<BorrowedFd<'a>>,
+    /// A nice value to run at (the warm-up without a cgroup).
+    pub nice: Option<i32>,
+}
+
 /// Starts one worker and returns its pid once the exec has succeeded.
 pub fn spawn(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Result<i32, SpawnError> {
+    spawn_placed(w, release, generation, &Placement::default())
+}
+
+/// `spawn`, with the worker placed in a cgroup and at a nice value first.
+pub fn spawn_placed(
+    w: &WorkerEnv<'_>,
+    release: &Release,
+    generation: u64,
+    placement: &Placement<'_>,
+) -> Result<i32, SpawnError> {
     let program = cstring(release.program.as_os_str().as_bytes());
     let fail = |stage: usize, errno| SpawnError {
         program: release.program.display().to_string(),
@@ -140,6 +160,8 @@ pub fn spawn(w: &WorkerEnv<'_>, release: &Release, generation: u64) -> Result<i3
                 scratch: &mut scratch,
                 report: write_end.as_raw_fd(),
                 parent,
+                cgroup: placement.cgroup.map_or(-1, |f| f.as_raw_fd()),
+                nice: placement.nice,
                 nofile,
             })
         }
@@ -194,6 +216,9 @@ struct ChildPlan<'a> {
     scratch: &'a mut [RawFd],
     report: RawFd,
     parent: libc::pid_t,
+    /// `cgroup.procs` to join (-1: none), and a nice value.
+    cgroup: RawFd,
+    nice: Option<i32>,
     /// The worker's RLIMIT_NOFILE (the manager raised its own: fdlimit.rs).
     nofile: Option<libc::rlimit>,
 }
@@ -217,6 +242,16 @@ unsafe fn child(p: ChildPlan<'_>) -> ! {
         // Die with the manager. If it already died between fork and prctl, leave now.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != p.parent {
             die(3);
+        }
+        // Placement: the generation's cgroup (before anything runs, so all the worker's
+        // tree is in it), the warm-up nice value.
+        if p.cgroup >= 0 && libc::write(p.cgroup, b"0".as_ptr().cast(), 1) != 1 {
+            die(6);
+        }
+        if let Some(nice) = p.nice
+            && libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0
+        {
+            die(6);
         }
         // Signal dispositions: handlers reset at exec, but ignored signals (Rust ignores
         // SIGPIPE) and the mask would be inherited.

@@ -125,6 +125,40 @@ impl StopTo {
     }
 }
 
+/// How a generation's processes run while it starts (before it is ready).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Warmup {
+    /// The default: at a low CPU priority (the generation's cgroup `cpu.weight`, or a
+    /// nice value), so a CPU-heavy start does not slow the workers that serve; restored
+    /// once the generation is ready.
+    #[default]
+    Low,
+    /// At the same priority as the serving workers.
+    Normal,
+}
+
+impl FromStr for Warmup {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "low" => Ok(Warmup::Low),
+            "normal" => Ok(Warmup::Normal),
+            _ => Err(format!(
+                "`{s}` is not a warm-up mode: use `low` or `normal`"
+            )),
+        }
+    }
+}
+
+impl Warmup {
+    pub fn text(&self) -> &'static str {
+        match self {
+            Warmup::Low => "low",
+            Warmup::Normal => "normal",
+        }
+    }
+}
+
 /// Parses `500ms`, `2s`, `1m`, `1h`; a bare number means seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("`{s}` is not a duration: use e.g. 500ms, 30s, 2m");

@@ -43,14 +43,20 @@
 //!    no request sent meanwhile failed;
 //! 4. gunicorn (Debian's python3-gunicorn) deployed by a reload, then reloaded 10 × under
 //!    load with 0 failures;
-//! 5. `systemctl stop myapp` lets an in-flight request finish;
-//! 6. the journal has handover's GENERATION, PID and SLOT fields;
-//! 7. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, a broken
+//! 5. a generation per cgroup (`Delegate=`): `systemd-cgls` shows `manager` and `gen-N`
+//!    with the workers and what they detached; the old generation's cgroup is gone after
+//!    its drain, nothing of it left; nothing for systemd to kill after `systemctl stop`;
+//!    memory.current in status and cpu.weight 1 while starting, where the controllers are;
+//! 6. `systemctl stop myapp` lets an in-flight request finish;
+//! 7. the journal has handover's GENERATION, PID and SLOT fields;
+//! 8. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, a broken
 //!    release that the job cannot report shows in `systemctl status`, and a reload while
 //!    paused ends at once, still paused.
 
 #[path = "system/app.rs"]
 mod app;
+#[path = "system/cgroups.rs"]
+mod cgroups;
 mod common;
 #[path = "system/container.rs"]
 mod container;
@@ -136,6 +142,11 @@ fn system_test(distro: &str, systemd: u32) {
         &app,
         "manager SIGKILLed: systemd restarts it, nothing refused",
         manager_crash,
+    );
+    step(
+        &app,
+        "a generation per cgroup: systemd-cgls, drain, detached grandchildren, stop",
+        cgroups::generation_cgroups,
     );
     step(&app, "stop drains in-flight requests", stop_drains);
     step(&app, "journal fields", journal_fields);

@@ -72,9 +72,18 @@ fn a_node_app_under_a_shell_without_exec_answers_its_in_flight_request_across_a_
     let d = dir.path().display().to_string();
     // `; true` keeps sh from exec'ing node: the wrapper stays node's parent.
     let cmd = format!("{node} {d}/app.js {d}; true");
+    // The wrapper drain is the point, not the warm-up: at nice 10 on a busy host the new
+    // node can take longer to start than the 1.5 s request is in flight.
     let m = Manager::start_in(
         dir,
-        &["--workers", "1", "--graceful-timeout", "10s"],
+        &[
+            "--workers",
+            "1",
+            "--graceful-timeout",
+            "10s",
+            "--warmup",
+            "normal",
+        ],
         &["/bin/sh", "-c", &cmd],
     );
     m.wait_ready(1);

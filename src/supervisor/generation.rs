@@ -29,6 +29,8 @@ pub struct Generation {
     pub settings: Settings,
     pub workers: BTreeMap<WorkerId, Worker>,
     pub pending: Vec<PendingRestart>,
+    /// Its warm-up runs: its processes are at a low CPU priority until it is ready.
+    pub warming: bool,
 }
 
 impl Generation {
@@ -39,6 +41,7 @@ impl Generation {
             settings,
             workers: BTreeMap::new(),
             pending: Vec::new(),
+            warming: false,
         }
     }
 

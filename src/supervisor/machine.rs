@@ -37,7 +37,7 @@ pub use super::model::{
 };
 use super::notes::Note;
 use crate::notify::SdState;
-use crate::units::MAX_WORKERS;
+use crate::units::{MAX_WORKERS, Warmup};
 
 /// A reload in progress: the candidate generation of `size` is starting, `spawned` of
 /// its workers so far (batches), and `retired` old workers already stopped for ready new
@@ -297,7 +297,15 @@ impl Machine {
                 if self.current.is_some() && settings.canary < reload.size {
                     reload.canary = settings.canary;
                 }
-                let g = Generation::new(generation, release, settings);
+                let mut g = Generation::new(generation, release, settings);
+                // A warm-up only matters beside a generation that serves.
+                g.warming = g.settings.warmup == Warmup::Low && self.current.is_some();
+                if g.warming {
+                    out.push(Action::Priority {
+                        generation,
+                        low: true,
+                    });
+                }
                 self.generations.insert(generation, g);
                 self.phase = Phase::Rolling(reload);
                 self.spawn_batch(now, out);
@@ -381,8 +389,26 @@ impl Machine {
         let ready = self.generations.get(&g).map_or(0, |c| c.ready());
         if ready >= size {
             self.on_probation_or_promote(now, out);
-        } else if ready == spawned && !(canaries && self.start_probation(now)) {
-            self.next_batch(now, out);
+        } else if ready == spawned {
+            if canaries && self.start_probation(now) {
+                self.end_warmup(out);
+            } else {
+                self.next_batch(now, out);
+            }
+        }
+    }
+
+    /// The candidate is ready to serve (every worker, or its canaries on probation): its
+    /// warm-up is over.
+    pub(super) fn end_warmup(&mut self, out: &mut Vec<Action>) {
+        let Some(c) = self.candidate() else { return };
+        if let Some(g) = self.generations.get_mut(&c)
+            && std::mem::take(&mut g.warming)
+        {
+            out.push(Action::Priority {
+                generation: c,
+                low: false,
+            });
         }
     }
 

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::notify::SdState;
 use crate::release::Release;
-use crate::units::{self, Readiness, StopTo};
+use crate::units::{self, Readiness, StopTo, Warmup};
 
 /// The settings a generation is created with, from the configuration loaded for it. They
 /// stay with that generation for its life: its workers are readied, restarted, recycled
@@ -26,6 +26,9 @@ pub struct Settings {
     /// Where the stop signal goes: the worker's process group, or its main process.
     #[serde(default)]
     pub stop_to: StopTo,
+    /// How its processes run until it is ready: at a low CPU priority, or normal.
+    #[serde(default)]
+    pub warmup: Warmup,
     pub graceful_timeout: Duration,
     /// Rolling reload: start this many new workers, wait for them, stop as many old ones,
     /// repeat. 0 starts the whole generation at once.
@@ -63,6 +66,7 @@ impl Default for Settings {
             ready_timeout: units::DEFAULT_READY_TIMEOUT,
             stop_signal: units::DEFAULT_STOP_SIGNAL,
             stop_to: StopTo::Group,
+            warmup: Warmup::Low,
             graceful_timeout: units::DEFAULT_GRACEFUL_TIMEOUT,
             batch: 0,
             backoff_base: units::BACKOFF_BASE,
@@ -194,6 +198,18 @@ pub enum Action {
         pid: i32,
         signal: Signal,
         group: bool,
+    },
+    /// Run generation `generation` at a low CPU priority (its warm-up: its cgroup's
+    /// `cpu.weight`, or a nice value for the workers spawned from now on), or back at
+    /// the normal one (every process of its workers' trees).
+    Priority {
+        generation: GenId,
+        low: bool,
+    },
+    /// Kill whatever is left of a stopped generation past its graceful timeout: its
+    /// cgroup, where it has one (`cgroup.kill`), catches what left the process groups.
+    KillGeneration {
+        generation: GenId,
     },
     Notify(Vec<SdState>),
     /// A reload (or the first start) finished; for logs and waiting clients.

@@ -29,6 +29,8 @@ pub enum Release {
     Gunicorn,
     /// A command that exits 3 before it is ready.
     Broken,
+    /// The demo worker behind a script that leaves a detached grandchild.
+    Detaching,
 }
 
 impl Release {
@@ -37,6 +39,7 @@ impl Release {
             Release::Demo => include_str!("demo.toml"),
             Release::Gunicorn => include_str!("gunicorn.toml"),
             Release::Broken => include_str!("broken.toml"),
+            Release::Detaching => include_str!("detaching.toml"),
         }
     }
 }
@@ -59,6 +62,11 @@ impl<'c> App<'c> {
         c.write(
             "/srv/myapp/broken-release",
             include_str!("broken-release"),
+            0o755,
+        );
+        c.write(
+            "/srv/myapp/detaching-release",
+            include_str!("detaching-release"),
             0o755,
         );
         let app = App {

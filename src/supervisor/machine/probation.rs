@@ -42,6 +42,7 @@ impl Machine {
 
     /// Every new worker is ready: on probation first if one is due, else promoted now.
     pub(super) fn on_probation_or_promote(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.end_warmup(out);
         if !self.start_probation(now) && self.probation_until().is_none() {
             self.promote(now, out);
         }

@@ -273,6 +273,7 @@ impl Machine {
         self.pause_timer(now, out);
         let mut ready = Vec::new();
         let mut late = Vec::new();
+        let mut killed = Vec::new();
         for generation in self.generations.values_mut() {
             let g = generation.id;
             for (id, w) in generation.workers.iter_mut() {
@@ -285,6 +286,7 @@ impl Machine {
                     }
                     WorkerPhase::Stopping { kill_at: Some(k) } if k <= now => {
                         w.phase = WorkerPhase::Stopping { kill_at: None };
+                        killed.push(g);
                         if let Some(pid) = w.pid {
                             self.notes.push(Note::KilledLate { generation: g, pid });
                             out.push(Action::Signal {
@@ -298,6 +300,7 @@ impl Machine {
                 }
             }
         }
+        self.kill_generations_past_timeout(&killed, out);
         for (g, id) in ready {
             self.mark_ready(g, id, now, out);
         }
@@ -318,6 +321,27 @@ impl Machine {
         }
         self.recycle_expired(now, out);
         self.restart_due(now, out);
+    }
+
+    /// Generations in `killed` (a worker of theirs was just SIGKILLed) that no longer
+    /// serve and whose every worker is past its graceful timeout: killed as a whole (what
+    /// is left of them in their cgroup).
+    fn kill_generations_past_timeout(&self, killed: &[GenId], out: &mut Vec<Action>) {
+        let serving = [self.current, self.candidate()];
+        for &g in killed {
+            let Some(generation) = self.generations.get(&g) else {
+                continue;
+            };
+            let over = generation
+                .workers
+                .values()
+                .all(|w| w.phase == WorkerPhase::Stopping { kill_at: None });
+            let retired = self.is_stopping() || !serving.contains(&Some(g));
+            let action = Action::KillGeneration { generation: g };
+            if over && retired && !out.contains(&action) {
+                out.push(action);
+            }
+        }
     }
 
     /// Starts the current generation's crashed workers whose backoff has passed.
@@ -374,6 +398,7 @@ impl Machine {
                 continue;
             };
             generation.pending.clear();
+            out.push(Action::KillGeneration { generation: g });
             for w in generation.workers.values_mut() {
                 w.phase = WorkerPhase::Stopping { kill_at: None };
                 if let Some(pid) = w.pid {

@@ -13,6 +13,7 @@
 //! only sound when no other thread can hold a lock. Nothing here polls: with no deadline
 //! pending, the task sleeps until a signal, a datagram or a client arrives.
 
+mod cgroups;
 mod intake;
 mod metrics;
 mod readiness;
@@ -138,6 +139,8 @@ struct Task<'a> {
     statuses: intake::Statuses,
     /// An in-place upgrade under way (its check runs; see upgrade.rs).
     upgrading: Option<upgrade::Upgrading>,
+    /// Generation cgroups and warm-up priorities (cgroups.rs).
+    cgroups: cgroups::Cgroups,
     /// The part of a reload in progress after the last step, for progress lines.
     reload_phase: Option<&'static str>,
     /// `metrics_file`, and what it shows (metrics.rs).
@@ -230,6 +233,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         statuses: intake::Statuses::default(),
         reload_phase: None,
         upgrading: None,
+        cgroups: cgroups::Cgroups::new(resume.is_none(), &machine),
         metrics: published,
         start_time,
     };
@@ -239,6 +243,8 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let mut memory: Option<tokio::time::Interval> = None;
     // While workers wait to be seen serving, their trees are probed; otherwise nothing.
     let mut probes: Option<tokio::time::Interval> = None;
+    // While a forgotten generation's cgroup waits to empty, it is looked at; else nothing.
+    let mut removals: Option<tokio::time::Interval> = None;
     // With a metrics file, its memory figures are refreshed now and then.
     let mut metrics_refresh = task
         .metrics
@@ -290,7 +296,8 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                         continue;
                     }
                 }
-                if let Some(code) = task.execute(action, &mut answers) {
+                if let Some(code) = task.execute(action, &mut answers, &machine) {
+                    task.cgroups.remove_all();
                     task.systemd.settle();
                     task.publish_metrics(&machine, true);
                     task.waiters.fail_all("the manager stopped");
@@ -306,6 +313,13 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             for e in answers.into_iter().rev() {
                 queue.push_front(e);
             }
+            task.cgroups.sync(&machine);
+        }
+        if task.cgroups.removing() != removals.is_some() {
+            removals = task
+                .cgroups
+                .removing()
+                .then(|| tokio::time::interval(cgroups::REMOVE_EVERY));
         }
         task.publish_metrics(&machine, false);
         if !machine.is_paused() {
@@ -348,6 +362,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             _ = tick(&mut watchdog) => task.systemd.send(&[SdState::Watchdog]),
             _ = tokio::time::sleep(notify::FLUSH_EVERY), if task.systemd.has_pending() => task.systemd.flush(),
             _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
+            _ = tick(&mut removals) => task.cgroups.retry_removals(),
             _ = tick(&mut metrics_refresh) => task.publish_metrics(&machine, true),
             _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &listeners, &mut queue),
             _ = signals.usr2.recv() => task.start_upgrade(&machine, ctx.sockets, &notify_socket, None),
@@ -371,7 +386,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
 impl Task<'_> {
     /// Carries out one action; answers for the state machine are appended to `answers`.
     /// Returns the exit code when the action is to exit.
-    fn execute(&mut self, action: Action, answers: &mut Vec<Event>) -> Option<i32> {
+    fn execute(&mut self, action: Action, answers: &mut Vec<Event>, m: &Machine) -> Option<i32> {
         match action {
             Action::LoadConfig { generation } => answers.push(self.load_config(generation)),
             Action::Spawn {
@@ -381,7 +396,9 @@ impl Task<'_> {
                 ..
             } => {
                 // The machine logs a failure, with the worker's generation and slot.
-                answers.push(match spawn::spawn(&self.env, &release, generation) {
+                let placement = self.cgroups.placement(generation);
+                let spawned = spawn::spawn_placed(&self.env, &release, generation, &placement);
+                answers.push(match spawned {
                     Ok(pid) => Event::Spawned { id, pid },
                     Err(e) => Event::SpawnFailed {
                         id,
@@ -390,6 +407,8 @@ impl Task<'_> {
                 });
             }
             Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
+            Action::Priority { generation, low } => self.cgroups.priority(generation, low, m),
+            Action::KillGeneration { generation } => self.cgroups.kill(generation),
             Action::Notify(states) => {
                 for s in &states {
                     if let SdState::Status(status) = s {

@@ -122,7 +122,23 @@ impl Task<'_> {
                 .collect(),
             workers,
             last_reload: self.last_reload_info(now),
+            cgroups: self.cgroup_report(m),
         }
+    }
+
+    /// Each generation's cgroup and its memory.current.
+    fn cgroup_report(&self, m: &Machine) -> Vec<control::CgroupInfo> {
+        let mut ids: Vec<u64> = m.workers().map(|(g, _, _)| g).collect();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|g| {
+                Some(control::CgroupInfo {
+                    generation: g,
+                    path: self.cgroups.path(g)?.display().to_string(),
+                    memory_bytes: self.cgroups.memory(g),
+                })
+            })
+            .collect()
     }
 
     /// The last reload's outcome, aged to `now`.

@@ -283,6 +283,11 @@ fn rolled_back(stopped: &[i32], serving: usize, reason: String, took: Duration) 
     settled(stop(stopped, SIGTERM), &line, outcome)
 }
 
+/// The warm-up priority of generation `g`: `low`, or back to normal.
+fn warmup(generation: Generation, low: bool) -> Action {
+    Action::Priority { generation, low }
+}
+
 /// The values bound by `pattern => value` in every action that matches, in order.
 macro_rules! pick {
     ($actions:expr, $pattern:pat => $value:expr) => {
@@ -375,6 +380,10 @@ fn reload_swaps_generations(settings: Settings) {
     ];
     assert_eq!(a[0], Action::Notify(reloading));
     assert_eq!(spawns(&a), [(2, 0), (2, 1)]);
+    // The warm-up (default `low`) is asked for before the first new worker starts.
+    let low = a.iter().position(|x| *x == warmup(2, true));
+    let first_spawn = a.iter().position(|x| matches!(x, Action::Spawn { .. }));
+    assert!(low.is_some() && low < first_spawn, "{a:?}");
 
     d.advance(ms(1500));
     let new = d.pids(2);
@@ -383,7 +392,8 @@ fn reload_swaps_generations(settings: Settings) {
 
     let line = "gen 2: 2/2 ready, gen 1 draining 2";
     let promoted = settled(stop(&old, signal), line, reloaded(2, ms(1500)));
-    assert_eq!(d.ready(new[1]), promoted);
+    // Ready: its warm-up ends first.
+    assert_eq!(d.ready(new[1]), [vec![warmup(2, false)], promoted].concat());
     assert_eq!(d.sup.current_generation(), Some(2));
 
     d.exit(old[0], "exit status 0");
@@ -879,3 +889,4 @@ mod generations;
 mod pause;
 mod readiness;
 mod trees;
+mod warmup;
