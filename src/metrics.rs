@@ -168,7 +168,7 @@ pub fn render(v: &View) -> String {
     t.family(
         "handover_generation_memory_bytes",
         "gauge",
-        "Resident memory of a generation's workers, their whole process trees.",
+        "Memory of a generation: its cgroup's memory.current where delegated, else the resident memory of its workers' whole process trees.",
     );
     for (g, bytes) in &v.memory {
         t.sample(

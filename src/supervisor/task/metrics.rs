@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::Task;
+use super::cgroups::Cgroups;
 use crate::metrics::{self, View};
 use crate::metrics_file::MetricsFile;
 use crate::supervisor::machine::WorkerPhase;
@@ -25,20 +26,32 @@ pub(super) fn state_name(phase: &WorkerPhase) -> &'static str {
     }
 }
 
-/// Resident memory per generation, in bytes: the sum of its workers' process trees, as
+/// Memory per generation, in bytes: its cgroup's `memory.current` where the memory
+/// controller is delegated (everything of the generation, detached processes and page
+/// cache included), else the sum of its workers' process trees' resident memory, as
 /// `handover status` shows them.
-fn generation_memory(m: &Machine) -> BTreeMap<GenId, u64> {
+fn generation_memory(m: &Machine, cgroups: &Cgroups) -> BTreeMap<GenId, u64> {
     let table = crate::procs::processes();
     let mut out = BTreeMap::new();
     for (g, _, w) in m.workers() {
         let bytes = w.pid.map_or(0, |p| crate::procs::tree_rss(&table, p));
         *out.entry(g).or_default() += bytes;
     }
+    for (g, bytes) in out.iter_mut() {
+        if let Some(current) = cgroups.memory(*g) {
+            *bytes = current;
+        }
+    }
     out
 }
 
 /// The metrics of `m`; the memory only with `memory` (it reads /proc).
-pub(super) fn view(m: &Machine, upgrades: u32, start_time: Option<f64>, memory: bool) -> View {
+pub(super) fn view(
+    m: &Machine,
+    upgrades: u32,
+    start_time: Option<f64>,
+    memory: Option<&Cgroups>,
+) -> View {
     let mut workers = BTreeMap::new();
     for (g, _, w) in m.workers() {
         *workers.entry((g, state_name(&w.phase))).or_default() += 1;
@@ -52,11 +65,7 @@ pub(super) fn view(m: &Machine, upgrades: u32, start_time: Option<f64>, memory: 
         upgrades: u64::from(upgrades),
         counters: m.counters().clone(),
         workers,
-        memory: if memory {
-            generation_memory(m)
-        } else {
-            BTreeMap::new()
-        },
+        memory: memory.map_or_else(BTreeMap::new, |c| generation_memory(m, c)),
     }
 }
 
@@ -70,18 +79,23 @@ pub(super) struct Published {
 impl Task<'_> {
     /// The exposition text, as `handover metrics` prints it.
     pub(super) fn metrics_text(&self, m: &Machine) -> String {
-        metrics::render(&view(m, self.upgrades, self.start_time, true))
+        metrics::render(&view(
+            m,
+            self.upgrades,
+            self.start_time,
+            Some(&self.cgroups),
+        ))
     }
 
     /// Rewrites the metrics file if what it shows changed (or always, with `refresh`).
     pub(super) fn publish_metrics(&mut self, m: &Machine, refresh: bool) {
         let Some(p) = &mut self.metrics else { return };
-        let now = view(m, self.upgrades, self.start_time, false);
+        let now = view(m, self.upgrades, self.start_time, None);
         if !refresh && p.shown.as_ref() == Some(&now) {
             return;
         }
         let text = metrics::render(&View {
-            memory: generation_memory(m),
+            memory: generation_memory(m, &self.cgroups),
             ..now.clone()
         });
         p.file.update(&text);

@@ -181,7 +181,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     });
     if let Some(p) = &published {
         if ctx.resume.is_none() {
-            let view = metrics::view(&machine, 0, start_time, false);
+            let view = metrics::view(&machine, 0, start_time, None);
             p.file.write(&crate::metrics::render(&view))?;
         }
         tracing::info!("metrics file: {}", p.file.path().display());
