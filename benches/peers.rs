@@ -1,7 +1,10 @@
 //! handover against its peers, under the same load, on loopback: `cargo bench --bench
 //! peers` (scripts/bench installs the peers first and runs this with the paths it needs).
 //!
-//! Each scenario is one server and its way of reloading:
+//! Each scenario is one server and its way of reloading. The default set is today's
+//! peers ([`stacks`]: uvicorn's own workers, circus, pm2, gunicorn without `--preload`,
+//! each behind nginx too); the scenarios of the 2026-11-25 run stay selectable with
+//! `--only`:
 //!
 //! | scenario | server | reload |
 //! | --- | --- | --- |
@@ -14,26 +17,39 @@
 //! | systemd-stop-start | gunicorn (2 sync) binding its own port, under systemd | `systemctl stop; systemctl start` |
 //! | systemd-handover | handover + 2 demo workers as `myapp.socket`/`.service` | `systemctl reload` |
 //!
-//! For each: a warm-up second, a steady run (no reloads: the baseline), optionally wrk
-//! for a throughput cross-check, a run with `--reloads` evenly spread reloads, then
-//! `--idle` seconds of nothing to measure the manager's RSS, CPU time and wake-ups. Both
-//! runs are the same load ([`load`]): 32 keep-alive clients on `/` and one on
-//! `/slow?ms=300`, so every reload catches requests in flight; every request is recorded
-//! with its start, latency and outcome, so latency can be cut to the reload windows
-//! ([`report`]). The reload time is reported twice: when the trigger returned (what a
-//! deploy script or systemd sees) and when every serving process was new (what happened).
+//! For each: a warm-up second, optionally `--throughput` seconds of closed-loop load
+//! (the throughput figure, compared with the same server bound directly), a steady run
+//! (no reloads: the baseline), optionally wrk for a cross-check, a run with `--reloads`
+//! evenly spread reloads, then `--idle` seconds of nothing to measure the manager's RSS,
+//! CPU time and wake-ups. The steady and reload runs are the same load ([`load`]): 32
+//! keep-alive clients on `/`, one on `/slow?ms=300` (so every reload catches requests in
+//! flight) and `--fresh` clients opening a connection per request (which see refused or
+//! reset connects); every request is recorded with its start, latency, outcome and the
+//! pid that answered, so latency can be cut to the reload windows ([`report`]). The
+//! reload time is reported three times: when the trigger returned (what a deploy script
+//! or systemd sees), when a new process first answered, and when every serving process
+//! was new.
 //!
 //! Options (scripts/bench passes the paths):
 //!
-//! - `--only a,b`: these scenarios; `--seconds 20`, `--reloads 8` per run;
+//! - `--only a,b`: these scenarios; `--seconds 20`, `--reloads 8` for the reload run,
+//!   `--steady S` for the steady one (default: `--seconds`);
 //! - `--idle 10`: seconds of idleness measured (0: not measured);
+//! - `--throughput S`: seconds of closed-loop load before the steady run (0: none);
 //! - `--wrk 5`: seconds of wrk after the steady run (0: none);
-//! - `--rate N`: pace the clients on `/` to N req/s in total, timed from each request's
-//!   due time (see [`load`]): latency without CPU saturation;
-//! - `--venv DIR` (target/bench-venv), `--root DIR` (the Debian root for the systemd
-//!   scenarios, target/system-roots/bookworm), `--out DIR` (target/bench: logs,
-//!   peers.md); `--records`: also every request as CSV, `<scenario>.<run>.csv` there.
+//! - `--rate N`: pace the keep-alive clients on `/` to N req/s in total, timed from each
+//!   request's due time (see [`load`]): latency without CPU saturation;
+//! - `--fresh N` one-request-per-connection clients (0), `--fresh-rate N` their total
+//!   rate (default: closed loop);
+//! - `--venv DIR` (target/bench-venv), `--pm2 BIN` (target/pm2/node_modules/.bin/pm2),
+//!   `--root DIR` (the Debian root for the systemd scenarios,
+//!   target/system-roots/bookworm), `--out DIR` (target/bench: logs, peers.md);
+//!   `--records`: also every request as CSV, `<scenario>.<run>.csv` there, and the
+//!   reloads as `<scenario>.<run>.events.csv`, and the scenarios run in `peers-scenarios.txt`
+//!   (what benches/peers/plot.py draws).
 
+#[path = "peers/answers.rs"]
+mod answers;
 #[path = "peers/container.rs"]
 mod container;
 #[path = "peers/load.rs"]
@@ -44,6 +60,8 @@ mod procfs;
 mod report;
 #[path = "peers/servers.rs"]
 mod servers;
+#[path = "peers/stacks.rs"]
+mod stacks;
 #[path = "peers/units.rs"]
 mod units;
 
@@ -54,11 +72,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use container::Container;
-use load::Load;
+use load::{Load, Shape};
 use report::{Reload, Run, Scenario};
 use servers::{Paths, Server};
 
-const SCENARIOS: [&str; 8] = [
+/// The scenarios of the 2026-11-25 run (`--only` picks them; today's are in [`stacks`]).
+const EARLIER: [&str; 8] = [
     "handover-demo",
     "handover-uvicorn",
     "handover-gunicorn",
@@ -68,19 +87,30 @@ const SCENARIOS: [&str; 8] = [
     "systemd-stop-start",
     "systemd-handover",
 ];
-/// The load: wrk -t1 -c32 on `/` plus -c1 on `/slow?ms=300` (FACTS.md's setup).
+/// The load: wrk -t1 -c32 on `/` plus -c1 on `/slow?ms=300` (FACTS.md's setup), plus
+/// `--fresh` clients with one request per connection.
 const FAST: usize = 32;
 const SLOW: usize = 1;
+
+fn known(name: &str) -> bool {
+    EARLIER.contains(&name) || stacks::TODAY.contains(&name)
+}
 /// How long a reload may take before the bench gives up waiting for new processes.
 const REPLACE_LIMIT: Duration = Duration::from_secs(15);
 
 struct Args {
     only: Vec<String>,
     seconds: u64,
+    /// Length of the steady run (default: `seconds`).
+    steady: Option<u64>,
     reloads: u32,
     idle: u64,
     wrk: u64,
+    /// Seconds of closed-loop load before the steady run: the throughput figure.
+    throughput: u64,
     rate: Option<u32>,
+    fresh: usize,
+    fresh_rate: Option<u32>,
     records: bool,
     root: PathBuf,
     out: PathBuf,
@@ -94,12 +124,20 @@ fn main() {
         None => "as fast as they can".to_owned(),
         Some(r) => format!("paced to {r} req/s in total"),
     };
+    let fresh_pace = match args.fresh_rate {
+        None => "as fast as they can".to_owned(),
+        Some(r) => format!("{r} req/s in total"),
+    };
     println!(
-        "peers: {} s per run, {} reloads, load {FAST} clients on / ({pace}) + {SLOW} on \
-         /slow?ms={}; output in {}",
-        args.seconds,
+        "peers: steady {} s, {} reloads in {} s, load {FAST} keep-alive clients on / ({pace}) \
+         + {SLOW} on /slow?ms={} + {} one-request-per-connection clients on / ({fresh_pace}); \
+         throughput: {} s closed loop; output in {}",
+        args.steady.unwrap_or(args.seconds),
         args.reloads,
+        args.seconds,
         load::SLOW_MS,
+        args.fresh,
+        args.throughput,
         args.out.display()
     );
     let mut container: Option<Arc<Container>> = None;
@@ -107,6 +145,17 @@ fn main() {
     for name in &args.only {
         let started = Instant::now();
         match scenario(name, &args, &mut container) {
+            Ok(s) if s.steady_only => {
+                let t = s.throughput.as_ref().unwrap_or(&s.steady);
+                println!(
+                    "{name}: {:.0} s; steady only (a baseline): {:.0} req/s keep-alive, {:.0} \
+                     fresh",
+                    started.elapsed().as_secs_f64(),
+                    t.per_second,
+                    t.fresh_per_second
+                );
+                done.push(s);
+            }
             Ok(s) => {
                 let (st, re) = (&s.steady, &s.reloading);
                 println!(
@@ -133,13 +182,20 @@ fn main() {
         println!("systemd scenarios ran in {}", c.describe);
     }
     drop(container);
-    let tables = report::tables(&done);
+    let tables = format!("{}\n{}", answers::questions(&done), report::tables(&done));
     println!("\n{tables}");
     let md = match args.rate {
         None => args.out.join("peers.md"),
         Some(r) => args.out.join(format!("peers-rate-{r}.md")),
     };
     std::fs::write(&md, &tables).expect("write peers.md");
+    if args.records {
+        let names: Vec<&str> = (done.iter().filter(|s| !s.steady_only))
+            .map(|s| s.name.as_str())
+            .collect();
+        let list = args.out.join("peers-scenarios.txt");
+        std::fs::write(&list, names.join("\n") + "\n").expect("write peers-scenarios.txt");
+    }
     if !failed.is_empty() {
         eprintln!("peers: failed: {}", failed.join(", "));
         std::process::exit(1);
@@ -153,7 +209,9 @@ fn scenario(
     container: &mut Option<Arc<Container>>,
 ) -> Result<Scenario, String> {
     let p = &args.paths;
+    let today = stacks::start(name, p).transpose()?;
     let (server, manager) = match name {
+        _ if today.is_some() => today.expect("matched by the guard"),
         "handover-demo" => (Server::handover_demo(p), "handover"),
         "handover-uvicorn" => (Server::handover_uvicorn(p), "handover"),
         "handover-gunicorn" => (
@@ -173,7 +231,7 @@ fn scenario(
                 *container = Some(Arc::new(c));
             }
             let c = container.as_ref().expect("booted above");
-            let addr = ([127, 0, 0, 1], free_port()).into();
+            let addr = servers::free_addr();
             let units = units::units(name, p, addr).ok_or_else(|| unknown(name))?;
             let manager = units.manager;
             (Server::unit(c, p, addr, units)?, manager)
@@ -182,27 +240,60 @@ fn scenario(
     };
     server.wait_serving(Duration::from_secs(60))?;
     let length = Duration::from_secs(args.seconds);
-    Load::start(server.addr, FAST, SLOW, args.rate, Duration::from_secs(1)).join(); // warm-up
+    let paced = Shape {
+        fast: FAST,
+        slow: SLOW,
+        fresh: args.fresh,
+        rate: args.rate,
+        fresh_rate: args.fresh_rate,
+    };
+    let closed = Shape {
+        rate: None,
+        fresh_rate: None,
+        ..paced
+    };
+    Load::start(server.addr, paced, Duration::from_secs(1)).join(); // warm-up
+    let throughput = (args.throughput > 0).then(|| {
+        settle();
+        run(&server, Duration::from_secs(args.throughput), 0, closed).summary()
+    });
     settle();
-    let steady = run(&server, length, 0, args.rate);
-    settle();
+    let steady_length = Duration::from_secs(args.steady.unwrap_or(args.seconds));
+    let steady = run(&server, steady_length, 0, paced);
+    let steady_only = stacks::steady_only(name);
     let wrk = (args.wrk > 0).then(|| wrk(server.addr, args.wrk)).flatten();
-    let reloading = run(&server, length, args.reloads, args.rate);
+    let reloading = match steady_only {
+        true => Run::empty(),
+        false => {
+            settle();
+            run(&server, length, args.reloads, paced)
+        }
+    };
     for (run, label) in [(&steady, "steady"), (&reloading, "reloads")] {
-        if !args.records {
-            break;
+        if !args.records || (steady_only && label == "reloads") {
+            continue;
         }
         let csv = args.out.join(format!("{name}.{label}.csv"));
         std::fs::write(&csv, run.csv()).map_err(|e| format!("{}: {e}", csv.display()))?;
+        let events = args.out.join(format!("{name}.{label}.events.csv"));
+        std::fs::write(&events, run.events_csv())
+            .map_err(|e| format!("{}: {e}", events.display()))?;
     }
     // The last old generation drains; then the manager is left alone.
-    server.wait_serving(REPLACE_LIMIT)?;
-    let idle =
-        (args.idle > 0).then(|| procfs::idle(server.manager, Duration::from_secs(args.idle)));
+    let idle = match steady_only || args.idle == 0 {
+        true => None,
+        false => {
+            server.wait_serving(REPLACE_LIMIT)?;
+            Some(procfs::idle(server.manager, Duration::from_secs(args.idle)))
+        }
+    };
     Ok(Scenario {
         name: name.to_owned(),
         trigger: server.describe_trigger(),
         manager: manager.to_owned(),
+        direct: stacks::direct(name).map(str::to_owned),
+        steady_only,
+        throughput,
         steady: steady.summary(),
         reloading: reloading.summary(),
         idle,
@@ -218,8 +309,8 @@ fn settle() {
 }
 
 /// One run of the load, with `reloads` reloads spread evenly over it.
-fn run(server: &Server, length: Duration, reloads: u32, rate: Option<u32>) -> Run {
-    let load = Load::start(server.addr, FAST, SLOW, rate, length);
+fn run(server: &Server, length: Duration, reloads: u32, shape: Shape) -> Run {
+    let load = Load::start(server.addr, shape, length);
     let (t0, end) = (load.t0, load.t0 + length);
     let us = |t: Instant| (t - t0).as_micros() as u64;
     let mut done = Vec::new();
@@ -236,6 +327,7 @@ fn run(server: &Server, length: Duration, reloads: u32, rate: Option<u32>) -> Ru
         let limit = REPLACE_LIMIT.min(end.saturating_duration_since(returned) + REPLACE_LIMIT / 3);
         let replaced = server.wait_replaced(&old, limit).then(Instant::now);
         done.push(Reload {
+            old,
             sent_us: us(sent),
             returned_us: us(returned),
             replaced_us: replaced.map(us),
@@ -281,24 +373,27 @@ fn wrk(addr: SocketAddr, seconds: u64) -> Option<String> {
 }
 
 fn unknown(name: &str) -> String {
-    format!("no scenario {name:?}; known: {}", SCENARIOS.join(", "))
+    format!("no scenario {name:?}; known: {}", all_names())
 }
 
-/// A port the kernel calls free: bound on 127.0.0.1:0, then released for a unit to bind.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+fn all_names() -> String {
+    let all: Vec<&str> = stacks::TODAY.iter().chain(&EARLIER).copied().collect();
+    all.join(", ")
 }
 
 fn parse_args() -> Args {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut a = Args {
-        only: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+        only: stacks::TODAY.iter().map(|s| s.to_string()).collect(),
         seconds: 20,
+        steady: None,
         reloads: 8,
         idle: 10,
         wrk: 0,
+        throughput: 0,
         rate: None,
+        fresh: 0,
+        fresh_rate: None,
         records: false,
         root: root.join("target/system-roots/bookworm"),
         out: root.join("target/bench"),
@@ -306,6 +401,9 @@ fn parse_args() -> Args {
             handover: env!("CARGO_BIN_EXE_handover").into(),
             venv: root.join("target/bench-venv"),
             apps: root.join("bench"),
+            recipes: root.join("tests/recipes"),
+            peers: root.join("benches/peers"),
+            pm2: root.join("target/pm2/node_modules/.bin/pm2"),
             logs: PathBuf::new(),
         },
     };
@@ -326,6 +424,11 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--only" => a.only = value.split(',').map(str::to_owned).collect(),
             "--seconds" => a.seconds = number(&value),
+            "--steady" => a.steady = Some(number(&value)),
+            "--throughput" => a.throughput = number(&value),
+            "--fresh" => a.fresh = number(&value) as usize,
+            "--fresh-rate" => a.fresh_rate = Some(number(&value) as u32),
+            "--pm2" => a.paths.pm2 = value.into(),
             "--reloads" => a.reloads = number(&value) as u32,
             "--idle" => a.idle = number(&value),
             "--wrk" => a.wrk = number(&value),
@@ -336,9 +439,11 @@ fn parse_args() -> Args {
             _ => usage(&format!("unknown option {flag}")),
         }
     }
-    if let Some(bad) = a.only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+    if let Some(bad) = a.only.iter().find(|s| !known(s)) {
         usage(&format!("no scenario {bad:?}"));
     }
+    // Absolute: nginx reads paths relative to its own prefix, not to the bench's cwd.
+    a.out = std::path::absolute(&a.out).unwrap_or_else(|e| usage(&format!("--out: {e}")));
     a.paths.logs = a.out.clone();
     a
 }
@@ -346,10 +451,11 @@ fn parse_args() -> Args {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "peers: {problem}\nusage: cargo bench --bench peers -- [--only a,b] [--seconds 20] \
-         [--reloads 8] [--idle 10] [--wrk 5] [--rate N] [--venv DIR] [--root DIR] [--records] \
+         [--steady S] [--reloads 8] [--idle 10] [--wrk 5] [--throughput S] [--rate N] \
+         [--fresh N] [--fresh-rate N] [--venv DIR] [--root DIR] [--pm2 BIN] [--records] \
          [--out DIR]\n\
          scenarios: {}",
-        SCENARIOS.join(", ")
+        all_names()
     );
     std::process::exit(2)
 }

@@ -176,7 +176,14 @@ fn run_scenario(s: &Setup<'_>, kind: &Kind) -> Result<Outcomes, String> {
     let serving = || (imported(&markers).len() >= 2 && get_ok(addr)).then_some(());
     wait(RELOAD_LIMIT, serving).ok_or("the first workers never served")?;
     let length = LENGTH;
-    let load = load::Load::start(addr, CLIENTS, 0, None, length);
+    let shape = load::Shape {
+        fast: CLIENTS,
+        slow: 0,
+        fresh: 0,
+        rate: None,
+        fresh_rate: None,
+    };
+    let load = load::Load::start(addr, shape, length);
     let end_us = length.as_micros() as u64;
     let at = |t: Instant| (t.duration_since(load.t0).as_micros() as u64).min(end_us);
     let (mut windows, mut durations) = (Vec::new(), Vec::new());

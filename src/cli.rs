@@ -40,6 +40,14 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Stop a running manager gracefully.
     Stop(ControlArgs),
+    /// Print a running manager's metrics in the Prometheus text exposition format.
+    Metrics(ControlArgs),
+    /// Drain and stop the workers of a running manager while it keeps holding the
+    /// sockets: new connections wait in the listen backlog instead of failing (for a
+    /// migration of a few seconds). Returns once the last worker is gone.
+    Pause(PauseArgs),
+    /// Start the workers of a paused manager again; queued connections are served.
+    Resume(ControlArgs),
     /// Re-execute a running manager from the (new) handover binary in place: same pid,
     /// sockets and workers kept. Fails, leaving the old one running, if the new binary
     /// cannot start or cannot take the state.
@@ -127,6 +135,18 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub probation: Option<Duration>,
 
+    /// Canary: a reload starts K new workers first; once they are ready (and have served
+    /// the probation, if set) beside the whole old generation, the rest follows by
+    /// `--batch` [default: none].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
+    pub canary: Option<u32>,
+
+    /// The time a reload may take: keep it below the unit's TimeoutStartSec (which bounds
+    /// `systemctl reload`) and pass the same to `handover reload --timeout`; a probation
+    /// that cannot fit in it is refused [default: 80s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub reload_timeout: Option<Duration>,
+
     /// Replace a worker older than this (plus up to 10 % jitter), its successor ready
     /// before it stops.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -171,6 +191,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
 
+    /// Write the metrics (as `handover metrics` prints them) to this file at every change,
+    /// atomically, for node_exporter's textfile collector (e.g.
+    /// /var/lib/node_exporter/textfile/myapp.prom). Read at start only.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+
     /// The worker command and its arguments (after `--`), unless the config file has it.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -193,6 +219,19 @@ pub struct ReloadArgs {
     pub no_wait: bool,
     /// Give up waiting after this long (below systemd's default TimeoutStartSec of 90s).
     #[arg(long, default_value = "80s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Resume by itself after this long, whatever happens (clients in the backlog give
+    /// up after their own timeouts).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_pause: Duration,
+    /// Give up waiting for the workers to stop after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 }
 

@@ -1,8 +1,8 @@
 //! The client side of the control socket: `handover reload | status | scale | stop`.
 //!
 //! Plain blocking I/O: one request line out, reply lines in until the manager closes the
-//! connection or the client's own deadline passes. On a terminal, reload progress
-//! rewrites one line; otherwise each progress line is printed as it comes.
+//! connection or the client's own deadline passes. Reload progress is shown as suits
+//! where stderr goes (see `progress`).
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::cli::{ControlArgs, ReloadArgs, ScaleArgs, StatusArgs, UpgradeArgs};
+use crate::cli::{ControlArgs, PauseArgs, ReloadArgs, ScaleArgs, StatusArgs, UpgradeArgs};
 use crate::control::{self, Reply, Request, StatusReport};
 
 mod managers;
+mod progress;
+
+use progress::Progress;
 
 fn connect(args: &ControlArgs) -> anyhow::Result<UnixStream> {
     let Some(path) = control::socket_path(args.control.as_deref()) else {
@@ -31,14 +34,25 @@ fn connect(args: &ControlArgs) -> anyhow::Result<UnixStream> {
 }
 
 /// Sends `request` and hands each reply to `on_reply` until the final one, which is
-/// returned. Fails if the deadline passes first.
+/// returned. Fails if the deadline passes first. A manager with too many clients at
+/// once answers "busy": asked again, with a growing pause, until the deadline.
 fn call(
     args: &ControlArgs,
     request: &Request,
     timeout: Duration,
-    on_reply: impl FnMut(&Reply),
+    mut on_reply: impl FnMut(&Reply),
 ) -> anyhow::Result<Reply> {
-    call_on(connect(args)?, request, timeout, on_reply)
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reply = call_on(connect(args)?, request, left, &mut on_reply)?;
+        if !matches!(reply, Reply::Busy { .. }) || Instant::now() + pause >= deadline {
+            return Ok(reply);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
 }
 
 /// `call` on a connection made already.
@@ -108,6 +122,7 @@ fn finish(reply: Reply, what: &str) -> anyhow::Result<i32> {
         Reply::Done {
             ok: false, message, ..
         } => bail!("{what} failed: {}", clean(&message)),
+        Reply::Busy { message, .. } => bail!("{what} failed: the manager is {}", clean(&message)),
         other => bail!(
             "unexpected answer from the manager: {}",
             clean(&format!("{other:?}"))
@@ -119,19 +134,15 @@ pub fn reload(args: &ReloadArgs) -> anyhow::Result<i32> {
     let request = Request::Reload {
         wait: !args.no_wait,
     };
-    let tty = std::io::stderr().is_terminal();
+    let stderr = std::io::stderr();
+    let mut progress = Progress::new(stderr.lock(), stderr.is_terminal());
     let reply = call(&args.control, &request, args.timeout, |r| {
-        if let Reply::Progress { message, .. } = r {
-            if tty {
-                eprint!("\r\x1b[K{message}");
-            } else {
-                eprintln!("{message}");
-            }
+        if let Reply::Progress { message, phase, .. } = r {
+            progress.line(&clean(message), phase.as_deref());
         }
     });
-    if tty {
-        eprint!("\r\x1b[K");
-    }
+    progress.finish();
+    drop(progress);
     finish(reply?, "reload")
 }
 
@@ -147,9 +158,36 @@ pub fn scale(args: &ScaleArgs) -> anyhow::Result<i32> {
     finish(reply, "scale")
 }
 
+/// `handover metrics`: the exposition text, as the manager renders it.
+pub fn metrics(args: &ControlArgs) -> anyhow::Result<i32> {
+    match call(args, &Request::Metrics, STATUS_DEADLINE, |_| {})? {
+        Reply::Metrics { text, .. } => {
+            // Not print!: it panics when stdout is closed early (`| head`).
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            Ok(0)
+        }
+        other => finish(other, "metrics"),
+    }
+}
+
 pub fn stop(args: &ControlArgs) -> anyhow::Result<i32> {
     let reply = call(args, &Request::Stop, Duration::from_secs(10), |_| {})?;
     finish(reply, "stop")
+}
+
+pub fn pause(args: &PauseArgs) -> anyhow::Result<i32> {
+    if args.max_pause.is_zero() {
+        bail!("--max-pause 0: give how long handover may stay paused, e.g. --max-pause 30s");
+    }
+    let max_ms = u64::try_from(args.max_pause.as_millis()).unwrap_or(u64::MAX);
+    let request = Request::Pause { max_ms };
+    let reply = call(&args.control, &request, args.timeout, |_| {})?;
+    finish(reply, "pause")
+}
+
+pub fn resume(args: &ControlArgs) -> anyhow::Result<i32> {
+    let reply = call(args, &Request::Resume, Duration::from_secs(10), |_| {})?;
+    finish(reply, "resume")
 }
 
 /// Asks for an in-place upgrade and waits until the manager answers again from its new

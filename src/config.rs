@@ -14,8 +14,8 @@ use crate::release::{Release, ReleaseError};
 use crate::sockets::ListenSpec;
 use crate::supervisor::Settings;
 use crate::units::{
-    DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_SIGNAL, DEFAULT_WORKERS,
-    Readiness, show_duration,
+    DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_RELOAD_TIMEOUT, DEFAULT_STOP_SIGNAL,
+    DEFAULT_WORKERS, Readiness, show_duration,
 };
 
 /// Everything `handover run` needs, validated.
@@ -27,6 +27,10 @@ pub struct RunConfig {
     pub release: Release,
     /// Where the manager writes its pid (read at start; a reload does not move it).
     pub pid_file: Option<std::path::PathBuf>,
+    /// Where the manager writes its metrics at every change (read at start only).
+    pub metrics_file: Option<std::path::PathBuf>,
+    /// The time a reload may take (checked against the probation).
+    pub reload_timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,18 @@ pub enum ConfigError {
     BadEnv(String),
     #[error(transparent)]
     File(#[from] crate::config_file::ConfigFileError),
+    #[error(
+        "canary = {canary} is more than workers = {workers}: start at most {workers} canary workers, or leave canary out"
+    )]
+    CanaryTooMany { canary: usize, workers: usize },
+    #[error(
+        "probation {} does not fit in the reload timeout {} (reload_timeout; systemd's TimeoutStartSec bounds `systemctl reload`): shorten probation, or raise reload_timeout, TimeoutStartSec and `handover reload --timeout` together",
+        show_duration(*probation), show_duration(*reload_timeout)
+    )]
+    ProbationTooLong {
+        probation: std::time::Duration,
+        reload_timeout: std::time::Duration,
+    },
 }
 
 impl RunConfig {
@@ -87,7 +103,7 @@ impl RunConfig {
         } else {
             args.listen.clone()
         };
-        Ok(RunConfig {
+        let config = RunConfig {
             listen,
             settings: Settings {
                 workers: args.workers.or(file.workers).unwrap_or(DEFAULT_WORKERS) as usize,
@@ -111,10 +127,16 @@ impl RunConfig {
                 max_memory: args.max_memory.or(file.max_memory),
                 watchdog: args.watchdog.or(file.watchdog),
                 probation: args.probation.or(file.probation),
+                canary: args.canary.or(file.canary).unwrap_or(0) as usize,
                 log_prefix: args.log_prefix || file.log_prefix.unwrap_or(false),
                 ..Settings::default()
             },
+            reload_timeout: args
+                .reload_timeout
+                .or(file.reload_timeout)
+                .unwrap_or(DEFAULT_RELOAD_TIMEOUT),
             pid_file: args.pid_file.clone().or(file.pid_file.clone()),
+            metrics_file: args.metrics_file.clone().or(file.metrics_file.clone()),
             release: Release::pin(
                 &program,
                 rest,
@@ -122,7 +144,29 @@ impl RunConfig {
                 chdir.as_deref(),
                 std::env::var_os("PATH").as_deref(),
             )?,
-        })
+        };
+        config.check_reload()?;
+        Ok(config)
+    }
+
+    /// What a reload is asked to do must be possible: no more canaries than workers, and
+    /// a probation window shorter than the time a reload may take (the only fixed part of
+    /// a reload; starting workers takes what it takes, up to ready_timeout per batch).
+    fn check_reload(&self) -> Result<(), ConfigError> {
+        let s = &self.settings;
+        if s.canary > s.workers {
+            return Err(ConfigError::CanaryTooMany {
+                canary: s.canary,
+                workers: s.workers,
+            });
+        }
+        match s.probation {
+            Some(p) if p >= self.reload_timeout => Err(ConfigError::ProbationTooLong {
+                probation: p,
+                reload_timeout: self.reload_timeout,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -165,6 +209,14 @@ impl std::fmt::Display for RunConfig {
         if let Some(d) = s.probation {
             writeln!(f, "probation = \"{}\"", show_duration(d))?;
         }
+        if let Some(p) = &self.metrics_file {
+            writeln!(f, "metrics_file = {}", q(p.as_os_str()))?;
+        }
+        if s.canary > 0 {
+            writeln!(f, "canary = {}", s.canary)?;
+        }
+        let reload_timeout = show_duration(self.reload_timeout);
+        writeln!(f, "reload_timeout = \"{reload_timeout}\"")?;
         if s.log_prefix {
             writeln!(f, "log_prefix = true")?;
         }
@@ -176,5 +228,21 @@ impl std::fmt::Display for RunConfig {
             writeln!(f, "{} = {}", k.to_string_lossy(), q(v))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+    use crate::units::DEFAULT_RELOAD_TIMEOUT;
+
+    #[test]
+    fn the_reload_clients_default_timeout_is_the_default_reload_timeout() {
+        let Command::Reload(args) = Cli::parse_from(["handover", "reload"]).command else {
+            panic!("not a reload");
+        };
+        assert_eq!(args.timeout, DEFAULT_RELOAD_TIMEOUT);
     }
 }

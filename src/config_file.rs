@@ -14,10 +14,14 @@
 //! warmup = "low"                           # or "normal": starting workers' CPU priority
 //! graceful_timeout = "30s"
 //! batch = 0                                # rolling reload batch size, 0 = all at once
+//! probation = "30s"                        # new workers serve beside the old this long
+//! canary = 1                               # new workers on probation before the rest
+//! reload_timeout = "80s"                   # below TimeoutStartSec; probation fits in it
 //! chdir = "/srv/app/current"
 //! log_prefix = false                       # off the journal: `gen=N slot=S pid=P` lines
 //! env_file = "/etc/myapp/env"              # relative: against this file's directory
 //! pid_file = "/run/myapp/handover.pid"     # read at start only
+//! metrics_file = "/var/lib/node_exporter/textfile/myapp.prom"  # read at start only
 //! [env]
 //! RUST_LOG = "info"
 //! ```
@@ -76,12 +80,18 @@ pub struct FileConfig {
     pub watchdog: Option<Duration>,
     #[serde(default, deserialize_with = "probation")]
     pub probation: Option<Duration>,
+    #[serde(default, deserialize_with = "canary")]
+    pub canary: Option<u32>,
+    #[serde(default, deserialize_with = "reload_timeout")]
+    pub reload_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "chdir")]
     pub chdir: Option<PathBuf>,
     #[serde(default, deserialize_with = "env_file")]
     pub env_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "pid_file")]
     pub pid_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "metrics_file")]
+    pub metrics_file: Option<PathBuf>,
     /// The `[env]` table, in file order.
     #[serde(default, deserialize_with = "env_table")]
     pub env: Vec<(String, String)>,
@@ -346,7 +356,10 @@ field!(log_prefix: bool, |v| match v {
     _ => Err(format!("{v} is not true or false")),
 });
 field!(probation: Duration, |v| parsed(v, parse_duration));
+field!(canary: u32, |v| number(v, 1, 4096, "a whole number of canary workers from 1 to workers, or leave it out"));
+field!(reload_timeout: Duration, |v| parsed(v, parse_duration));
 field!(pid_file: PathBuf, |v| string(v).map(PathBuf::from));
+field!(metrics_file: PathBuf, |v| string(v).map(PathBuf::from));
 field!(env_file: PathBuf, |v| string(v).map(PathBuf::from));
 
 /// The `[env]` table. The toml deserializer hands keys over sorted, so each key is taken
@@ -446,7 +459,10 @@ A_FIRST = "x=y"
             chdir: Some("/srv/app/current".into()),
             env_file: Some("/etc/myapp/env".into()),
             pid_file: None,
+            metrics_file: None,
             probation: None,
+            canary: None,
+            reload_timeout: None,
             log_prefix: Some(true),
             env: vec![
                 ("RUST_LOG".into(), "info".into()),
@@ -474,6 +490,8 @@ A_FIRST = "x=y"
             "command = 5|1: command: 5 is not a string",
             "command = \"\"|1: command: must not be empty",
             "batch = -1|1: batch: -1 is out of range: use a whole number from 0",
+            "canary = 0|1: canary: 0 is out of range: use a whole number of canary workers from 1",
+            "reload_timeout = \"soon\"|1: reload_timeout: `soon` is not a duration",
             "chdir = [\"/\"]|1: chdir: a list is not allowed here",
             "env_file = 1.5|1: env_file: 1.5 is not a string",
             "[env]\nA = \"1\"\nPORT = 8080|3: env.PORT: 8080 is not a string",
@@ -494,7 +512,7 @@ A_FIRST = "x=y"
         let want = ":1: ready_timeout: `fast` is not a duration: use e.g. 500ms, 30s, 2m";
         assert_eq!(err("ready_timeout = \"fast\""), format!("{PATH}{want}"));
         assert!(err("worker = 2").ends_with(
-            ", batch, max_lifetime, max_memory, watchdog, probation, chdir, env_file, pid_file, env"
+            ", batch, max_lifetime, max_memory, watchdog, probation, canary, reload_timeout, chdir, env_file, pid_file, metrics_file, env"
         ));
     }
 

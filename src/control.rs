@@ -40,6 +40,15 @@ pub enum Request {
     Stop,
     /// Re-execute the handover binary in place (same pid, sockets and workers kept).
     Upgrade,
+    /// The metrics, in the Prometheus text exposition format (metrics.rs).
+    Metrics,
+    /// Drain and stop the workers, the sockets held, for at most `max_ms`; answered once
+    /// the last worker is gone.
+    Pause {
+        max_ms: u64,
+    },
+    /// Start the paused workers again.
+    Resume,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,6 +65,11 @@ pub enum Reply {
     Progress {
         v: u32,
         message: String,
+        /// Which part of the reload the line belongs to ("loading", "starting",
+        /// "probation"), so a client off a terminal prints one line per part. Absent from
+        /// managers older than this field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase: Option<String>,
     },
     /// The end of a request: success with a message, or an error.
     Done {
@@ -66,6 +80,16 @@ pub enum Reply {
     Status {
         v: u32,
         status: StatusReport,
+    },
+    /// The answer to `metrics`: the exposition text.
+    Metrics {
+        v: u32,
+        text: String,
+    },
+    /// Too many clients at once: this connection is closed unserved; try again.
+    Busy {
+        v: u32,
+        message: String,
     },
 }
 
@@ -84,10 +108,11 @@ impl Reply {
             message: message.into(),
         }
     }
-    pub fn progress(message: impl Into<String>) -> Reply {
+    pub fn progress(message: impl Into<String>, phase: Option<&str>) -> Reply {
         Reply::Progress {
             v: VERSION,
             message: message.into(),
+            phase: phase.map(String::from),
         }
     }
 }
@@ -217,22 +242,95 @@ impl ControlServer {
         &self.path
     }
 
-    /// Accepts connections forever, each served by its own task.
+    /// Accepts connections forever, each served by its own task, at most `cap` at once
+    /// (fdlimit.rs): one more is answered "busy" and closed. Out of fds, a spare one
+    /// (`Reserve`) is given up to take the waiting client and answer it "busy" too, so
+    /// none hangs; the episode is logged when it starts and when it ends.
     pub async fn serve(self, to_supervisor: mpsc::UnboundedSender<Incoming>) {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
+        let soft = crate::fdlimit::limits().map_or(1024, |l| l.soft);
+        let cap = crate::fdlimit::control_cap(soft);
+        let clients = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
+        let mut reserve = Reserve::open();
+        let mut out_of_fds = crate::episode::Episode::default();
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve_client(stream, me, to_supervisor.clone()));
+                    if let Some((n, took)) = out_of_fds.recovered(std::time::Instant::now()) {
+                        tracing::info!(
+                            "control socket: file descriptors available again ({n} accepts failed over {took:.1?})"
+                        );
+                    }
+                    match std::sync::Arc::clone(&clients).try_acquire_owned() {
+                        Ok(permit) => {
+                            let to = to_supervisor.clone();
+                            tokio::spawn(async move {
+                                serve_client(stream, me, to).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => refuse_busy(&stream, cap),
+                    }
+                }
+                Err(e) if crate::fdlimit::exhausted(&e) => {
+                    if out_of_fds.failed(std::time::Instant::now()) {
+                        let limit = crate::fdlimit::current_soft();
+                        tracing::warn!(
+                            "control socket: out of file descriptors ({e}, soft limit {limit}): answering clients \"busy\" until some close"
+                        );
+                    }
+                    if !reserve.spend(&self.listener, cap).await {
+                        // No spare fd to take the client with: give the system a moment.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("control socket accept: {e}");
-                    // EMFILE and the like: give the system a moment rather than spin.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
+    }
+}
+
+/// A spare fd (/dev/null), given up when accept fails for want of fds, so the waiting
+/// client can be taken and told "busy" instead of left hanging; then taken back.
+struct Reserve(Option<std::fs::File>);
+
+impl Reserve {
+    fn open() -> Reserve {
+        Reserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Frees the spare fd, takes one waiting client with it and answers it busy, and
+    /// reopens the spare. False if there was no spare to give.
+    async fn spend(&mut self, listener: &UnixListener, cap: usize) -> bool {
+        if self.0.take().is_none() {
+            *self = Reserve::open();
+            return false;
+        }
+        // The client that failed to be accepted is still queued: this returns at once.
+        if let Ok(Ok((stream, _))) =
+            tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
+        {
+            refuse_busy(&stream, cap);
+        }
+        *self = Reserve::open();
+        true
+    }
+}
+
+/// Answers a client over the cap with one "busy" line (a fresh socket's buffer takes it
+/// without waiting) and closes it.
+fn refuse_busy(stream: &UnixStream, cap: usize) {
+    let busy = Reply::Busy {
+        v: VERSION,
+        message: format!("busy: {cap} control clients are connected; try again"),
+    };
+    if let Ok(mut line) = serde_json::to_vec(&busy) {
+        line.push(b'\n');
+        let _ = stream.try_write(&line);
     }
 }
 
@@ -336,6 +434,8 @@ mod tests {
             Request::Status,
             Request::Scale { workers: 3 },
             Request::Stop,
+            Request::Pause { max_ms: 30_000 },
+            Request::Resume,
         ] {
             assert_eq!(parse_request(&encode_request(&r)), Ok(r));
         }

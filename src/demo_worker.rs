@@ -45,6 +45,17 @@ pub struct DemoWorkerArgs {
     /// next request that will be answered with `Connection: close`.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub drain_idle: Duration,
+    /// For tests of a bad release: exit with status 70 this long after READY=1, without
+    /// draining (a release that crashes on its first real requests).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub exit_after_ready: Option<Duration>,
+    /// Send WATCHDOG=1 at half the interval handover gives in WATCHDOG_USEC.
+    #[arg(long)]
+    pub ping_watchdog: bool,
+    /// For tests of a hung release: stop sending WATCHDOG=1 this long after READY=1
+    /// (still serving).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "ping_watchdog")]
+    pub stop_pings_after: Option<Duration>,
 }
 
 /// Serves on the inherited sockets until a stop signal, drains, and returns.
@@ -55,7 +66,37 @@ pub fn run(args: &DemoWorkerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot build the tokio runtime")?;
-    runtime.block_on(serve(sockets, args.drain_idle))
+    runtime.block_on(serve(sockets, args))
+}
+
+/// What the test flags make a worker do after READY=1: die, ping its watchdog, fall silent.
+fn after_ready(args: &DemoWorkerArgs) {
+    if let Some(d) = args.exit_after_ready {
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            eprintln!("demo-worker: exiting {d:?} after READY=1 (--exit-after-ready)");
+            std::process::exit(70);
+        });
+    }
+    let interval = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|us| Duration::from_micros(us) / 2);
+    if let (true, Some(every)) = (args.ping_watchdog, interval) {
+        let until = args
+            .stop_pings_after
+            .map(|d| tokio::time::Instant::now() + d);
+        tokio::spawn(async move {
+            loop {
+                if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                    eprintln!("demo-worker: no more WATCHDOG=1 (--stop-pings-after)");
+                    return;
+                }
+                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
 }
 
 /// Parses "500ms", "2s" or "1m".
@@ -138,7 +179,8 @@ struct Ctx {
     drain_idle: Duration,
 }
 
-async fn serve(sockets: Vec<StdListener>, drain_idle: Duration) -> anyhow::Result<()> {
+async fn serve(sockets: Vec<StdListener>, args: &DemoWorkerArgs) -> anyhow::Result<()> {
+    let drain_idle = args.drain_idle;
     // Handlers first: a SIGTERM right after READY=1 must start a drain, not kill us.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -159,6 +201,7 @@ async fn serve(sockets: Vec<StdListener>, drain_idle: Duration) -> anyhow::Resul
     let status = format!("STATUS=serving on {count} sockets");
     sd_notify::notify(&[NotifyState::Ready, NotifyState::Custom(&status)])
         .context("cannot send READY=1")?;
+    after_ready(args);
 
     tokio::select! {
         _ = term.recv() => {}

@@ -18,6 +18,9 @@ fn main() {
         Command::Status(args) => client::status(args),
         Command::Scale(args) => client::scale(args),
         Command::Stop(args) => client::stop(args),
+        Command::Metrics(args) => client::metrics(args),
+        Command::Pause(args) => client::pause(args),
+        Command::Resume(args) => client::resume(args),
         Command::Upgrade(args) => client::upgrade(args),
         Command::UpgradeProbe { speaks } => {
             println!("{}", handover::upgrade::probe_answer(*speaks));

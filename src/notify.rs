@@ -15,6 +15,14 @@ use std::os::fd::AsRawFd;
 use nix::sys::socket::{MsgFlags, UnixAddr};
 use std::os::unix::net::UnixDatagram;
 
+/// How often the task retries state changes waiting for room in systemd's queue.
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long state changes may wait at exit.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// State changes kept while systemd reads nothing; a watchdog ping every few seconds for
+/// minutes fits.
+const MAX_PENDING: usize = 64;
+
 pub use workers::{WorkerMessage, WorkerNotifySocket, parse_message};
 
 /// One state change reported to systemd.
@@ -29,26 +37,37 @@ pub enum SdState {
 }
 
 /// handover's line to systemd: NOTIFY_SOCKET (a path or an `@abstract` name), opened
-/// once. Sends never block the event loop for long: a STATUS-only update that finds the
-/// queue full is dropped (the next one supersedes it); READY/RELOADING/STOPPING wait at
-/// most a second. Without NOTIFY_SOCKET every send is a no-op.
+/// once. Sends never block the event loop (see `send`). Without NOTIFY_SOCKET every send
+/// is a no-op.
 pub struct Systemd {
     target: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
+    /// State changes that found systemd's queue full, oldest first.
+    pending: std::collections::VecDeque<String>,
 }
 
 impl Systemd {
+    fn none() -> Systemd {
+        Systemd {
+            target: None,
+            pending: Default::default(),
+        }
+    }
+
     pub fn from_env() -> Systemd {
         let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-            return Systemd { target: None };
+            return Systemd::none();
         };
         match Self::open(&path) {
-            Ok(t) => Systemd { target: Some(t) },
+            Ok(t) => Systemd {
+                target: Some(t),
+                pending: Default::default(),
+            },
             Err(e) => {
                 tracing::warn!(
                     "NOTIFY_SOCKET={}: {e}; not notifying systemd",
                     path.to_string_lossy()
                 );
-                Systemd { target: None }
+                Systemd::none()
             }
         }
     }
@@ -68,26 +87,79 @@ impl Systemd {
 
     /// Sends `states` as one datagram. Errors are logged, never fatal: a manager that
     /// cannot reach systemd must still keep its workers serving.
-    pub fn send(&self, states: &[SdState]) {
-        let Some((socket, addr)) = &self.target else {
+    ///
+    /// When systemd's queue is full a STATUS-only update is dropped (the next supersedes
+    /// it), and a state change (READY, RELOADING, STOPPING, WATCHDOG) waits in order in
+    /// `pending` for `flush`, which the task calls every few ms while anything waits:
+    /// the manager never blocks on systemd.
+    pub fn send(&mut self, states: &[SdState]) {
+        if self.target.is_none() {
             return;
-        };
+        }
         let message = encode(states, monotonic_usec());
         let important = states.iter().any(|s| !matches!(s, SdState::Status(_)));
-        let mut r = socket.send_to_addr(message.as_bytes(), addr);
-        if important && matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-            // The queue is full: systemd is busy. Worth a short wait for a state change.
-            let _ = socket.set_nonblocking(false);
-            let _ = socket.set_write_timeout(Some(std::time::Duration::from_secs(1)));
-            r = socket.send_to_addr(message.as_bytes(), addr);
-            let _ = socket.set_nonblocking(true);
+        self.flush();
+        if !self.pending.is_empty() {
+            if important {
+                self.queue(message);
+            }
+            return;
         }
-        match r {
-            Ok(_) => {}
-            Err(e) if !important && e.kind() == io::ErrorKind::WouldBlock => {
+        match self.try_send(&message) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && important => self.queue(message),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 tracing::debug!("systemd's notify queue is full: status update dropped");
             }
             Err(e) => tracing::warn!("cannot notify systemd: {e}"),
+        }
+    }
+
+    /// Whether state changes wait for room in systemd's queue.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Sends what waits, in order, until systemd's queue is full again.
+    pub fn flush(&mut self) {
+        while let Some(message) = self.pending.front() {
+            match self.try_send(message) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => tracing::warn!("cannot notify systemd: {e}"),
+            }
+            self.pending.pop_front();
+        }
+    }
+
+    /// Before the manager exits or re-executes itself: what waits gets up to a second.
+    pub fn settle(&mut self) {
+        let until = std::time::Instant::now() + SETTLE;
+        while self.has_pending() && std::time::Instant::now() < until {
+            self.flush();
+            if self.has_pending() {
+                std::thread::sleep(FLUSH_EVERY);
+            }
+        }
+    }
+
+    fn queue(&mut self, message: String) {
+        if self.pending.len() == MAX_PENDING {
+            tracing::warn!("systemd is not reading its notify socket: oldest state change dropped");
+            self.pending.pop_front();
+        }
+        self.pending.push_back(message);
+    }
+
+    fn try_send(&self, message: &str) -> io::Result<()> {
+        let Some((socket, addr)) = &self.target else {
+            return Ok(());
+        };
+        loop {
+            match socket.send_to_addr(message.as_bytes(), addr) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r.map(drop),
+            }
         }
     }
 }
@@ -175,6 +247,55 @@ pub fn encode(states: &[SdState], now_usec: u64) -> String {
 mod tests {
     use super::*;
 
+    /// A Systemd talking to a socket of the test's, whose queue the test fills.
+    fn to_test_socket() -> (Systemd, UnixDatagram, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notify");
+        let receiver = UnixDatagram::bind(&path).expect("bind");
+        let systemd = Systemd {
+            target: Some(Systemd::open(path.as_os_str()).expect("open")),
+            pending: Default::default(),
+        };
+        (systemd, receiver, dir)
+    }
+
+    fn received(r: &UnixDatagram) -> Vec<String> {
+        r.set_nonblocking(true).expect("nonblocking");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = r.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn a_full_queue_drops_status_and_keeps_state_changes_in_order_without_blocking() {
+        let (mut systemd, receiver, _dir) = to_test_socket();
+        let status = |s: &str| [SdState::Status(s.into())];
+        let mut sent = 0;
+        while !systemd.has_pending() {
+            systemd.send(&[SdState::Watchdog]);
+            sent += 1;
+            assert!(sent < 100_000, "the queue never filled");
+        }
+        let started = std::time::Instant::now();
+        systemd.send(&status("dropped"));
+        systemd.send(&[SdState::Ready, SdState::Status("ready".into())]);
+        systemd.send(&[SdState::Stopping]);
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        let first = received(&receiver);
+        assert_eq!(first.len(), sent - 1, "the queue holds what was sent");
+        systemd.flush();
+        assert!(!systemd.has_pending());
+        let rest = received(&receiver);
+        assert_eq!(
+            rest,
+            ["WATCHDOG=1\n", "READY=1\nSTATUS=ready\n", "STOPPING=1\n"],
+            "{first:?}"
+        );
+    }
+
     #[test]
     fn encodes_reloading_with_the_clock_in_one_datagram() {
         let states = [
@@ -189,22 +310,6 @@ mod tests {
             encode(&[SdState::Ready, SdState::Stopping], 0),
             "READY=1\nSTOPPING=1\n"
         );
-    }
-
-    #[test]
-    fn a_full_queue_drops_status_but_never_blocks() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("n.sock");
-        let _receiver = UnixDatagram::bind(&path).unwrap();
-        let (socket, addr) = Systemd::open(path.as_os_str()).unwrap();
-        let systemd = Systemd {
-            target: Some((socket, addr)),
-        };
-        let started = std::time::Instant::now();
-        for i in 0..2000 {
-            systemd.send(&[SdState::Status(format!("update {i}"))]);
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

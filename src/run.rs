@@ -20,6 +20,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     if let Some(handoff) = upgrade::take_from_env()? {
         return resume(args, handoff);
     }
+    crate::fdlimit::raise(None);
     let config = RunConfig::load(args)?;
     // Take the fds before anything else can open (and so be confused with) fd 3, 4, ….
     let collected = sockets::collect(&ListenEnv::from_process(), &config.listen)?;
@@ -74,6 +75,7 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         .into_iter()
         .map(|s| HeldSocket::adopt(upgrade::adopt_fd(s.fd), s.name, s.address, s.unlink))
         .collect();
+    crate::fdlimit::raise(h.worker_nofile);
     let notify = WorkerNotifySocket::adopt(upgrade::adopt_fd(h.notify_fd), h.notify_dir);
     let machine = Machine::restore(h.supervisor, tokio::time::Instant::now());
     // Same pid: the pid file the first image wrote stays; this image removes it at exit.
@@ -156,7 +158,10 @@ fn demo_args(args: &DemoArgs) -> anyhow::Result<RunArgs> {
         stop_to: None,
         warmup: None,
         pid_file: None,
+        metrics_file: None,
         probation: None,
+        canary: None,
+        reload_timeout: None,
         graceful_timeout: Some(std::time::Duration::from_secs(10)),
         batch: None,
         max_lifetime: None,

@@ -172,6 +172,7 @@ pub fn spawn(
 
     let (read_end, write_end) = pipe_cloexec().map_err(|e| fail(1, e))?;
     let parent = std::process::id() as libc::pid_t;
+    let nofile = crate::fdlimit::worker_rlimit();
 
     // SAFETY: the child runs only async-signal-safe libc calls on memory prepared above
     // (see `child`), then execs or _exits; it never returns into Rust code.
@@ -194,6 +195,7 @@ pub fn spawn(
                 parent,
                 cgroup: placement.cgroup.map_or(-1, |f| f.as_raw_fd()),
                 nice: placement.nice,
+                nofile,
                 output,
             })
         }
@@ -251,6 +253,8 @@ struct ChildPlan<'a> {
     /// `cgroup.procs` to join (-1: none), and a nice value.
     cgroup: RawFd,
     nice: Option<i32>,
+    /// The worker's RLIMIT_NOFILE (the manager raised its own: fdlimit.rs).
+    nofile: Option<libc::rlimit>,
     output: ChildOutput<'a>,
 }
 
@@ -328,6 +332,13 @@ unsafe fn child(p: ChildPlan<'_>) -> ! {
         }
         if !p.chdir.is_null() && libc::chdir(p.chdir) != 0 {
             die(4);
+        }
+        // The fd limit the worker would have had (fdlimit.rs); last, because the moves
+        // above may need fd numbers above it.
+        if let Some(limit) = &p.nofile
+            && libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0
+        {
+            die(3);
         }
         write_pid(p.listen_pid.add(b"LISTEN_PID=".len()), libc::getpid());
         libc::execve(p.program, p.argv, p.envp);

@@ -16,6 +16,12 @@ pub const MAX_WORKERS: u32 = 4096;
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STOP_SIGNAL: Signal = Signal::SIGTERM;
+/// How long a reload may take at most: `handover reload --timeout`'s default, below
+/// systemd's default TimeoutStartSec (90 s, which also bounds ExecReload= and which
+/// `handover init` writes). A probation must fit in it.
+pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(80);
+/// The longest `handover pause --max-pause` (clients would have given up long before).
+pub const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
 /// Crash restarts: the first delay, doubling per crash in a row up to the cap; a worker
 /// that served this long before it died starts afresh.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(250);

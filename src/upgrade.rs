@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::control::ReloadInfo;
 use crate::supervisor::machine::Snapshot;
 
-/// Bumped whenever `Handoff` changes shape; the probe refuses a binary that differs.
+/// Bumped whenever `Handoff` changes shape; the probe refuses a binary that differs. A
+/// field added with `#[serde(default)]` is no change of shape: an older handoff without
+/// it decodes (the default stands in), and an older binary ignores it.
 pub const HANDOFF_VERSION: u32 = 3;
 /// The older handoff this binary still resumes from: version 2 is version 3 without
 /// `pending`. A manager of that age probes with a bare `upgrade-probe` and expects "2";
@@ -76,6 +78,11 @@ pub struct Handoff {
     /// or `scale`): the new image acts on them first, in order. (Absent in version 2.)
     #[serde(default)]
     pub pending: Vec<Carried>,
+    /// The workers' soft RLIMIT_NOFILE (fdlimit.rs): the first image's original soft
+    /// limit, which the new image, started already raised, cannot see. (Absent before
+    /// it was added: the new image then gives workers its own.)
+    #[serde(default)]
+    pub worker_nofile: Option<u64>,
     /// `log_prefix` pipes still being copied: the new image copies on from them, so the
     /// workers never write into a pipe nobody reads. (Absent before log_prefix existed.)
     #[serde(default)]
@@ -436,16 +443,23 @@ mod tests {
             last_reload: None,
             upgrades: 1,
             pending: vec![Carried::Reload, Carried::Scale(-1), Carried::ScaleTo(3)],
+            worker_nofile: Some(1024),
             log_pipes: vec![],
         };
         let json = encode(&h).expect("encode");
-        assert_eq!(decode(&json).expect("v3").pending, h.pending);
+        let v3 = decode(&json).expect("v3");
+        assert_eq!(
+            (v3.pending, v3.worker_nofile),
+            (h.pending.clone(), Some(1024))
+        );
         let mut v2: serde_json::Value = serde_json::from_slice(&json).expect("json");
         let o = v2.as_object_mut().expect("object");
         o.remove("pending");
+        o.remove("worker_nofile");
         o.insert("version".into(), 2.into());
         let back = decode(v2.to_string().as_bytes()).expect("v2 decodes");
         assert!(back.pending.is_empty());
+        assert_eq!(back.worker_nofile, None, "absent before it was added");
         assert_eq!(back.upgrades, 1);
     }
 }

@@ -33,11 +33,14 @@
 //!    `handover init` (DynamicUser=, two named sockets) starts, gets each fd with its
 //!    name, writes its state and logs, reloads, and scores ≤ 4.5 too;
 //! 1. socket activation: `systemctl start myapp.socket`; the first connection starts
-//!    myapp.service;
+//!    myapp.service; the manager runs with its soft fd limit raised to the hard one, its
+//!    workers with systemd's 1024, and `handover metrics` answers;
 //! 2. 10 × `systemctl reload myapp` under keep-alive load: 0 failed requests, each reload
 //!    returns only once a new generation with all-new pids is ready, and it serves;
 //! 3. a broken release: the reload fails, the old workers keep serving, `systemctl status`
-//!    says "last reload failed";
+//!    says "last reload failed"; then `handover pause`: `systemctl status` says paused,
+//!    `systemctl reload` fails while the service stays active, and after `handover resume`
+//!    no request sent meanwhile failed;
 //! 4. gunicorn (Debian's python3-gunicorn) deployed by a reload, then reloaded 10 × under
 //!    load with 0 failures;
 //! 5. a generation per cgroup (`Delegate=`): `systemd-cgls` shows `manager` and `gen-N`
@@ -50,8 +53,9 @@
 //!    identifier `myapp-genN` of its generation, with the `<4>` priority it wrote, its
 //!    JOURNAL_STREAM is that stream, and `journalctl -u myapp` shows them too (the worker
 //!    is in the generation's cgroup below the service's);
-//! 8. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, and a broken
-//!    release that the job cannot report shows in `systemctl status`.
+//! 8. (systemd ≥ 253) myapp-notify-reload.service: reloads under load, a broken
+//!    release that the job cannot report shows in `systemctl status`, and a reload while
+//!    paused ends at once, still paused.
 
 #[path = "system/app.rs"]
 mod app;
@@ -122,10 +126,16 @@ fn system_test(distro: &str, systemd: u32) {
         |app| init_app::init_app(app.c),
     );
     step(&app, "socket activation", socket_activation);
+    step(&app, "file descriptor limits", fd_limits);
     step(&app, "reload under load (demo worker)", |app| {
         reload_under_load(app, 8, 2)
     });
     step(&app, "broken release rolls back", broken_release);
+    step(
+        &app,
+        "pause: clients wait, systemctl reload refused, STATUS= says paused",
+        pause_resume,
+    );
     step(&app, "gunicorn: deploy and reload under load", gunicorn);
     step(
         &app,
@@ -233,6 +243,47 @@ fn socket_activation(app: &App) -> String {
     )
 }
 
+/// systemd's default limits (soft 1024, a high hard one): the manager raised its soft
+/// limit to the hard one, its workers run with 1024, as they would without handover.
+fn fd_limits(app: &App) -> String {
+    // "Max open files            1024                 524288               files"
+    let nofile = |pid: &str| -> (String, String) {
+        let limits = app.c.ok(&["cat", &format!("/proc/{pid}/limits")]);
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or_else(|| panic!("no Max open files line for {pid}: {limits}"))
+            .to_owned();
+        let mut f = line["Max open files".len()..].split_whitespace();
+        let mut next = || f.next().unwrap_or_default().to_owned();
+        (next(), next())
+    };
+    let (soft, hard) = nofile(&main_pid(app));
+    assert_eq!(
+        soft, hard,
+        "the manager raised its soft limit to the hard one"
+    );
+    let (_, workers) = serving(&app.status());
+    for pid in &workers {
+        assert_eq!(
+            nofile(&pid.to_string()),
+            ("1024".to_owned(), hard.clone()),
+            "worker {pid}: systemd's soft limit"
+        );
+    }
+    let metrics = app
+        .c
+        .ok(&["handover", "metrics", "--control", app::CONTROL]);
+    assert!(
+        metrics.contains("handover_workers{generation="),
+        "{metrics}"
+    );
+    format!(
+        "manager {soft}:{hard}, {} workers 1024:{hard}; handover metrics answers",
+        workers.len()
+    )
+}
+
 /// `RELOADS` × `systemctl reload myapp` under `fast` keep-alive clients on `/` and `slow`
 /// ones on `/slow?ms=300`. Each reload must return only once a new generation, all of
 /// whose pids are new, is ready; a fresh request must then reach a new worker; no request
@@ -322,6 +373,47 @@ fn reload_broken(app: &App, job_fails: bool) -> String {
 
 fn broken_release(app: &App) -> String {
     reload_broken(app, true)
+}
+
+/// `handover pause` under systemd: the workers stop, `systemctl status` shows the pause,
+/// `systemctl reload` fails (ExecReload= is refused) with the service still active, and
+/// after `handover resume` every request sent meanwhile has completed.
+fn pause_resume(app: &App) -> String {
+    let (generation, pids) = serving(&app.status());
+    let load = Load::start(app.addr, 4, 1, LOAD_MAX);
+    std::thread::sleep(BETWEEN_RELOADS);
+    let out = app.handover(&["pause", "--max-pause", "30s"]);
+    assert!(out.status.success(), "pause: {}", describe(&out));
+    let paused = Instant::now();
+    let shown = app.systemctl(&["status", "myapp", "--no-pager"]);
+    let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Status: \"paused: "))
+        .unwrap_or_else(|| panic!("no paused status in systemctl status:\n{text}"))
+        .trim()
+        .to_owned();
+    let reload = app.systemctl(&["reload", "myapp"]);
+    assert!(!reload.status.success(), "reload while paused succeeded");
+    assert_eq!(app.state("myapp.service"), "active");
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(paused.elapsed()));
+    let out = app.handover(&["resume"]);
+    assert!(out.status.success(), "resume: {}", describe(&out));
+    let resumed = wait_for(Duration::from_secs(20), "the resumed workers", || {
+        let s = app.status();
+        let (g, now) = serving(&s);
+        (g == generation && now.len() == s.desired_workers && now.is_disjoint(&pids)).then_some(now)
+    });
+    std::thread::sleep(BETWEEN_RELOADS);
+    let tally = load.finish();
+    assert_eq!(tally.failed(), 0, "failed requests: {tally:?}");
+    format!(
+        "paused {:.1} s, {} requests, 0 failed, gen {generation} resumed with pids {resumed:?}; \
+         systemctl reload exit {}; {line}",
+        paused.elapsed().as_secs_f64(),
+        tally.ok,
+        reload.status.code().unwrap_or(-1),
+    )
 }
 
 fn gunicorn(app: &App) -> String {
@@ -578,5 +670,35 @@ fn notify_reload_unit(app: &App) -> String {
     let reloads = reload_under_load(app, 8, 2);
     // The protocol has no "reload failed" answer: the job succeeds, status tells.
     let broken = reload_broken(app, false);
-    format!("{reloads}; broken release: {broken}")
+    let paused = reload_signal_while_paused(app);
+    format!("{reloads}; broken release: {broken}; {paused}")
+}
+
+/// Under Type=notify-reload, `systemctl reload` while paused sends the reload signal:
+/// handover answers RELOADING=1 and READY=1 at once (the job cannot fail), stays paused,
+/// and resumes on request.
+fn reload_signal_while_paused(app: &App) -> String {
+    let (generation, _) = serving(&app.status());
+    let out = app.handover(&["pause", "--max-pause", "30s"]);
+    assert!(out.status.success(), "pause: {}", describe(&out));
+    let t = Instant::now();
+    app.systemctl_ok(&["reload", "myapp"]);
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the reload job hung: {took:?}"
+    );
+    let status = app.status().status;
+    assert!(status.starts_with("paused: "), "{status}");
+    let out = app.handover(&["resume"]);
+    assert!(out.status.success(), "resume: {}", describe(&out));
+    wait_for(Duration::from_secs(20), "the resumed workers", || {
+        let s = app.status();
+        let (g, now) = serving(&s);
+        (g == generation && now.len() == s.desired_workers).then_some(())
+    });
+    format!(
+        "systemctl reload while paused: done in {} ms, still paused",
+        took.as_millis()
+    )
 }

@@ -72,14 +72,24 @@ fn a_node_app_under_a_shell_without_exec_answers_its_in_flight_request_across_a_
     let d = dir.path().display().to_string();
     // `; true` keeps sh from exec'ing node: the wrapper stays node's parent.
     let cmd = format!("{node} {d}/app.js {d}; true");
+    // The wrapper drain is the point, not the warm-up: at nice 10 on a busy host the new
+    // node can take longer to start than the request is in flight. The request outlasts a
+    // reload on a busy machine (4 s) so that the stop signal meets it in flight.
     let m = Manager::start_in(
         dir,
-        &["--workers", "1", "--graceful-timeout", "10s"],
+        &[
+            "--workers",
+            "1",
+            "--graceful-timeout",
+            "10s",
+            "--warmup",
+            "normal",
+        ],
         &["/bin/sh", "-c", &cmd],
     );
     m.wait_ready(1);
     let addr = m.addr;
-    let slow = std::thread::spawn(move || request(addr, "/slow?ms=1500"));
+    let slow = std::thread::spawn(move || request(addr, "/slow?ms=4000"));
     let node_pid = wait_for(10 * SEC, "the slow request in flight", || {
         std::fs::read_dir(m.dir.path())
             .ok()?

@@ -2,8 +2,13 @@
 //! connection), but it keeps a [`Record`] of every request, so latencies can be cut to the
 //! reload windows afterwards.
 //!
-//! - `fast` keep-alive connections on `/` and `slow` ones on `/slow?ms=300`, all on one
-//!   current-thread tokio runtime in its own OS thread (wrk `-t1`).
+//! - `fast` keep-alive connections on `/`, `slow` ones on `/slow?ms=300`, and `fresh`
+//!   clients that open a new connection for every request (`Connection: close`), all on
+//!   one current-thread tokio runtime in its own OS thread (wrk `-t1`). Keep-alive hides
+//!   a refused or reset connect (the connection was made before the reload); the fresh
+//!   clients show them.
+//! - Each response's `X-Worker-Pid` is recorded: which process answered, so a reload is
+//!   seen to be over when a new process answers, not only when a process list says so.
 //! - A connection is reused until the server answers `Connection: close`, then a new one is
 //!   opened at once. After a failure an unpaced client waits [`RETRY`] first, so a
 //!   refused port costs each client at most 100 attempts a second: failure counts
@@ -19,7 +24,8 @@
 //! - With a `rate`, the clients on `/` send on a fixed schedule instead (wrk2's way, the
 //!   total rate spread evenly over them), and latency runs from the moment a request was
 //!   *due*: a server that stalls is charged for the requests it kept from being sent,
-//!   which a closed loop hides (coordinated omission). The slow client is never paced.
+//!   which a closed loop hides (coordinated omission). The fresh clients are paced to
+//!   `fresh_rate` the same way; the slow client is never paced.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -46,14 +52,51 @@ pub enum Outcome {
     Status,
 }
 
+/// Which client sent a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `/` on a keep-alive connection.
+    KeepAlive,
+    /// `/slow?ms=300` on a keep-alive connection.
+    Slow,
+    /// `/` on a connection of its own.
+    Fresh,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::KeepAlive => "keepalive",
+            Kind::Slow => "slow",
+            Kind::Fresh => "fresh",
+        }
+    }
+}
+
 /// One request: when it started (µs after the run's start), how long it took, which
-/// endpoint, and how it ended.
+/// client sent it, how it ended, and which process answered (0: no `X-Worker-Pid`).
 #[derive(Debug, Clone, Copy)]
 pub struct Record {
     pub start_us: u64,
     pub latency_us: u64,
-    pub slow: bool,
+    pub kind: Kind,
     pub outcome: Outcome,
+    pub pid: u32,
+}
+
+/// The clients of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Keep-alive clients on `/`.
+    pub fast: usize,
+    /// Keep-alive clients on `/slow?ms=300`.
+    pub slow: usize,
+    /// One-request-per-connection clients on `/`.
+    pub fresh: usize,
+    /// Total requests a second of the keep-alive clients on `/` (None: closed loop).
+    pub rate: Option<u32>,
+    /// Total requests a second of the fresh clients (None: closed loop).
+    pub fresh_rate: Option<u32>,
 }
 
 impl Record {
@@ -69,15 +112,8 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts `fast` clients on `/` (paced to `rate` requests a second in total if given)
-    /// and `slow` clients on `/slow?ms=300`, for `length`.
-    pub fn start(
-        addr: SocketAddr,
-        fast: usize,
-        slow: usize,
-        rate: Option<u32>,
-        length: Duration,
-    ) -> Load {
+    /// Starts the clients of `shape` for `length`.
+    pub fn start(addr: SocketAddr, shape: Shape, length: Duration) -> Load {
         let t0 = Instant::now();
         let end = t0 + length;
         let thread = std::thread::spawn(move || {
@@ -86,17 +122,23 @@ impl Load {
                 .build()
                 .expect("tokio runtime for the load");
             runtime.block_on(async move {
-                // Each paced client sends every `fast / rate` s, the clients staggered.
-                let interval = rate.map(|r| Duration::from_secs(fast as u64) / r.max(1));
-                let clients = (0..fast + slow).map(|i| {
-                    let slow = i >= fast;
-                    let pace = interval.filter(|_| !slow).map(|iv| Pace {
+                // Each paced client sends every `n / rate` s, the clients of a kind staggered.
+                let pace = |rate: Option<u32>, n: usize, i: usize| {
+                    let iv = Duration::from_secs(n as u64) / rate?.max(1);
+                    Some(Pace {
                         interval: iv,
-                        next: t0 + iv * i as u32 / fast as u32,
-                    });
+                        next: t0 + iv * i as u32 / n as u32,
+                    })
+                };
+                let kinds =
+                    (0..shape.fast).map(|i| (Kind::KeepAlive, pace(shape.rate, shape.fast, i)));
+                let kinds = kinds.chain((0..shape.slow).map(|_| (Kind::Slow, None)));
+                let fresh =
+                    (0..shape.fresh).map(|i| (Kind::Fresh, pace(shape.fresh_rate, shape.fresh, i)));
+                let clients = kinds.chain(fresh).map(|(kind, pace)| {
                     let client = Client {
                         addr,
-                        slow,
+                        kind,
                         pace,
                         t0,
                         end: end.into(),
@@ -123,7 +165,7 @@ impl Load {
 
 struct Client {
     addr: SocketAddr,
-    slow: bool,
+    kind: Kind,
     pace: Option<Pace>,
     t0: Instant,
     end: tokio::time::Instant,
@@ -144,12 +186,13 @@ enum Cut {
 
 impl Client {
     async fn run(mut self) -> Vec<Record> {
-        let request = if self.slow {
-            format!("GET /slow?ms={SLOW_MS} HTTP/1.1\r\nHost: bench\r\n\r\n")
-        } else {
-            "GET / HTTP/1.1\r\nHost: bench\r\n\r\n".to_owned()
+        let request = match self.kind {
+            Kind::Slow => format!("GET /slow?ms={SLOW_MS} HTTP/1.1\r\nHost: bench\r\n\r\n"),
+            Kind::KeepAlive => "GET / HTTP/1.1\r\nHost: bench\r\n\r\n".to_owned(),
+            Kind::Fresh => "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".to_owned(),
         };
-        let patience = TIMEOUT + Duration::from_millis(if self.slow { SLOW_MS } else { 0 });
+        let slow = self.kind == Kind::Slow;
+        let patience = TIMEOUT + Duration::from_millis(if slow { SLOW_MS } else { 0 });
         let (mut records, mut conn, mut buf) = (Vec::new(), None, Vec::with_capacity(4096));
         while tokio::time::Instant::now() < self.end {
             // Paced: wait for the next due time. A request already overdue (the previous
@@ -176,20 +219,24 @@ impl Client {
             let result = self
                 .request(&mut conn, &mut buf, request.as_bytes(), give_up)
                 .await;
-            let outcome = match result {
-                Ok(()) => Outcome::Ok,
+            let (outcome, pid) = match result {
+                Ok(pid) => (Outcome::Ok, pid),
                 Err(Cut::Deadline) if tokio::time::Instant::now() >= self.end => {
                     break; // cut by the end of the run: neither success nor failure
                 }
-                Err(Cut::Deadline) => Outcome::Timeout,
-                Err(Cut::Failed(o)) => o,
+                Err(Cut::Deadline) => (Outcome::Timeout, 0),
+                Err(Cut::Failed(o)) => (o, 0),
             };
             records.push(Record {
                 start_us: (start - self.t0).as_micros() as u64,
                 latency_us: start.elapsed().as_micros() as u64,
-                slow: self.slow,
+                kind: self.kind,
                 outcome,
+                pid,
             });
+            if self.kind == Kind::Fresh {
+                conn = None; // one request per connection, even if the server kept it
+            }
             if outcome != Outcome::Ok {
                 conn = None;
                 if self.pace.is_none() {
@@ -201,14 +248,14 @@ impl Client {
     }
 
     /// One request on `conn` (connecting first if it is `None`); leaves `conn` open if the
-    /// server keeps the connection alive.
+    /// server keeps the connection alive. Returns the answering process's pid.
     async fn request(
         &self,
         conn: &mut Option<TcpStream>,
         buf: &mut Vec<u8>,
         request: &[u8],
         give_up: tokio::time::Instant,
-    ) -> Result<(), Cut> {
+    ) -> Result<u32, Cut> {
         let mut stream = match conn.take() {
             Some(s) => s,
             None => match timeout_at(give_up, TcpStream::connect(self.addr)).await {
@@ -234,13 +281,14 @@ impl Client {
         if !response.close {
             *conn = Some(stream);
         }
-        Ok(())
+        Ok(response.pid)
     }
 }
 
 struct Response {
     status: u16,
     close: bool,
+    pid: u32,
 }
 
 /// Reads one response (head and a `Content-Length` body) into `buf`.
@@ -261,6 +309,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Resp
         .and_then(|s| s.parse().ok())
         .ok_or(Outcome::Read)?;
     let (mut length, mut close) = (0usize, status_line.starts_with("HTTP/1.0"));
+    let mut pid = 0;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -270,6 +319,8 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Resp
             length = value.parse().map_err(|_| Outcome::Read)?;
         } else if name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case("x-worker-pid") {
+            pid = value.parse().unwrap_or(0);
         }
     }
     while buf.len() < head_len + length {
@@ -277,7 +328,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Resp
             return Err(Outcome::Read);
         }
     }
-    Ok(Response { status, close })
+    Ok(Response { status, close, pid })
 }
 
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Outcome> {

@@ -13,7 +13,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::load::{Outcome, Record};
+use crate::load::{Kind, Outcome, Record};
 use crate::procfs::Idle;
 
 /// What is added after a reload's end to its window.
@@ -22,6 +22,8 @@ pub const WINDOW_TAIL: Duration = Duration::from_secs(1);
 /// One reload, in µs after the start of the run.
 #[derive(Debug, Clone)]
 pub struct Reload {
+    /// The serving processes just before it.
+    pub old: Vec<i32>,
     pub sent_us: u64,
     /// When the trigger returned (`handover reload` exited, `kill` returned, …).
     pub returned_us: u64,
@@ -35,6 +37,20 @@ impl Reload {
         let end = self.returned_us.max(self.replaced_us.unwrap_or(0));
         (self.sent_us, end + WINDOW_TAIL.as_micros() as u64)
     }
+}
+
+/// When a process not in `reload.old` first answered (µs after the start of the run),
+/// among the answers that ended after the trigger was sent and before `next` was.
+fn first_new_answer(records: &[Record], reload: &Reload, next: Option<u64>) -> Option<u64> {
+    let new = |r: &&Record| {
+        let end = r.end_us();
+        r.outcome == Outcome::Ok
+            && r.pid != 0
+            && end >= reload.sent_us
+            && next.is_none_or(|n| end < n)
+            && !reload.old.contains(&(r.pid as i32))
+    };
+    records.iter().filter(new).map(Record::end_us).min()
 }
 
 /// One run of the load against one server: steady or with reloads.
@@ -103,6 +119,17 @@ pub struct Summary {
     pub failed_in_windows: usize,
     pub slow: usize,
     pub slow_failed: usize,
+    /// Failed requests of the keep-alive clients on `/`, and of the fresh clients.
+    pub fast_failed: usize,
+    pub fresh_failed: usize,
+    pub fresh: Latency,
+    pub fresh_in_windows: Latency,
+    /// Successful fresh requests a second.
+    pub fresh_per_second: f64,
+    /// A new process's first answer − sent, ms, sorted (reloads where one was seen).
+    pub first_new_ms: Vec<f64>,
+    /// Reloads whose trigger returned before any new process had answered.
+    pub early_returns: usize,
     pub fast: Latency,
     pub fast_in_windows: Latency,
     /// The same run outside the windows: a baseline taken under the same machine load.
@@ -118,6 +145,24 @@ pub struct Summary {
 }
 
 impl Run {
+    /// A run that did not happen (a baseline is never reloaded).
+    pub fn empty() -> Run {
+        Run {
+            length: Duration::from_secs(1),
+            loadavg: 0.0,
+            records: Vec::new(),
+            reloads: Vec::new(),
+        }
+    }
+
+    /// Each reload's first answer from a new process (µs after the start of the run).
+    fn first_new(&self) -> Vec<Option<u64>> {
+        let next = |i: usize| self.reloads.get(i + 1).map(|r| r.sent_us);
+        (self.reloads.iter().enumerate())
+            .map(|(i, r)| first_new_answer(&self.records, r, next(i)))
+            .collect()
+    }
+
     pub fn summary(&self) -> Summary {
         let windows: Vec<(u64, u64)> = self.reloads.iter().map(Reload::window).collect();
         let in_window = |r: &Record| {
@@ -128,21 +173,33 @@ impl Run {
         let (mut failed, mut failed_in_windows) = (Failures::default(), 0);
         let (mut fast, mut fast_in_windows, mut fast_outside) =
             (Vec::new(), Vec::new(), Vec::new());
-        let (mut slow, mut slow_failed) = (0, 0);
+        let (mut slow, mut slow_failed, mut fast_failed, mut fresh_failed) = (0, 0, 0, 0);
+        let (mut fresh, mut fresh_in_windows) = (Vec::new(), Vec::new());
         for r in &self.records {
             failed.add(r.outcome);
             let ok = r.outcome == Outcome::Ok;
             let window = in_window(r);
             failed_in_windows += usize::from(!ok && window);
-            if r.slow {
-                slow += 1;
-                slow_failed += usize::from(!ok);
-            } else if ok {
-                fast.push(r.latency_us);
-                match window {
-                    true => fast_in_windows.push(r.latency_us),
-                    false => fast_outside.push(r.latency_us),
+            match r.kind {
+                Kind::Slow => {
+                    slow += 1;
+                    slow_failed += usize::from(!ok);
                 }
+                Kind::KeepAlive if ok => {
+                    fast.push(r.latency_us);
+                    match window {
+                        true => fast_in_windows.push(r.latency_us),
+                        false => fast_outside.push(r.latency_us),
+                    }
+                }
+                Kind::KeepAlive => fast_failed += 1,
+                Kind::Fresh if ok => {
+                    fresh.push(r.latency_us);
+                    if window {
+                        fresh_in_windows.push(r.latency_us);
+                    }
+                }
+                Kind::Fresh => fresh_failed += 1,
             }
         }
         let ms = |us: u64| us as f64 / 1e3;
@@ -152,15 +209,31 @@ impl Run {
         let mut replaced_ms: Vec<f64> = (self.reloads.iter())
             .filter_map(|r| Some(ms(r.replaced_us? - r.sent_us)))
             .collect();
+        let first_new = self.first_new();
+        let early_returns = (first_new.iter().zip(&self.reloads))
+            .filter(|(t, r)| t.is_none_or(|t| r.returned_us < t))
+            .count();
+        let mut first_new_ms: Vec<f64> = (first_new.into_iter().zip(&self.reloads))
+            .filter_map(|(t, r)| Some(ms(t? - r.sent_us)))
+            .collect();
         trigger_ms.sort_by(f64::total_cmp);
         replaced_ms.sort_by(f64::total_cmp);
+        first_new_ms.sort_by(f64::total_cmp);
+        let seconds = self.length.as_secs_f64();
         Summary {
             requests: self.records.len(),
             failed,
             failed_in_windows,
             slow,
             slow_failed,
-            per_second: fast.len() as f64 / self.length.as_secs_f64(),
+            fast_failed,
+            fresh_failed,
+            fresh_per_second: fresh.len() as f64 / seconds,
+            fresh: Latency::of(fresh),
+            fresh_in_windows: Latency::of(fresh_in_windows),
+            first_new_ms,
+            early_returns,
+            per_second: fast.len() as f64 / seconds,
             fast: Latency::of(fast),
             fast_in_windows: Latency::of(fast_in_windows),
             fast_outside: Latency::of(fast_outside),
@@ -176,16 +249,31 @@ impl Run {
         }
     }
 
-    /// Every record as CSV: start_us,latency_us,path,outcome.
+    /// Every record as CSV: start_us,latency_us,client,outcome,pid.
     pub fn csv(&self) -> String {
-        let mut out = String::from("start_us,latency_us,path,outcome\n");
+        let mut out = String::from("start_us,latency_us,client,outcome,pid\n");
         for r in &self.records {
-            let path = if r.slow { "/slow" } else { "/" };
             let _ = writeln!(
                 out,
-                "{},{},{path},{:?}",
-                r.start_us, r.latency_us, r.outcome
+                "{},{},{},{:?},{}",
+                r.start_us,
+                r.latency_us,
+                r.kind.label(),
+                r.outcome,
+                r.pid
             );
+        }
+        out
+    }
+
+    /// Every reload as CSV, µs after the start of the run (empty: not seen).
+    pub fn events_csv(&self) -> String {
+        let mut out = String::from("sent_us,returned_us,first_new_us,replaced_us\n");
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        for (r, first) in self.reloads.iter().zip(self.first_new()) {
+            let (sent, returned) = (r.sent_us, r.returned_us);
+            let (first, replaced) = (opt(first), opt(r.replaced_us));
+            let _ = writeln!(out, "{sent},{returned},{first},{replaced}");
         }
         out
     }
@@ -196,6 +284,13 @@ pub struct Scenario {
     pub name: String,
     pub trigger: String,
     pub manager: String,
+    /// The same server bound directly: the scenario whose throughput this one's is
+    /// compared with.
+    pub direct: Option<String>,
+    /// A baseline: measured steady only.
+    pub steady_only: bool,
+    /// The closed-loop run, if there was one.
+    pub throughput: Option<Summary>,
     pub steady: Summary,
     pub reloading: Summary,
     pub idle: Option<Idle>,
@@ -203,6 +298,8 @@ pub struct Scenario {
 }
 
 pub fn tables(all: &[Scenario]) -> String {
+    let all: Vec<&Scenario> = all.iter().filter(|s| !s.steady_only).collect();
+    let all = all.as_slice();
     let mut t = String::new();
     let ms = |us: u64| match us {
         0..10_000 => format!("{:.2}", us as f64 / 1e3),
@@ -274,28 +371,6 @@ pub fn tables(all: &[Scenario]) -> String {
             s.reloading.loadavg
         );
     }
-    let _ = writeln!(
-        t,
-        "\n### Reloads\n\n\
-         | scenario | trigger | trigger returns: median / max (ms) | \
-         all serving processes new: median / max (ms) | errors |\n\
-         | --- | --- | ---: | ---: | --- |"
-    );
-    for s in all {
-        let x = &s.reloading;
-        let _ = writeln!(
-            t,
-            "| {} | `{}` | {} | {} | {} |",
-            s.name,
-            s.trigger,
-            median_max(&x.trigger_ms),
-            median_max(&x.replaced_ms),
-            match x.reload_errors.len() {
-                0 => "—".to_owned(),
-                n => format!("{n}: {}", x.reload_errors[0].trim()),
-            }
-        );
-    }
     if all.iter().any(|s| s.idle.is_some()) {
         manager_table(&mut t, all);
     }
@@ -316,7 +391,7 @@ pub fn tables(all: &[Scenario]) -> String {
 }
 
 /// The manager's RSS, CPU and wake-ups over the idle window.
-fn manager_table(t: &mut String, all: &[Scenario]) {
+fn manager_table(t: &mut String, all: &[&Scenario]) {
     let _ = writeln!(
         t,
         "\n### The manager, idle after the reloads\n\n\
@@ -338,12 +413,5 @@ fn manager_table(t: &mut String, all: &[Scenario]) {
             i.wakeups,
             i.seconds
         );
-    }
-}
-
-fn median_max(v: &[f64]) -> String {
-    match v.len() {
-        0 => "—".into(),
-        n => format!("{:.1} / {:.1}", (v[(n - 1) / 2] + v[n / 2]) / 2.0, v[n - 1]),
     }
 }

@@ -16,7 +16,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,11 +33,18 @@ pub struct Paths {
     pub venv: PathBuf,
     /// bench/: app.py and uvicorn_ready.py.
     pub apps: PathBuf,
+    /// tests/recipes/: the apps of the recipe tests (app.py, app.js), which today's
+    /// peers serve.
+    pub recipes: PathBuf,
+    /// benches/peers/: pm2_app.js.
+    pub peers: PathBuf,
+    /// pm2, installed from npm under target/.
+    pub pm2: PathBuf,
     pub logs: PathBuf,
 }
 
 impl Paths {
-    fn venv_bin(&self, name: &str) -> String {
+    pub fn venv_bin(&self, name: &str) -> String {
         self.venv.join("bin").join(name).display().to_string()
     }
 
@@ -66,26 +73,43 @@ pub enum Trigger {
     Hangup(i32),
     /// Commands in the container, one after the other (`systemctl restart …`).
     Systemctl(Vec<Vec<String>>),
+    /// A command run to its end, with these variables (`pm2 reload app`, `circusctl …`).
+    Command(Vec<String>, Vec<(String, String)>),
 }
 
 impl Trigger {
-    pub fn describe(&self, handover: &Path) -> String {
+    pub fn describe(&self) -> String {
         match self {
-            Trigger::Control(_) => format!("{} reload", handover.display()),
+            Trigger::Control(_) => "handover reload".into(),
             Trigger::Hangup(_) => "kill -HUP <master>".into(),
             Trigger::Systemctl(cmds) => (cmds.iter().map(|c| c.join(" ")))
                 .collect::<Vec<_>>()
                 .join("; "),
+            Trigger::Command(argv, _) => {
+                let name = |a: &String| a.rsplit('/').next().unwrap_or(a).to_owned();
+                let mut words: Vec<String> = argv.iter().map(name).collect();
+                // circusctl's --endpoint is a path of this run: not what a user types.
+                if let Some(i) = words.iter().position(|w| w == "--endpoint") {
+                    words.drain(i..i + 2);
+                }
+                words.join(" ")
+            }
         }
     }
 }
 
 /// What keeps a server alive; dropping it stops the server.
-enum Guard {
+pub(crate) enum Guard {
     Local(#[allow(dead_code, reason = "held for its Drop, which stops the process")] Local),
     Unit {
         container: Arc<Container>,
         units: Vec<String>,
+    },
+    /// pm2's daemon (not our child: `pm2 start` daemonized it), stopped by `pm2 kill`.
+    Pm2 {
+        pm2: PathBuf,
+        home: PathBuf,
+        daemon: i32,
     },
 }
 
@@ -94,13 +118,15 @@ pub struct Server {
     /// The process a reload goes to and whose cost is reported.
     pub manager: i32,
     /// The processes that serve: descendants of `root` whose command line has `marker`.
-    root: i32,
-    marker: Option<String>,
+    pub(crate) root: i32,
+    pub(crate) marker: Option<String>,
     /// How many serving processes there are when all is well.
     pub serving: usize,
     pub trigger: Trigger,
-    handover: PathBuf,
-    guard: Guard,
+    pub(crate) handover: PathBuf,
+    pub(crate) guard: Guard,
+    /// A proxy in front (nginx): the load goes to it, the reload to the server.
+    pub(crate) front: Option<Local>,
 }
 
 impl Server {
@@ -128,6 +154,7 @@ impl Server {
             trigger: Trigger::Control(control),
             handover: paths.handover.clone(),
             guard: Guard::Local(local),
+            front: None,
         }
     }
 
@@ -166,6 +193,7 @@ impl Server {
             trigger: Trigger::Hangup(local.pid()),
             handover: paths.handover.clone(),
             guard: Guard::Local(local),
+            front: None,
         }
     }
 
@@ -193,6 +221,7 @@ impl Server {
                 container: container.clone(),
                 units: names.clone(),
             },
+            front: None,
         };
         let mut start = vec!["systemctl", "start"];
         start.extend(names.iter().map(String::as_str));
@@ -273,11 +302,28 @@ impl Server {
                 }
                 Ok(())
             }
+            Trigger::Command(argv, env) => {
+                let out = Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("{}: {e}", argv[0]))?;
+                if !out.status.success() {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    return Err(format!(
+                        "{}: {}: {err}",
+                        self.describe_trigger(),
+                        out.status
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
     pub fn describe_trigger(&self) -> String {
-        self.trigger.describe(&self.handover)
+        self.trigger.describe()
     }
 }
 
@@ -290,7 +336,26 @@ impl Drop for Server {
                 eprintln!("bench: {e}");
             }
         }
-        // A Local guard stops itself when dropped.
+        if let Guard::Pm2 { pm2, home, daemon } = &self.guard {
+            let family = procfs::descendants(*daemon);
+            let killed = Command::new(pm2)
+                .arg("kill")
+                .env("PM2_HOME", home)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !killed.is_ok_and(|s| s.success()) {
+                eprintln!("bench: pm2 kill failed: SIGKILL to its daemon {daemon}");
+            }
+            // Whatever is left of it, by pid (its pids are ours: it started them for us).
+            for p in std::iter::once(*daemon).chain(family) {
+                if procfs::state(p).is_some_and(|s| s != 'Z') {
+                    // SAFETY: kill(2) on a process the bench's pm2 started.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+        }
+        // A Local guard (and a front) stops itself when dropped.
     }
 }
 
@@ -301,17 +366,12 @@ pub struct Local {
 }
 
 impl Local {
-    fn spawn(name: &str, paths: &Paths, argv: &[String]) -> Local {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local addr");
+    /// `argv` with its output in `logs/<name>.log`, no NOTIFY_SOCKET.
+    fn command(name: &str, paths: &Paths, argv: &[String]) -> Command {
         let log = std::fs::File::create(paths.logs.join(format!("{name}.log"))).expect("log");
-        let mut command = Command::new("/bin/sh");
-        // LISTEN_PID must be the server's own pid: the shell exports its pid, then execs.
+        let mut command = Command::new(&argv[0]);
         command
-            .args(["-c", r#"export LISTEN_PID=$$; exec "$0" "$@""#])
-            .args(argv)
-            .env("LISTEN_FDS", "1")
-            .env("LISTEN_FDNAMES", "http")
+            .args(&argv[1..])
             .env_remove("NOTIFY_SOCKET")
             .env("HANDOVER_LOG", "info")
             .env("NO_COLOR", "1")
@@ -319,6 +379,36 @@ impl Local {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
+        command
+    }
+
+    /// A server that binds `addr` itself (its command line says where), with `env`.
+    pub fn spawn_bound(
+        name: &str,
+        paths: &Paths,
+        argv: &[String],
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Local {
+        let mut command = Local::command(name, paths, argv);
+        command.envs(env.iter().copied());
+        let child = command.spawn().expect("spawn a server");
+        Local { child, addr }
+    }
+
+    /// A server on a 127.0.0.1:0 listener of the bench's, at fd 3 with LISTEN_FDS=1.
+    pub fn spawn(name: &str, paths: &Paths, argv: &[String]) -> Local {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        // LISTEN_PID must be the server's own pid: the shell exports its pid, then execs.
+        let sh = ["/bin/sh", "-c", r#"export LISTEN_PID=$$; exec "$0" "$@""#];
+        let argv: Vec<String> = sh
+            .iter()
+            .map(|s| s.to_string())
+            .chain(argv.iter().cloned())
+            .collect();
+        let mut command = Local::command(name, paths, &argv);
+        command.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "http");
         let fd = listener.as_raw_fd();
         // SAFETY: dup2 and fcntl are async-signal-safe; this runs in the forked child.
         unsafe {
@@ -338,7 +428,7 @@ impl Local {
         Local { child, addr }
     }
 
-    fn pid(&self) -> i32 {
+    pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 }
@@ -366,6 +456,13 @@ impl Drop for Local {
             }
         }
     }
+}
+
+/// A 127.0.0.1 port the kernel calls free: bound on port 0, then released for a server
+/// (or a unit) to bind itself.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
 }
 
 /// Polls `f` every millisecond until it returns `Some` or `limit` passes.

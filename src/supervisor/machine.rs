@@ -11,11 +11,16 @@
 //! serves; during a reload a *candidate* generation starts beside it. Workers of older
 //! generations are *draining*: they got their generation's stop signal and are expected to
 //! exit. Every instant `next_deadline` returns is one at which `Timer` changes something,
-//! so the task never spins.
+//! so the task never spins. A candidate may serve a *probation* window (and start with
+//! *canaries*) before the old generation stops (`probation.rs`); a *paused* manager has a
+//! current generation with no workers, the sockets queueing connections (`pause.rs`).
 
 use std::collections::BTreeMap;
 use tokio::time::Instant;
 
+mod counters;
+mod pause;
+mod probation;
 mod queries;
 mod ready;
 mod recycle;
@@ -23,6 +28,7 @@ mod snapshot;
 mod status;
 mod trees;
 mod workers;
+pub use counters::{Counters, ReloadEnd};
 pub use snapshot::Snapshot;
 
 use super::generation::Generation;
@@ -44,9 +50,13 @@ struct Reload {
     retired: usize,
     started: Instant,
     follow_up: bool,
-    /// Every new worker is ready and the generation is on probation until then: the old
-    /// generation still serves, a new worker's exit still rolls back.
+    /// The new workers started first (`canary`, 0: none), before any old one is retired.
+    canary: usize,
+    /// The new workers are on probation until then (every one of them, or the canaries):
+    /// the old generation still serves, a new worker's exit or watchdog miss rolls back.
     probation_until: Option<Instant>,
+    /// The probation was served: the reload goes on (or ends) without another.
+    probation_done: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +70,14 @@ enum Phase {
         follow_up: bool,
     },
     Rolling(Reload),
+    /// `handover pause`: the current generation's workers are stopped (or draining), its
+    /// settings and release kept for the resume; it resumes by itself at `until`.
+    Paused {
+        since: Instant,
+        until: Instant,
+        /// `Outcome::Paused` was sent: the last worker is gone.
+        announced: bool,
+    },
     Stopping {
         code: i32,
     },
@@ -87,6 +105,7 @@ pub struct Machine {
     last_failure: Option<String>,
     last_status: String,
     notes: Vec<Note>,
+    counters: Counters,
 }
 
 impl Machine {
@@ -102,6 +121,7 @@ impl Machine {
             last_failure: None,
             last_status: String::new(),
             notes: Vec::new(),
+            counters: Counters::default(),
         }
     }
 
@@ -126,6 +146,8 @@ impl Machine {
             .chain(restarts)
             .chain(self.recycle_deadlines())
             .chain(self.probation_until())
+            .chain(self.probation_watchdog_deadlines())
+            .chain(self.pause_until())
             .min()
     }
 
@@ -182,8 +204,11 @@ impl Machine {
                 self.on_scale(n.clamp(1, i64::from(MAX_WORKERS)) as usize, now, &mut out)
             }
             Event::ScaleTo(n) => self.on_scale(n.clamp(1, MAX_WORKERS as usize), now, &mut out),
+            Event::Pause { max } => self.on_pause(max, now, &mut out),
+            Event::Resume => self.on_resume(false, now, &mut out),
         }
         self.forget_finished();
+        self.announce_paused(&mut out);
         if let Phase::Stopping { code } = self.phase
             && self.generations.values().all(|g| g.workers.is_empty())
             && !out.iter().any(|a| matches!(a, Action::Exit(_)))
@@ -260,12 +285,18 @@ impl Machine {
             retired: 0,
             started,
             follow_up,
+            canary: 0,
             probation_until: None,
+            probation_done: false,
         };
         match result {
             Ok(spec) => {
                 let Spec { settings, release } = *spec;
                 reload.size = self.effective(settings.workers);
+                // Canaries only make sense beside a generation that keeps serving.
+                if self.current.is_some() && settings.canary < reload.size {
+                    reload.canary = settings.canary;
+                }
                 let mut g = Generation::new(generation, release, settings);
                 // A warm-up only matters beside a generation that serves.
                 g.warming = g.settings.warmup == Warmup::Low && self.current.is_some();
@@ -296,6 +327,8 @@ impl Machine {
         let (candidate, size, spawned) = (r.candidate, r.size, r.spawned);
         let batch = match self.generations.get(&candidate).map(|g| g.settings.batch) {
             None => return,
+            // The canaries first, alone.
+            Some(_) if spawned == 0 && r.canary > 0 => r.canary,
             Some(0) => size,
             Some(_) if self.current.is_none() => size,
             Some(b) => b,
@@ -317,6 +350,14 @@ impl Machine {
                 *follow_up = true;
             }
             Phase::Idle | Phase::Stopping { .. } => self.notes.push(Note::ReloadIgnored),
+            // The control socket refuses it with the reason (`reload_refusal`); a SIGHUP
+            // is logged, and systemd (under Type=notify-reload it waits for the reload's
+            // READY=1) hears at once that it ended, the status saying paused.
+            Phase::Paused { .. } => {
+                self.notes.push(Note::ReloadWhilePaused);
+                out.push(Action::Notify(vec![SdState::Reloading]));
+                out.push(Action::Notify(vec![SdState::Ready]));
+            }
         }
     }
 
@@ -342,47 +383,47 @@ impl Machine {
         if r.candidate != g {
             return;
         }
-        let (size, spawned, retired) = (r.size, r.spawned, r.retired);
+        let (size, spawned) = (r.size, r.spawned);
+        let canaries = r.canary > 0 && spawned == r.canary;
         // Only the candidate's own workers count: the old generation's never do.
         let ready = self.generations.get(&g).map_or(0, |c| c.ready());
         if ready >= size {
             self.on_probation_or_promote(now, out);
         } else if ready == spawned {
-            // A batch is ready: retire as many old workers, then start the next batch.
-            self.retire_old(ready - retired, now, out);
-            if let Phase::Rolling(r) = &mut self.phase {
-                r.retired = ready;
+            if canaries && self.start_probation(now) {
+                self.end_warmup(out);
+            } else {
+                self.next_batch(now, out);
             }
-            self.spawn_batch(now, out);
         }
     }
 
-    /// Every new worker is ready: with a probation (and an old generation to keep), the
-    /// old one serves on beside it until the window ends; otherwise it is promoted now.
-    fn on_probation_or_promote(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Phase::Rolling(r) = &mut self.phase else {
-            return;
-        };
-        // Ready: the warm-up is over, before it serves on probation or alone.
-        if let Some(g) = self.generations.get_mut(&r.candidate)
+    /// The candidate is ready to serve (every worker, or its canaries on probation): its
+    /// warm-up is over.
+    pub(super) fn end_warmup(&mut self, out: &mut Vec<Action>) {
+        let Some(c) = self.candidate() else { return };
+        if let Some(g) = self.generations.get_mut(&c)
             && std::mem::take(&mut g.warming)
         {
             out.push(Action::Priority {
-                generation: g.id,
+                generation: c,
                 low: false,
             });
         }
-        let probation = self
-            .generations
-            .get(&r.candidate)
-            .and_then(|g| g.settings.probation)
-            .filter(|p| !p.is_zero());
-        match probation {
-            Some(p) if self.current.is_some() && r.probation_until.is_none() => {
-                r.probation_until = Some(now + p);
-            }
-            _ => self.promote(now, out),
+    }
+
+    /// A batch is ready: retire as many old workers, then start the next batch.
+    fn next_batch(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Rolling(r) = &self.phase else {
+            return;
+        };
+        let (g, retired) = (r.candidate, r.retired);
+        let ready = self.generations.get(&g).map_or(0, |c| c.ready());
+        self.retire_old(ready.saturating_sub(retired), now, out);
+        if let Phase::Rolling(r) = &mut self.phase {
+            r.retired = ready;
         }
+        self.spawn_batch(now, out);
     }
 
     /// Stops `n` serving workers of the current generation, highest slots first.
@@ -424,10 +465,14 @@ impl Machine {
             None => Outcome::Started {
                 generation: r.candidate,
             },
-            Some(_) => Outcome::Reloaded {
-                generation: r.candidate,
-                took: now.saturating_duration_since(r.started),
-            },
+            Some(_) => {
+                let took = now.saturating_duration_since(r.started);
+                self.counters.reload_ended(ReloadEnd::Ok, took);
+                Outcome::Reloaded {
+                    generation: r.candidate,
+                    took,
+                }
+            }
         }));
         self.reconcile(now, out);
         if r.follow_up {
@@ -452,11 +497,23 @@ impl Machine {
         }
         self.last_failure = Some(format!("gen {}: {reason}", r.candidate));
         self.phase = Phase::Running;
+        let took = now.saturating_duration_since(r.started);
+        // No generation was created when its configuration did not load.
+        let started = self.generations.contains_key(&r.candidate);
+        let end = if started {
+            ReloadEnd::RolledBack
+        } else {
+            ReloadEnd::Failed
+        };
+        self.counters.reload_ended(end, took);
+        if r.probation_until.is_some() {
+            self.counters.probation_rollbacks += 1;
+        }
         out.push(Action::Notify(vec![SdState::Ready]));
         out.push(Action::Outcome(Outcome::RolledBack {
             generation: r.candidate,
             reason,
-            took: now.saturating_duration_since(r.started),
+            took,
         }));
         // Old workers retired for a batch that has now failed are replaced.
         self.reconcile(now, out);

@@ -48,9 +48,14 @@ pub struct Settings {
     #[serde(default)]
     pub watchdog: Option<Duration>,
     /// Probation: once a reload's new generation is ready, the old one keeps serving
-    /// beside it this long; a new worker that exits meanwhile rolls the reload back.
+    /// beside it this long; a new worker that exits, or misses its watchdog, meanwhile
+    /// rolls the reload back.
     #[serde(default)]
     pub probation: Option<Duration>,
+    /// Canary: a reload starts this many new workers first; once they are ready (and have
+    /// served the probation, if set) the rest follows by `batch`. 0: no canary.
+    #[serde(default)]
+    pub canary: usize,
     /// Off the journal: the workers' lines are copied with a `gen=N slot=S pid=P` prefix.
     #[serde(default)]
     pub log_prefix: bool,
@@ -74,6 +79,7 @@ impl Default for Settings {
             max_memory: None,
             watchdog: None,
             probation: None,
+            canary: 0,
             log_prefix: false,
         }
     }
@@ -169,6 +175,13 @@ pub enum Event {
     Scale(i32),
     /// Run exactly this many workers (the control socket's `scale N`).
     ScaleTo(usize),
+    /// Drain and stop every worker, the sockets held (connections queue in the listen
+    /// backlog), until `Resume` or for at most `max`.
+    Pause {
+        max: Duration,
+    },
+    /// Start the paused generation's workers again.
+    Resume,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +237,17 @@ pub enum Outcome {
     },
     StartFailed {
         reason: String,
+    },
+    /// A pause took effect: the last worker of the paused generation is gone.
+    Paused {
+        generation: GenId,
+    },
+    /// The paused generation starts again, `after` its pause began; `by_itself`: its
+    /// maximum pause ran out.
+    Resumed {
+        generation: GenId,
+        after: Duration,
+        by_itself: bool,
     },
 }
 

@@ -64,6 +64,18 @@ pub enum Note {
     },
     ReloadQueued,
     ReloadIgnored,
+    /// A reload (SIGHUP) while paused: not done.
+    ReloadWhilePaused,
+    /// A new worker on probation sent no WATCHDOG=1 in time (the reload rolls back).
+    WatchdogOnProbation {
+        generation: GenId,
+        pid: i32,
+    },
+    /// `handover pause`: the workers of `generation` drain; `max` bounds the pause.
+    Pausing {
+        generation: GenId,
+        max: Duration,
+    },
     Scaled {
         from: usize,
         to: usize,
@@ -158,6 +170,18 @@ impl Note {
                 tracing::info!("reload requested during a reload: one more will follow")
             }
             Note::ReloadIgnored => tracing::info!("reload ignored: not running"),
+            Note::ReloadWhilePaused => {
+                tracing::warn!("reload ignored: paused (`handover resume` first)")
+            }
+            Note::WatchdogOnProbation { generation, pid } => {
+                tracing::warn!(generation, pid, "no WATCHDOG=1 on probation")
+            }
+            Note::Pausing { generation, max } => {
+                tracing::info!(
+                    generation,
+                    "pausing: workers drain, connections queue for at most {max:?}"
+                )
+            }
             Note::Scaled { from, to } => tracing::info!("workers: {from} -> {to}"),
             Note::Replacing {
                 generation,

@@ -15,6 +15,8 @@ use crate::control::Reply;
 pub struct Waiters {
     next: Vec<UnboundedSender<Reply>>,
     by_generation: BTreeMap<Generation, Vec<UnboundedSender<Reply>>>,
+    /// Clients of `handover pause`, answered once the last worker is gone.
+    pausing: Vec<UnboundedSender<Reply>>,
 }
 
 impl Waiters {
@@ -28,10 +30,11 @@ impl Waiters {
         self.by_generation.entry(g).or_default().extend(next);
     }
 
-    /// Sends a status line to every waiting client (a gone client is dropped later).
-    pub fn progress(&self, status: &str) {
+    /// Sends a status line, and the part of the reload it belongs to, to every waiting
+    /// client (a gone client is dropped later).
+    pub fn progress(&self, status: &str, phase: Option<&str>) {
         for c in self.by_generation.values().flatten().chain(&self.next) {
-            let _ = c.send(Reply::progress(status));
+            let _ = c.send(Reply::progress(status, phase));
         }
     }
 
@@ -47,10 +50,22 @@ impl Waiters {
         !self.next.is_empty() || self.by_generation.values().any(|v| !v.is_empty())
     }
 
+    pub fn wait_paused(&mut self, client: UnboundedSender<Reply>) {
+        self.pausing.push(client);
+    }
+
+    /// Answers every `handover pause` client waiting.
+    pub fn resolve_paused(&mut self, reply: Reply) {
+        for c in std::mem::take(&mut self.pausing) {
+            let _ = c.send(reply.clone());
+        }
+    }
+
     pub fn fail_all(&mut self, why: &str) {
         let all = std::mem::take(&mut self.by_generation)
             .into_values()
-            .flatten();
+            .flatten()
+            .chain(std::mem::take(&mut self.pausing));
         for c in all.chain(std::mem::take(&mut self.next)) {
             let _ = c.send(Reply::error(why));
         }

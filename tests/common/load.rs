@@ -44,6 +44,9 @@ pub struct Sample {
     pub pid: Option<i32>,
     pub failed: bool,
     pub slow: bool,
+    /// The pid that answered the previous request on the same connection (None: the
+    /// request opened the connection): whom a kept-alive connection belonged to.
+    pub conn_pid: Option<i32>,
 }
 
 impl Tally {
@@ -85,11 +88,36 @@ impl Load {
         Load::spawn(addr, fast, slow, max, true)
     }
 
+    /// Like `recording`, plus `fresh` clients that open a new connection for every
+    /// request (`Connection: close`), so new workers get connections too.
+    pub fn recording_fresh(
+        addr: SocketAddr,
+        fast: usize,
+        slow: usize,
+        fresh: usize,
+        max: Duration,
+    ) -> Load {
+        Load::spawn_paths(addr, fast, slow, fresh, max, true)
+    }
+
     fn spawn(addr: SocketAddr, fast: usize, slow: usize, max: Duration, record: bool) -> Load {
+        Load::spawn_paths(addr, fast, slow, 0, max, record)
+    }
+
+    fn spawn_paths(
+        addr: SocketAddr,
+        fast: usize,
+        slow: usize,
+        fresh: usize,
+        max: Duration,
+        record: bool,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Mutex::new(BTreeSet::new()));
         let deadline = Instant::now() + max;
-        let paths = std::iter::repeat_n("/", fast).chain(std::iter::repeat_n("/slow?ms=300", slow));
+        let paths = std::iter::repeat_n("/", fast)
+            .chain(std::iter::repeat_n("/slow?ms=300", slow))
+            .chain(std::iter::repeat_n(FRESH, fresh));
         let threads = paths
             .map(|path| {
                 let (stop, live) = (stop.clone(), live.clone());
@@ -123,13 +151,17 @@ fn client(
     record: bool,
 ) -> Tally {
     let mut t = Tally::default();
-    let slow = path != "/";
+    let slow = path.starts_with("/slow");
     let mut conn: Option<BufReader<TcpStream>> = None;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    let mut conn_pid: Option<i32> = None;
+    let request = match path {
+        FRESH => "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".to_owned(),
+        _ => format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    };
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let c = match conn.take() {
             Some(c) => c,
-            None => match TcpStream::connect(addr) {
+            None => match TcpStream::connect(addr).inspect(|_| conn_pid = None) {
                 Ok(s) => {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
                     let _ = s.set_nodelay(true);
@@ -153,6 +185,7 @@ fn client(
                     pid,
                     failed,
                     slow,
+                    conn_pid,
                 });
             }
         };
@@ -177,6 +210,7 @@ fn client(
                 }
                 if !r.close {
                     conn = Some(c);
+                    conn_pid = r.pid;
                 }
             }
             Ok(r) => {
@@ -191,6 +225,9 @@ fn client(
     }
     t
 }
+
+/// The path of a client that asks for `Connection: close` every time.
+const FRESH: &str = "fresh";
 
 fn note(t: &mut Tally, e: String) {
     if t.errors.len() < 20 {

@@ -268,10 +268,28 @@ impl Manager {
 }
 
 impl Drop for Manager {
+    /// A manager still running (a test that failed, or one that never stops it) gets a
+    /// fast stop (SIGQUIT), then SIGKILL; whatever of its tree outlives it (a grandchild
+    /// of a killed manager goes to init) is killed by pid: a test leaves no process.
     fn drop(&mut self) {
         if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let tree = self.descendants();
+            self.signal(libc::SIGQUIT);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while self.child.try_wait().ok().flatten().is_none()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
+            for pid in tree {
+                if !is_dead(pid) {
+                    // SAFETY: kill only sends a signal to a process this test's manager
+                    // started, still alive a moment ago.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
         }
         if std::thread::panicking() {
             eprintln!("--- handover log ---\n{}", self.log());

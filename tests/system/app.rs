@@ -16,7 +16,7 @@ const SOCKET_UNIT: &str = include_str!("../../systemd/myapp.socket");
 pub const SERVICE_UNIT: &str = include_str!("../../systemd/myapp.service");
 pub const NOTIFY_RELOAD_UNIT: &str = include_str!("../../systemd/myapp-notify-reload.service");
 /// The control socket in the unit's RuntimeDirectory=myapp.
-const CONTROL: &str = "/run/myapp/handover.sock";
+pub const CONTROL: &str = "/run/myapp/handover.sock";
 /// Bounds `systemctl reload`; the units' TimeoutStartSec=90 bounds it inside too.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(100);
 
@@ -130,6 +130,14 @@ impl<'c> App<'c> {
             .c
             .ok(&["handover", "status", "--json", "--control", CONTROL]);
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("status --json: {e}: {json}"))
+    }
+
+    /// `handover ARGS --control <the unit's socket>`, from inside the container.
+    pub fn handover(&self, args: &[&str]) -> Output {
+        let mut all = vec!["handover"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--control", CONTROL]);
+        self.c.run_for(RELOAD_TIMEOUT, &all)
     }
 
     /// The last lines of myapp's journal, for failure messages.

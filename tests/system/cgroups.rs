@@ -61,6 +61,24 @@ fn systemd_kills(app: &App) -> usize {
         .count()
 }
 
+/// handover's last word on which path it uses.
+fn last_cgroups_line(app: &App) -> String {
+    let journal = app.c.ok(&[
+        "journalctl",
+        "-u",
+        "myapp.service",
+        "--no-pager",
+        "-o",
+        "cat",
+    ]);
+    journal
+        .lines()
+        .rev()
+        .find(|l| l.contains("cgroups: "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 pub fn generation_cgroups(app: &App) -> String {
     app.systemctl_ok(&["start", "myapp.service"]);
     let journal = app.c.ok(&[
@@ -159,6 +177,29 @@ pub fn generation_cgroups(app: &App) -> String {
         .unwrap_or_else(|| panic!("no memory line for gen {g1}:\n{text}"));
     assert!(line.contains(&gen1), "{line}");
 
+    // An in-place upgrade: the new image takes the generations' cgroups over.
+    let upgrades = app.status().upgrades;
+    app.c.ok(&[
+        "handover",
+        "upgrade",
+        "--control",
+        "/run/myapp/handover.sock",
+    ]);
+    let after = wait_for(Duration::from_secs(30), "the upgraded manager", || {
+        let s = app.status();
+        (s.upgrades > upgrades).then_some(s)
+    });
+    assert!(
+        after.cgroups.iter().any(|c| c.path == gen1),
+        "{:?}",
+        after.cgroups
+    );
+    assert!(
+        last_cgroups_line(app).contains("each generation in its own cgroup below"),
+        "{}",
+        app.journal_tail()
+    );
+
     // The next reload: its generation warms up at cpu.weight 1 (with a cpu controller).
     app.systemctl_ok(&["reload", "--no-block", "myapp"]);
     let g2 = g1 + 1;
@@ -214,7 +255,8 @@ pub fn generation_cgroups(app: &App) -> String {
     app.deploy(Release::Demo);
     app.systemctl_ok(&["start", "myapp.service"]);
     format!(
-        "manager + gen-{g1} in systemd-cgls with 2 workers and 2 detached sleeps; gen-{g1} removed \
+        "manager + gen-{g1} in systemd-cgls with 2 workers and 2 detached sleeps, kept by an \
+         in-place upgrade; gen-{g1} removed \
          {} ms after gen {g2} served; nothing left after stop; {memory}; {warmup}; {} requests, 0 failed",
         drained.as_millis(),
         tally.ok

@@ -49,8 +49,24 @@ impl Machine {
         }
     }
 
+    /// The part of a reload in progress, as `handover reload` shows it: "loading" (its
+    /// configuration), "starting" (new workers not all ready), "probation".
+    pub fn reload_phase(&self) -> Option<&'static str> {
+        match &self.phase {
+            Phase::Loading { .. } => Some("loading"),
+            Phase::Rolling(r) if r.probation_until.is_some() => Some("probation"),
+            Phase::Rolling(_) => Some("starting"),
+            _ => None,
+        }
+    }
+
     pub fn is_stopping(&self) -> bool {
         matches!(self.phase, Phase::Stopping { .. })
+    }
+
+    /// What the machine counted so far (the metrics).
+    pub fn counters(&self) -> &super::Counters {
+        &self.counters
     }
 
     /// What happened since the last call, for the log.
@@ -60,7 +76,10 @@ impl Machine {
 
     /// Crashed workers of the current generation restart in these phases.
     pub(super) fn restarts_may_run(&self) -> bool {
-        !matches!(self.phase, Phase::Idle | Phase::Stopping { .. })
+        !matches!(
+            self.phase,
+            Phase::Idle | Phase::Stopping { .. } | Phase::Paused { .. }
+        )
     }
 
     pub(super) fn current_gen(&self) -> Option<&Generation> {

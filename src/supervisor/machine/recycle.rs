@@ -127,6 +127,7 @@ impl Machine {
         let Some(spawn) = self.spawn(g, slot, restarts, now) else {
             return;
         };
+        self.counters.worker_recycles += 1;
         if let Action::Spawn { id: successor, .. } = spawn
             && let Some(s) = self.worker_mut(g, successor)
         {

@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{Ack, GenId, Machine, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase};
+use super::{
+    Ack, Counters, GenId, Machine, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase,
+};
 use crate::release::Release;
 use crate::supervisor::generation::{Generation, PendingRestart};
 
@@ -27,6 +29,11 @@ pub struct Snapshot {
     next_id: WorkerId,
     scaled: Option<Scaled>,
     last_failure: Option<String>,
+    /// The metrics' counters (counters.rs). A snapshot from before they existed has
+    /// none: it loads as zeros, under the same handoff version (an added field with a
+    /// default changes no shape an older reader or writer depends on).
+    #[serde(default)]
+    counters: Counters,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +165,10 @@ impl Machine {
         match self.phase {
             Phase::Running => {}
             Phase::Stopping { .. } => return Err("the manager is stopping".into()),
+            // A pause is a few seconds of maintenance: not worth carrying across an exec.
+            Phase::Paused { .. } => {
+                return Err("paused: `handover resume` first, then upgrade".into());
+            }
             _ => return Err("a reload is in progress: try again when it is done".into()),
         }
         let mut generations = Vec::new();
@@ -192,6 +203,7 @@ impl Machine {
             next_id: self.next_id,
             scaled: self.scaled,
             last_failure: self.last_failure.clone(),
+            counters: self.counters.clone(),
         })
     }
 
@@ -204,6 +216,7 @@ impl Machine {
         m.next_id = s.next_id;
         m.scaled = s.scaled;
         m.last_failure = s.last_failure;
+        m.counters = s.counters;
         for g in s.generations {
             let mut generation = Generation::new(g.id, Arc::new(g.release), g.settings);
             for w in g.workers {
@@ -229,6 +242,24 @@ impl Machine {
 mod tests {
     use super::*;
     use crate::supervisor::{Action, Event, Spec};
+
+    #[test]
+    fn counters_cross_an_upgrade_and_an_older_snapshot_loads_with_zeros() {
+        let now = Instant::now();
+        let mut m = Machine::new(Settings::default());
+        m.phase = Phase::Running;
+        m.counters.reloads_ok = 7;
+        m.counters.probation_rollbacks = 2;
+        m.counters.last_reload_ms = Some(1234);
+        let json = serde_json::to_value(m.snapshot(now).unwrap()).unwrap();
+        let back = Machine::restore(serde_json::from_value(json.clone()).unwrap(), now);
+        assert_eq!(back.counters(), m.counters());
+        // A snapshot written before the counters existed.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("counters");
+        let back = Machine::restore(serde_json::from_value(old).unwrap(), now);
+        assert_eq!(*back.counters(), Counters::default());
+    }
 
     #[test]
     fn a_steady_machine_round_trips_through_json() {

@@ -10,6 +10,9 @@ impl Machine {
             let left: usize = self.generations.values().map(|g| g.workers.len()).sum();
             return format!("stopping: {left} workers left");
         }
+        if let Some(paused) = self.pause_status() {
+            return paused;
+        }
         let mut parts = Vec::new();
         if let Some(g) = self.current_gen() {
             let mut s = format!("gen {}: {}/{} ready", g.id, g.ready(), g.live_slots());

@@ -269,10 +269,8 @@ impl Machine {
     }
 
     pub(super) fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.probation_until().is_some_and(|t| t <= now) {
-            // The new generation served its probation without losing a worker.
-            self.promote(now, out);
-        }
+        self.probation_timer(now, out);
+        self.pause_timer(now, out);
         let mut ready = Vec::new();
         let mut late = Vec::new();
         let mut killed = Vec::new();
@@ -359,6 +357,7 @@ impl Machine {
             generation.pending.drain(..).partition(|p| p.at <= now);
         generation.pending = waiting;
         for p in due {
+            self.counters.worker_restarts += 1;
             out.extend(self.spawn(g, p.slot, p.restarts, now));
         }
     }
@@ -376,10 +375,13 @@ impl Machine {
         if let Some((candidate, started)) = interrupted
             && self.current.is_some()
         {
+            let took = now.saturating_duration_since(started);
+            self.counters
+                .reload_ended(super::ReloadEnd::Interrupted, took);
             out.push(Action::Outcome(Outcome::RolledBack {
                 generation: candidate,
                 reason: "the manager is stopping".to_owned(),
-                took: now.saturating_duration_since(started),
+                took,
             }));
         }
         if !self.is_stopping() {

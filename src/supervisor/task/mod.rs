@@ -15,6 +15,7 @@
 
 mod cgroups;
 mod intake;
+mod metrics;
 mod output;
 mod readiness;
 mod reap;
@@ -143,6 +144,12 @@ struct Task<'a> {
     upgrading: Option<upgrade::Upgrading>,
     /// Generation cgroups and warm-up priorities (cgroups.rs).
     cgroups: cgroups::Cgroups,
+    /// The part of a reload in progress after the last step, for progress lines.
+    reload_phase: Option<&'static str>,
+    /// `metrics_file`, and what it shows (metrics.rs).
+    metrics: Option<metrics::Published>,
+    /// When the manager process started, for the metrics.
+    start_time: Option<f64>,
     /// The workers' stdout and stderr: journal streams, or copiers for log_prefix.
     outputs: output::Outputs,
 }
@@ -164,6 +171,26 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let notify_socket = ctx.notify_socket;
     // SAFETY: the AsyncFd owns this duplicate OwnedFd, which stays open until it drops.
     let notify_fd = unsafe { AsyncFd::register(notify_socket.as_fd().try_clone_to_owned()?)? };
+    // On a fresh start the metrics file is written once before anything starts, so a
+    // path that cannot be written refuses the start here. After an upgrade the loop's
+    // first write (with the carried upgrade count) is the first, and a failure is logged.
+    let metrics_path = match &ctx.initial {
+        Some(c) => c.metrics_file.clone(),
+        None => (ctx.args.metrics_file.clone())
+            .or_else(|| RunConfig::load(&ctx.args).ok()?.metrics_file),
+    };
+    let start_time = crate::metrics::process_start_time();
+    let published = metrics_path.map(|p| metrics::Published {
+        file: crate::metrics_file::MetricsFile::new(&p),
+        shown: None,
+    });
+    if let Some(p) = &published {
+        if ctx.resume.is_none() {
+            let view = metrics::view(&machine, 0, start_time, None);
+            p.file.write(&crate::metrics::render(&view))?;
+        }
+        tracing::info!("metrics file: {}", p.file.path().display());
+    }
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
     let mut resume = ctx.resume;
     let server = match resume.as_mut().map(|r| r.control.take()) {
@@ -209,8 +236,11 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         control: control_dup,
         upgrades: 0,
         statuses: intake::Statuses::default(),
+        reload_phase: None,
         upgrading: None,
         cgroups: cgroups::Cgroups::new(resume.is_none(), &machine),
+        metrics: published,
+        start_time,
         outputs: output::Outputs::new(),
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
@@ -221,6 +251,11 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     let mut probes: Option<tokio::time::Interval> = None;
     // While a forgotten generation's cgroup waits to empty, it is looked at; else nothing.
     let mut removals: Option<tokio::time::Interval> = None;
+    // With a metrics file, its memory figures are refreshed now and then.
+    let mut metrics_refresh = task
+        .metrics
+        .as_ref()
+        .map(|_| tokio::time::interval(metrics::REFRESH));
     let socket_ids = crate::readiness::socket_ids(&task.env.fds)?;
     let listeners = crate::readiness::tcp_listeners(&task.env.fds);
     let mut buf = vec![0u8; 4096];
@@ -257,6 +292,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             for note in machine.take_notes() {
                 note.log();
             }
+            task.reload_phase = machine.reload_phase();
             for action in actions {
                 if let Action::Exit(_) = action {
                     // Nothing of any generation may outlive the manager: what re-parented
@@ -269,11 +305,14 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 }
                 if let Some(code) = task.execute(action, &mut answers, &machine) {
                     task.cgroups.remove_all();
+                    task.systemd.settle();
+                    task.publish_metrics(&machine, true);
                     task.waiters.fail_all("the manager stopped");
                     task.outputs.finish().await;
                     if let Some(reason) = task.start_failure.take() {
                         anyhow::bail!("the first generation failed: {reason}");
                     }
+                    flush_replies().await;
                     return Ok(code);
                 }
             }
@@ -289,6 +328,13 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 .cgroups
                 .removing()
                 .then(|| tokio::time::interval(cgroups::REMOVE_EVERY));
+        }
+        task.publish_metrics(&machine, false);
+        if !machine.is_paused() {
+            // A pause the machine did not take (a reload queued just before it).
+            let why = machine.pause_refusal().unwrap_or_default();
+            task.waiters
+                .resolve_paused(control::Reply::error(format!("not paused: {why}")));
         }
         if machine.settings().max_memory.is_some() != memory.is_some() {
             memory = machine
@@ -322,8 +368,10 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 }
             }
             _ = tick(&mut watchdog) => task.systemd.send(&[SdState::Watchdog]),
+            _ = tokio::time::sleep(notify::FLUSH_EVERY), if task.systemd.has_pending() => task.systemd.flush(),
             _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
             _ = tick(&mut removals) => task.cgroups.retry_removals(),
+            _ = tick(&mut metrics_refresh) => task.publish_metrics(&machine, true),
             _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &listeners, &mut queue),
             _ = signals.usr2.recv() => task.start_upgrade(&machine, ctx.sockets, &notify_socket, None),
             result = upgrade::checked(&mut task.upgrading) => {
@@ -378,7 +426,7 @@ impl Task<'_> {
             Action::Notify(states) => {
                 for s in &states {
                     if let SdState::Status(status) = s {
-                        self.waiters.progress(status);
+                        self.waiters.progress(status, self.reload_phase);
                     }
                 }
                 self.systemd.send(&states);
@@ -411,6 +459,17 @@ impl Task<'_> {
         }
         Event::ConfigLoaded { generation, result }
     }
+}
+
+/// Lets the control connections write what they were just given (a `handover stop` of a
+/// paused manager is answered in the very step that exits), for at most a moment.
+async fn flush_replies() {
+    let yields = async {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(100), yields).await;
 }
 
 /// The next tick of an optional interval; never when there is none.

@@ -8,7 +8,6 @@ use tokio::time::Instant;
 use super::Task;
 use crate::control::{self, Incoming, Reply, Request, StatusReport};
 use crate::sockets::HeldSocket;
-use crate::supervisor::machine::WorkerPhase;
 use crate::supervisor::{Event, Machine, Outcome};
 use crate::units;
 
@@ -27,7 +26,14 @@ impl Task<'_> {
                 v: control::VERSION,
                 status: self.report(m, sockets),
             },
+            Request::Metrics => Reply::Metrics {
+                v: control::VERSION,
+                text: self.metrics_text(m),
+            },
             _ if m.is_stopping() => Reply::error("the manager is stopping"),
+            Request::Reload { .. } if m.reload_refusal().is_some() => {
+                Reply::error(m.reload_refusal().unwrap_or_default())
+            }
             Request::Reload { wait } => {
                 queue.push_back(Event::Reload);
                 if wait {
@@ -47,6 +53,34 @@ impl Task<'_> {
                 Err(e) => Reply::error(format!("scale: {e}")),
             },
             Request::Upgrade => Reply::error("handled by the task"),
+            Request::Pause { .. } if self.upgrading.is_some() => {
+                Reply::error("an upgrade is under way: pause once it is done")
+            }
+            Request::Pause { max_ms } => match m.pause_refusal() {
+                Some(why) => Reply::error(why),
+                None if max_ms == 0 => Reply::error("pause: --max-pause must be above 0"),
+                None if u128::from(max_ms) > units::MAX_PAUSE.as_millis() => Reply::error(format!(
+                    "pause: --max-pause is at most {:?}",
+                    units::MAX_PAUSE
+                )),
+                None => {
+                    let max = std::time::Duration::from_millis(max_ms);
+                    queue.push_back(Event::Pause { max });
+                    self.waiters.wait_paused(reply);
+                    return;
+                }
+            },
+            Request::Resume => match m.resume_refusal() {
+                Some(why) => Reply::error(why),
+                None => {
+                    queue.push_back(Event::Resume);
+                    Reply::ok(format!(
+                        "resuming: starting {} workers of gen {}",
+                        m.desired_workers(),
+                        m.current_generation().unwrap_or_default()
+                    ))
+                }
+            },
             Request::Stop => {
                 queue.push_back(Event::Stop { fast: false });
                 Reply::ok("stopping")
@@ -65,12 +99,7 @@ impl Task<'_> {
                 pid: w.pid,
                 generation,
                 slot: w.slot,
-                state: match w.phase {
-                    WorkerPhase::Spawning | WorkerPhase::Starting { .. } => "starting",
-                    WorkerPhase::Ready => "ready",
-                    WorkerPhase::Stopping { .. } => "draining",
-                }
-                .to_owned(),
+                state: super::metrics::state_name(&w.phase).to_owned(),
                 age_secs: now.saturating_duration_since(w.started).as_secs_f64(),
                 restarts: w.restarts,
                 status: self.statuses.get(w.pid),
@@ -132,6 +161,34 @@ impl Task<'_> {
             Outcome::StartFailed { reason } => {
                 tracing::error!("start failed: {reason}");
                 self.start_failure = Some(reason);
+                return;
+            }
+            Outcome::Paused { generation } => {
+                tracing::info!(
+                    generation,
+                    "paused: every worker stopped, connections queue"
+                );
+                self.waiters.resolve_paused(Reply::ok(format!(
+                    "paused: every worker of gen {generation} stopped, connections queue until `handover resume`"
+                )));
+                return;
+            }
+            Outcome::Resumed {
+                generation,
+                after,
+                by_itself,
+            } => {
+                let after_ms = after.as_millis() as u64;
+                let how = if by_itself {
+                    "by itself (max pause)"
+                } else {
+                    "on request"
+                };
+                tracing::info!(generation, after_ms, "resumed {how}");
+                // A pause still draining when it ended never took full effect.
+                self.waiters.resolve_paused(Reply::error(format!(
+                    "resumed {how} after {after_ms} ms, before every worker had stopped"
+                )));
                 return;
             }
             Outcome::Reloaded { generation, took } => {

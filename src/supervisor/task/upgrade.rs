@@ -220,6 +220,8 @@ impl Task<'_> {
         let upgrading = format!("{}; upgrading handover in place", m.status());
         self.systemd
             .send(&[SdState::Reloading, SdState::Status(upgrading)]);
+        // The new image starts with an empty queue: what waits goes first.
+        self.systemd.settle();
         // Returns only if the exec failed (and then unblocked the signals).
         let why = upgrade::exec(&self.exe, &handoff);
         self.systemd
@@ -257,6 +259,7 @@ impl Task<'_> {
             last_reload: self.last_reload_info(now),
             upgrades: self.upgrades + 1,
             pending,
+            worker_nofile: crate::fdlimit::limits().map(|l| l.worker_soft),
             log_pipes: self.outputs.handoff(),
         })
     }

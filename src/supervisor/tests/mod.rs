@@ -883,7 +883,10 @@ fn a_worker_dying_while_its_successor_starts_hands_it_the_slot() {
     assert_eq!(d.sup.next_deadline(), None);
 }
 
+mod canary;
+mod counters;
 mod generations;
+mod pause;
 mod readiness;
 mod trees;
 mod warmup;

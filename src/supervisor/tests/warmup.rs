@@ -120,3 +120,21 @@ fn a_fast_stop_kills_every_generation_whole() {
         ]
     );
 }
+
+#[test]
+fn canaries_end_the_warm_up_when_they_start_serving_on_probation() {
+    let mut d = Driver::running(Settings {
+        canary: 1,
+        probation: Some(secs(10)),
+        ..settings(3)
+    });
+    assert_eq!(priorities(&d.send(Event::Reload)), [warmup(2, true)]);
+    let canary = d.pids(2);
+    assert_eq!(canary.len(), 1);
+    assert_eq!(priorities(&d.ready(canary[0])), [warmup(2, false)]);
+    assert_eq!(d.status(), "gen 1: 3/3 ready, gen 2 on probation 1/3");
+    // After the window the rest start at normal priority: nothing more to restore.
+    let a = d.tick();
+    assert_eq!(spawns(&a).len(), 2);
+    assert_eq!(priorities(&d.ready_all(2)), []);
+}

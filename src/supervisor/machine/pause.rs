@@ -1,0 +1,123 @@
+//! Pause and resume (`handover pause` / `handover resume`, as kamal-proxy's pause): the
+//! serving generation's workers drain and stop while the manager keeps holding the
+//! sockets, so the kernel keeps accepting connections into the listen backlog and clients
+//! wait instead of being refused (a database migration of a few seconds). The generation
+//! itself stays current, with its pinned release and settings: a resume starts its workers
+//! again from the same release, and a pause never outlives its `max` (the manager resumes
+//! by itself). Only a steady manager pauses; while paused, a reload is refused, and a stop
+//! simply exits (nothing is left to drain).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Action, Machine, Note, Outcome, Phase};
+
+impl Machine {
+    /// Why a pause cannot start now, for the one line the client prints.
+    pub fn pause_refusal(&self) -> Option<String> {
+        match &self.phase {
+            Phase::Running => None,
+            Phase::Paused { since, until, .. } => Some(format!(
+                "already paused (for at most {:?}): `handover resume` to resume",
+                until.saturating_duration_since(*since)
+            )),
+            Phase::Loading { .. } | Phase::Rolling(_) => {
+                Some("a reload is in progress: pause once it is done".into())
+            }
+            Phase::Idle => Some("not serving yet: nothing to pause".into()),
+            Phase::Stopping { .. } => Some("the manager is stopping".into()),
+        }
+    }
+
+    /// Why a resume cannot happen now.
+    pub fn resume_refusal(&self) -> Option<String> {
+        match &self.phase {
+            Phase::Paused { .. } => None,
+            Phase::Stopping { .. } => Some("the manager is stopping".into()),
+            _ => Some("not paused: nothing to resume (`handover pause` pauses)".into()),
+        }
+    }
+
+    /// Why a reload cannot start now (while paused; otherwise a reload is taken or
+    /// queued).
+    pub fn reload_refusal(&self) -> Option<String> {
+        matches!(self.phase, Phase::Paused { .. })
+            .then(|| "paused: `handover resume` first, then reload".into())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        matches!(self.phase, Phase::Paused { .. })
+    }
+
+    pub(super) fn on_pause(&mut self, max: Duration, now: Instant, out: &mut Vec<Action>) {
+        if self.pause_refusal().is_some() {
+            return;
+        }
+        let Some(g) = self.current else { return };
+        self.notes.push(Note::Pausing { generation: g, max });
+        self.phase = Phase::Paused {
+            since: now,
+            until: now + max,
+            announced: false,
+        };
+        self.stop_generation(g, now, out);
+    }
+
+    pub(super) fn on_resume(&mut self, by_itself: bool, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Paused { since, .. } = self.phase else {
+            return;
+        };
+        self.phase = Phase::Running;
+        self.reconcile(now, out);
+        if let Some(generation) = self.current {
+            out.push(Action::Outcome(Outcome::Resumed {
+                generation,
+                after: now.saturating_duration_since(since),
+                by_itself,
+            }));
+        }
+    }
+
+    /// When a pause ends by itself.
+    pub(super) fn pause_until(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Paused { until, .. } => Some(until),
+            _ => None,
+        }
+    }
+
+    pub(super) fn pause_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.pause_until().is_some_and(|t| t <= now) {
+            self.on_resume(true, now, out);
+        }
+    }
+
+    /// Once the last worker of a pause is gone, says so (once).
+    pub(super) fn announce_paused(&mut self, out: &mut Vec<Action>) {
+        let drained = self.generations.values().all(|g| g.workers.is_empty());
+        if let (Phase::Paused { announced, .. }, Some(generation)) = (&mut self.phase, self.current)
+            && !*announced
+            && drained
+        {
+            *announced = true;
+            out.push(Action::Outcome(Outcome::Paused { generation }));
+        }
+    }
+
+    /// The status line while paused.
+    pub(super) fn pause_status(&self) -> Option<String> {
+        let Phase::Paused { since, until, .. } = self.phase else {
+            return None;
+        };
+        let left: usize = self.generations.values().map(|g| g.workers.len()).sum();
+        let what = match left {
+            0 => "every worker stopped".to_owned(),
+            n => format!("{n} workers draining"),
+        };
+        let max = until.saturating_duration_since(since);
+        Some(format!(
+            "paused: {what}, connections queue (resumes by itself {max:?} after the pause)"
+        ))
+    }
+}
