@@ -21,10 +21,6 @@
 //!    `/proc/PID/fdinfo/N` has a `tfd:` line watching the socket (by `ino:` and `sdev:`,
 //!    never by fd number: workers dup the fd) with EPOLLIN.
 //!
-//! A tree is ready once such a process is found and every sibling of it that holds a
-//! held socket and runs the same program is found too: a gunicorn master's workers are
-//! ready together (see `pool_ready`).
-//!
 //! An epoll set that merely holds the socket is not enough: asyncio registers the
 //! listener in `start_server`, and a program that then warms up (blocking) before its
 //! loop runs would be counted ready while nothing accepts. A thread must be blocked on
@@ -36,7 +32,7 @@
 //! (ptrace access): the manager is the ancestor of every worker. A process that goes away
 //! mid-read simply is not waiting; a file that cannot be read is an error naming it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -155,8 +151,8 @@ pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, Pr
 
 /// `waiting_on` for several roots with one scan of /proc (the manager probes every
 /// pending worker at once).
-/// `served`: the held TCP listeners; a process holding a connection accepted from one
-/// serves even when it is not caught waiting.
+/// `served`: the held TCP listeners and the connections accepted from them (`Served::now`);
+/// a process holding one serves even when it is not caught waiting.
 pub fn waiting_on_each(
     roots: &[i32],
     sockets: &[SocketId],
@@ -196,64 +192,22 @@ fn waiting_in_tree(
     sockets: &[SocketId],
     served: &Served,
 ) -> Result<Option<Waiting>, ProbeError> {
-    let mut seen = Vec::new();
     for pid in tree(root, table)? {
-        let (holds, waiting) = match process_waiting(pid, sockets, served) {
+        let found = match process_waiting(pid, sockets, served) {
             Ok(found) => found,
             // A process that is exiting drops its ptrace access (it is no longer
             // dumpable) before it is gone: not waiting, not an error.
-            Err(Failed::Read(_, _)) if exiting(pid) => (false, None),
+            Err(Failed::Read(_, _)) if exiting(pid) => None,
             Err(Failed::Read(path, cause)) => {
                 return Err(ProbeError::Unreadable { root, path, cause });
             }
             Err(Failed::Unsupported(path)) => return Err(ProbeError::Unsupported { path }),
         };
-        let ppid = table.iter().find(|p| p.0 == pid).map_or(0, |p| p.1);
-        seen.push(Seen {
-            pid,
-            ppid,
-            holds,
-            waiting,
-        });
+        if found.is_some() {
+            return Ok(found);
+        }
     }
-    Ok(pool_ready(root, &seen, same_program))
-}
-
-/// What one probe saw of one process of a worker's tree.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    pid: i32,
-    ppid: i32,
-    /// It holds one of the held sockets.
-    holds: bool,
-    waiting: Option<Waiting>,
-}
-
-/// The tree serves once a process of it waits (or serves), and so does every sibling of
-/// that process that holds a held socket and runs the same program: its pool. A gunicorn
-/// master forks its workers, each imports the application, and the first one done
-/// importing is not the master's capacity: stopping the old generation then (measured:
-/// 2 workers, a 2 s import) queues every client behind one sync worker for the rest of
-/// the import. Siblings running another program (a `setsid sleep &` that kept the
-/// socket, a wrapper's helper) are not the pool.
-fn pool_ready(root: i32, seen: &[Seen], same: impl Fn(i32, i32) -> bool) -> Option<Waiting> {
-    seen.iter()
-        .filter(|s| s.waiting.is_some())
-        .find(|s| {
-            s.pid == root
-                || seen
-                    .iter()
-                    .filter(|o| o.pid != s.pid && o.ppid == s.ppid && o.holds)
-                    .filter(|o| same(o.pid, s.pid))
-                    .all(|o| o.waiting.is_some())
-        })
-        .and_then(|s| s.waiting)
-}
-
-/// Whether two processes run the same executable (an unreadable link: not the same).
-fn same_program(a: i32, b: i32) -> bool {
-    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    matches!((exe(a), exe(b)), (Some(x), Some(y)) if x == y)
+    Ok(None)
 }
 
 /// Whether `pid` is gone, a zombie, or on its way out (state Z, X, or its exit begun).
@@ -325,38 +279,43 @@ fn read_failed(path: &Path) -> impl FnOnce(io::Error) -> Failed + '_ {
 struct Fds {
     sockets: Vec<RawFd>,
     epolls: Vec<RawFd>,
-    /// Other sockets (connections accepted from a held socket among them, maybe).
+    /// Connections accepted from a held socket.
+    accepted: Vec<RawFd>,
+    /// Other sockets (maybe accepted since `Served::now` read the table).
     others: Vec<RawFd>,
 }
 
-/// Whether `pid` holds a held socket, and the first thread of it waiting on one (or a
-/// connection accepted from one that it holds). Processes without a held socket or an
-/// epoll fd (the usual master, a shell) cost one directory read.
+/// The first thread of `pid` waiting on a held socket. Processes without a held socket
+/// or an epoll fd (the usual master, a shell) cost one directory read.
 fn process_waiting(
     pid: i32,
     sockets: &[SocketId],
     served: &Served,
-) -> Result<(bool, Option<Waiting>), Failed> {
-    let Some(fds) = gone_is_none(fds_of(pid, sockets))? else {
-        return Ok((false, None));
+) -> Result<Option<Waiting>, Failed> {
+    let Some(fds) = gone_is_none(fds_of(pid, sockets, &served.inodes))? else {
+        return Ok(None);
     };
-    let holds = !fds.sockets.is_empty();
-    let serving = |fds: &Fds| {
-        served.holds_any(pid, &fds.others).map(|fd| Waiting {
+    if let Some(&fd) = fds.accepted.first() {
+        return Ok(Some(Waiting {
             pid,
             tid: pid,
             fd,
             how: How::Serving,
-        })
-    };
+        }));
+    }
     if fds.sockets.is_empty() && fds.epolls.is_empty() {
-        return Ok((holds, serving(&fds)));
+        return Ok(served.holds_any(pid, &fds.others).map(|fd| Waiting {
+            pid,
+            tid: pid,
+            fd,
+            how: How::Serving,
+        }));
     }
     // What each epoll fd of the process watches, read at most once per probe.
     let mut watches = HashMap::new();
     let task_dir = PathBuf::from(format!("/proc/{pid}/task"));
     let Some(tasks) = gone_is_none(task_dir.read_dir().map_err(read_failed(&task_dir)))? else {
-        return Ok((false, None));
+        return Ok(None);
     };
     for task in tasks.flatten() {
         let Some(tid) = task.file_name().to_str().and_then(|s| s.parse().ok()) else {
@@ -364,10 +323,15 @@ fn process_waiting(
         };
         if let Some(Some(w)) = gone_is_none(thread::waiting(pid, tid, &fds, sockets, &mut watches))?
         {
-            return Ok((holds, Some(w)));
+            return Ok(Some(w));
         }
     }
-    Ok((holds, serving(&fds)))
+    Ok(served.holds_any(pid, &fds.others).map(|fd| Waiting {
+        pid,
+        tid: pid,
+        fd,
+        how: How::Serving,
+    }))
 }
 
 /// A race with an exiting process or thread (ENOENT, ESRCH) is "not there": `Ok(None)`.
@@ -381,11 +345,12 @@ fn gone_is_none<T>(r: Result<T, Failed>) -> Result<Option<T>, Failed> {
     }
 }
 
-fn fds_of(pid: i32, sockets: &[SocketId]) -> Result<Fds, Failed> {
+fn fds_of(pid: i32, sockets: &[SocketId], accepted: &HashSet<u64>) -> Result<Fds, Failed> {
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
     let mut fds = Fds {
         sockets: Vec::new(),
         epolls: Vec::new(),
+        accepted: Vec::new(),
         others: Vec::new(),
     };
     for entry in dir.read_dir().map_err(read_failed(&dir))? {
@@ -407,6 +372,8 @@ fn fds_of(pid: i32, sockets: &[SocketId]) -> Result<Fds, Failed> {
         {
             if sockets.iter().any(|s| s.ino == ino) {
                 fds.sockets.push(fd);
+            } else if accepted.contains(&ino) {
+                fds.accepted.push(fd);
             } else {
                 fds.others.push(fd);
             }
@@ -418,67 +385,6 @@ fn fds_of(pid: i32, sockets: &[SocketId]) -> Result<Fds, Failed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn seen(pid: i32, ppid: i32, holds: bool, waits: bool) -> Seen {
-        Seen {
-            pid,
-            ppid,
-            holds,
-            waiting: waits.then_some(Waiting {
-                pid,
-                tid: pid,
-                fd: 3,
-                how: How::Accept,
-            }),
-        }
-    }
-
-    #[test]
-    fn a_pool_is_ready_when_every_worker_of_it_waits() {
-        let all = |_: i32, _: i32| true;
-        // A gunicorn master (10, holds the socket, never waits) and its workers 11, 12.
-        let one_importing = [
-            seen(10, 1, true, false),
-            seen(11, 10, true, true),
-            seen(12, 10, true, false),
-        ];
-        assert_eq!(pool_ready(10, &one_importing, all), None);
-        let both = [
-            seen(10, 1, true, false),
-            seen(11, 10, true, true),
-            seen(12, 10, true, true),
-        ];
-        assert_eq!(pool_ready(10, &both, all).map(|w| w.pid), Some(11));
-        // A sibling that does not hold the socket (a helper) is not of the pool.
-        let helper = [
-            seen(10, 1, true, false),
-            seen(11, 10, true, true),
-            seen(12, 10, false, false),
-        ];
-        assert_eq!(pool_ready(10, &helper, all).map(|w| w.pid), Some(11));
-    }
-
-    #[test]
-    fn a_sibling_running_another_program_or_a_child_of_the_server_is_not_its_pool() {
-        // `sh -c 'setsid sleep 300 & node app.js'`: sh 10, sleep 11 (kept the socket), node 12.
-        let wrapper = [
-            seen(10, 1, true, false),
-            seen(11, 10, true, false),
-            seen(12, 10, true, true),
-        ];
-        let node_is_not_sleep = |a: i32, b: i32| a == b;
-        assert_eq!(
-            pool_ready(10, &wrapper, node_is_not_sleep).map(|w| w.pid),
-            Some(12)
-        );
-        // `setsid sleep 300 & exec server`: the server is the root; its child is no sibling.
-        let exec = [seen(10, 1, true, true), seen(11, 10, true, false)];
-        assert_eq!(pool_ready(10, &exec, |_, _| true).map(|w| w.pid), Some(10));
-        assert_eq!(
-            pool_ready(10, &[seen(10, 1, true, false)], |_, _| true),
-            None
-        );
-    }
 
     #[test]
     fn an_exited_process_is_exiting_and_this_one_is_not() {

@@ -24,7 +24,7 @@ pub fn probe(
     queue: &mut VecDeque<Event>,
 ) {
     let pending = m.probing();
-    let served = Served::new(listeners);
+    let served = Served::now(listeners);
     for (pid, found) in waiting_on_each(&pending, sockets, &served) {
         match found {
             Ok(None) => {}
