@@ -88,8 +88,9 @@ pub fn generation_cgroups(app: &App) -> String {
         .ok(&["mkdir", "-p", "/etc/systemd/system/myapp.service.d"]);
     app.c.write(DROP_IN, DELEGATE, 0o644);
     app.systemctl_ok(&["daemon-reload"]);
-    // Restarted, whatever ran before: the drop-in applies to a new start only.
-    app.systemctl_ok(&["restart", "myapp.service"]);
+    // The service is stopped here (the step before ends with it stopped): the drop-in
+    // applies to this start.
+    app.systemctl_ok(&["start", "myapp.service"]);
     let journal = app.c.ok(&[
         "journalctl",
         "-u",
@@ -265,7 +266,7 @@ pub fn generation_cgroups(app: &App) -> String {
     app.c.ok(&["rm", "-f", DROP_IN]);
     app.systemctl_ok(&["daemon-reload"]);
     app.deploy(Release::Demo);
-    app.systemctl_ok(&["restart", "myapp.service"]);
+    app.systemctl_ok(&["start", "myapp.service"]);
     format!(
         "manager + gen-{g1} in systemd-cgls with 2 workers and 2 detached sleeps, kept by an \
          in-place upgrade; gen-{g1} removed \
