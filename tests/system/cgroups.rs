@@ -46,32 +46,29 @@ fn read(app: &App, path: &str) -> String {
     app.c.ok(&["cat", path]).trim().to_owned()
 }
 
-/// How many times systemd had to kill leftovers of myapp.service so far.
-fn systemd_kills(app: &App) -> usize {
-    let out = app.c.ok(&[
+/// myapp.service's journal, messages only.
+fn journal(app: &App) -> String {
+    app.c.ok(&[
         "journalctl",
         "-u",
         "myapp.service",
         "--no-pager",
         "-o",
         "cat",
-    ]);
-    out.lines()
+    ])
+}
+
+/// How many times systemd had to kill leftovers of myapp.service so far.
+fn systemd_kills(app: &App) -> usize {
+    journal(app)
+        .lines()
         .filter(|l| l.contains("Killing process") || l.contains("remains running after unit"))
         .count()
 }
 
 /// handover's last word on which path it uses.
 fn last_cgroups_line(app: &App) -> String {
-    let journal = app.c.ok(&[
-        "journalctl",
-        "-u",
-        "myapp.service",
-        "--no-pager",
-        "-o",
-        "cat",
-    ]);
-    journal
+    journal(app)
         .lines()
         .rev()
         .find(|l| l.contains("cgroups: "))
@@ -91,20 +88,7 @@ pub fn generation_cgroups(app: &App) -> String {
     // A new start, so that the drop-in applies.
     app.systemctl_ok(&["stop", "myapp.service"]);
     app.systemctl_ok(&["start", "myapp.service"]);
-    let journal = app.c.ok(&[
-        "journalctl",
-        "-u",
-        "myapp.service",
-        "--no-pager",
-        "-o",
-        "cat",
-    ]);
-    let said = journal
-        .lines()
-        .rev()
-        .find(|l| l.contains("cgroups: "))
-        .unwrap_or_default()
-        .to_owned();
+    let said = last_cgroups_line(app);
     if !said.contains("each generation in its own cgroup below") {
         // Opt-in and not yet trusted (see the units): said loudly, not failed.
         app.c.ok(&["rm", "-f", DROP_IN]);
