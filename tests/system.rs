@@ -427,6 +427,15 @@ fn gunicorn(app: &App) -> String {
         !imported.trim().is_empty() && access.contains("GET /"),
         "{imported}\n{access}"
     );
+    // The shipped unit lets handover duplicate a busy worker's socket (pidfd_getfd):
+    // otherwise its readiness under load falls back to the connection table.
+    let journal = app
+        .c
+        .ok(&["journalctl", "-u", "myapp", "--no-pager", "-o", "cat"]);
+    let refused = journal
+        .lines()
+        .find(|l| l.contains("pidfd_getfd is refused"));
+    assert!(refused.is_none(), "{refused:?}");
     let summary = format!(
         "{summary}; {} imports in /var/lib/myapp, {} lines in /var/log/myapp/access.log",
         imported.lines().count(),

@@ -1,10 +1,22 @@
 //! The fourth evidence: a process of the tree *holds a connection accepted from a held
 //! TCP socket*. A busy worker is seldom caught waiting (a gunicorn sync worker under a
-//! saturating load is always handling the connection it just accepted, or polling it),
-//! but a connection it accepted proves it serves just as well. Accepted connections are
-//! the rows of `/proc/net/tcp{,6}` whose local address is a held listener's (its port,
-//! and its address unless that is the wildcard) and that are not listening themselves;
-//! they are matched to processes by inode, like everything else here.
+//! saturating load is always handling the connection it just accepted, or runnable
+//! between two, and a runnable thread shows no system call), but a connection it accepted
+//! proves it serves just as well.
+//!
+//! How a socket of the worker is told to be such a connection:
+//!
+//! - **by a duplicate** (`Served::holds_any`): pidfd_getfd(2) hands the manager its own
+//!   reference to the worker's socket, whose local address and peer say what it is. No
+//!   race: the duplicate keeps the socket alive while it is looked at, however short the
+//!   request. This is the way wherever the call is allowed (Linux 5.6; the shipped units
+//!   allow it by name, since systemd files it under `@debug`).
+//! - **by the connection table**, where pidfd_getfd is refused (a seccomp filter without
+//!   it): the rows of `/proc/net/tcp{,6}` whose local address is a held listener's (its
+//!   port, and its address unless that is the wildcard) and that are not listening,
+//!   matched to the worker's fds by inode. It misses connections shorter than the read
+//!   (a table of 20,000 rows takes about 100 ms), so busy workers of fast requests can
+//!   go unseen for seconds; it is read only on this fallback, and handover says so once.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -27,10 +39,16 @@ pub struct Served {
 }
 
 impl Served {
-    /// Reads the connection table now.
+    /// What a probe beginning now goes by: the listeners, and the connection table only
+    /// where a worker's sockets cannot be duplicated (`duplicates_allowed`).
     pub fn now(listeners: &[SocketAddr]) -> Served {
+        let inodes = if listeners.is_empty() || duplicates_allowed() {
+            HashSet::new()
+        } else {
+            accepted_inodes(listeners)
+        };
         Served {
-            inodes: accepted_inodes(listeners),
+            inodes,
             listeners: listeners.to_vec(),
         }
     }
@@ -44,21 +62,13 @@ impl Served {
         if self.listeners.is_empty() || fds.is_empty() {
             return None;
         }
-        // SAFETY: pidfd_open returns a new fd (or -1) and touches no memory of ours.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-        if pidfd < 0 {
+        let Ok(pidfd) = pidfd_open(pid) else {
             return None;
-        }
-        // SAFETY: the fd was just returned to us and is owned by nobody else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        };
         fds.iter().copied().find(|&fd| {
-            // SAFETY: pidfd_getfd returns a new fd (or -1); no memory is passed.
-            let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-            if dup < 0 {
+            let Ok(dup) = pidfd_getfd(&pidfd, fd) else {
                 return false;
-            }
-            // SAFETY: as above, a new fd that only this scope owns.
-            let dup = unsafe { OwnedFd::from_raw_fd(dup as i32) };
+            };
             let sock = socket2::SockRef::from(&dup);
             sock.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
                 && sock.peer_addr().is_ok()
@@ -69,6 +79,48 @@ impl Served {
                     .is_some_and(|local| self.listeners.iter().any(|l| serves(l, &local)))
         })
     }
+}
+
+/// Whether pidfd_getfd(2) works here, tried once on this process's own pidfd (ptrace
+/// access to oneself is always granted, so only a seccomp filter or an old kernel says
+/// no). Where it does not, the fallback is said once.
+fn duplicates_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        let refused = match pidfd_open(std::process::id() as i32)
+            .and_then(|me| pidfd_getfd(&me, me.as_raw_fd()))
+        {
+            Ok(_) => return true,
+            Err(e) => e,
+        };
+        tracing::info!(
+            "readiness: pidfd_getfd is refused here ({refused}): a busy worker's connections \
+             are looked up in /proc/net/tcp, which is slower and misses short requests; \
+             allow it (SystemCallFilter=pidfd_getfd in the unit, as the shipped units do)"
+        );
+        false
+    })
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a new fd (or -1) and touches no memory of ours.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just returned to us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(pidfd as i32) })
+}
+
+/// The manager's own duplicate of fd `fd` of the process behind `pidfd` (close-on-exec).
+fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd returns a new fd (or -1); no memory is passed.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above, a new fd that only the caller owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup as i32) })
 }
 
 /// Inodes of the connections accepted from `listeners` (this network namespace's).
