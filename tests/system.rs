@@ -636,13 +636,11 @@ fn worker_streams(app: &App) -> String {
         });
         assert_eq!(text(&said, "SYSLOG_IDENTIFIER"), identifier, "{said}");
         assert_eq!(text(&said, "_SYSTEMD_UNIT"), "myapp.service", "{said}");
-        // Filed under the unit: from the service's cgroup (the shipped units; the
-        // generation's own cgroup below it once `Delegate=` is opted in).
+        // Filed under the unit from the generation's own cgroup below the service's.
         let cgroup = text(&said, "_SYSTEMD_CGROUP");
         assert!(
-            cgroup == "/system.slice/myapp.service"
-                || (cgroup.starts_with("/system.slice/myapp.service/")
-                    && cgroup.ends_with(&format!("/gen-{generation}"))),
+            cgroup.starts_with("/system.slice/myapp.service/")
+                && cgroup.ends_with(&format!("/gen-{generation}")),
             "{said}"
         );
         assert_eq!(text(&said, "PRIORITY"), "6", "{said}");

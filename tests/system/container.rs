@@ -9,9 +9,16 @@
 //! systemd-nspawn process it started (an orderly poweroff of the container), waits, then
 //! SIGKILLs that process and the container's PID 1 by pid. If the test process itself is
 //! killed (a nextest timeout), PR_SET_PDEATHSIG makes systemd-nspawn get the SIGTERM.
+//!
+//! Each container runs in a cgroup of its own (`OwnCgroup`), removed after it. Without one,
+//! containers booted side by side (the fleet test's three hosts) all have the caller's
+//! cgroup as their root: every container's `myapp.service` is then the same directory, and
+//! one host's handover removing its `gen-1` cgroup killed another host's workers.
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -32,6 +39,8 @@ pub struct Container {
     pid1: i32,
     /// The console (systemd-nspawn's stdout and stderr).
     console: tempfile::NamedTempFile,
+    /// Dropped after the container has stopped.
+    _cgroup: Option<OwnCgroup>,
 }
 
 impl Container {
@@ -49,11 +58,21 @@ impl Container {
             .stdin(Stdio::null())
             .stdout(console.reopen().expect("console log fd"))
             .stderr(console.reopen().expect("console log fd"));
-        // SAFETY: prctl is async-signal-safe; this runs in the forked child before exec.
+        let cgroup = OwnCgroup::create(name);
+        let procs = cgroup.as_ref().map(OwnCgroup::procs);
+        // SAFETY: prctl, open, write and close are async-signal-safe; this runs in the
+        // forked child before exec, and `procs` was made before the fork.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(procs) = &procs {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
                 }
                 Ok(())
             });
@@ -65,6 +84,7 @@ impl Container {
             nspawn,
             pid1: 0,
             console,
+            _cgroup: cgroup,
         };
         container.pid1 = container.find_pid1();
         container.wait_booted();
@@ -185,6 +205,86 @@ impl Drop for Container {
         }
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
+    }
+}
+
+/// A cgroup (v2) below the test's own, for one container's systemd-nspawn and all it runs.
+struct OwnCgroup {
+    dir: PathBuf,
+}
+
+impl OwnCgroup {
+    /// None, said once per container, where it cannot be made (no cgroup2 mount, not
+    /// root): the container then shares the test's cgroup, as before.
+    fn create(name: &str) -> Option<OwnCgroup> {
+        let made = v2_dir().and_then(|own| {
+            let dir = own.join(format!("handover-test-{name}-{}", std::process::id()));
+            std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            Ok(OwnCgroup { dir })
+        });
+        made.map_err(|e| eprintln!("[{name}] no cgroup of its own ({e}): sharing the test's"))
+            .ok()
+    }
+
+    fn procs(&self) -> CString {
+        let path = self.dir.join("cgroup.procs");
+        // A path made of a cgroup path and ASCII has no NUL byte.
+        CString::new(path.as_os_str().as_bytes()).expect("no NUL in a cgroup path")
+    }
+}
+
+/// This process's cgroup directory in the cgroup2 hierarchy (pure or hybrid mount).
+fn v2_dir() -> Result<PathBuf, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("no cgroup2 line in /proc/self/cgroup")?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let mount = mounts
+        .lines()
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup2 "))
+        })
+        .and_then(|l| l.split(' ').nth(4))
+        .ok_or("cgroup2 is not mounted")?;
+    Ok(Path::new(mount).join(own.trim_start_matches('/')))
+}
+
+impl Drop for OwnCgroup {
+    /// Removes the cgroup and what the container's systemd made below it, deepest first,
+    /// once its last processes are gone (within 10 s).
+    fn drop(&mut self) {
+        fn dirs(d: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs(&e.path(), out);
+                }
+            }
+            out.push(d.to_owned());
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut all = Vec::new();
+            dirs(&self.dir, &mut all);
+            let left = all
+                .iter()
+                .filter(|d| std::fs::remove_dir(d).is_err())
+                .count();
+            if left == 0 || !self.dir.exists() {
+                return;
+            }
+            if std::time::Instant::now() > end {
+                eprintln!(
+                    "{}: not empty after 10 s, left in place",
+                    self.dir.display()
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
