@@ -80,7 +80,15 @@ fn after_an_upgrade_every_manager_fd_is_cloexec_and_new_workers_inherit_only_the
         let now = m.children();
         (now.len() == 2 && now.iter().all(|p| !workers.contains(p))).then_some(now)
     });
-    let manager = fds(m.pid());
+    // Only what the manager holds: an fd it has open for a moment (a /proc file it reads,
+    // a duplicate the readiness probe takes) is not in two reads in a row.
+    let manager: Vec<(i32, String)> = {
+        let again = fds(m.pid());
+        fds(m.pid())
+            .into_iter()
+            .filter(|f| again.contains(f))
+            .collect()
+    };
     let listening: Vec<&String> = manager
         .iter()
         .filter(|(n, _)| *n == 3)
