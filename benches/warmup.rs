@@ -1,7 +1,9 @@
 //! Warm-up without hurting serving, and what `--log-prefix` costs: run with
 //! `cargo bench --bench warmup` (or `scripts/bench warmup`, which installs gunicorn first).
 //!
-//! 1. **Warm-up.** An app whose import burns [`BURN`] of CPU (bench/warmup_app.py: a
+//! 1. **Warm-up.** An app whose import burns [`BURN`] s of CPU (`WARMUP_BURN_S` in the
+//!    environment sets another; 0 measures what a reload costs without a heavy start)
+//!    (bench/warmup_app.py: a
 //!    Python app importing its framework), 2 workers on the machine's cores, under
 //!    keep-alive load from [`CLIENTS`] closed-loop clients on `/` (the load generator of
 //!    benches/peers: wrk's shape, but it keeps every request, so latencies can be cut to
@@ -42,7 +44,12 @@ use std::time::{Duration, Instant};
 use load::{Outcome, Record};
 
 const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
+/// Seconds of CPU the app's import burns, unless `WARMUP_BURN_S` says otherwise.
 const BURN: &str = "1.5";
+
+fn burn() -> String {
+    std::env::var("WARMUP_BURN_S").unwrap_or_else(|_| BURN.to_owned())
+}
 const CLIENTS: usize = 2;
 const RELOADS: usize = 3;
 /// Steady load before the first reload, and between reloads.
@@ -77,7 +84,8 @@ fn main() {
     }
     let has_warmup = help_mentions("--warmup");
     println!(
-        "app: bench/warmup_app.py ({BURN} s of CPU at import), 2 workers, {} cpus, {CLIENTS} keep-alive clients on /, {RELOADS} reloads each\n",
+        "app: bench/warmup_app.py ({} s of CPU at import), 2 workers, {} cpus, {CLIENTS} keep-alive clients on /, {RELOADS} reloads each\n",
+        burn(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if !has_warmup {
@@ -166,7 +174,7 @@ fn run_scenario(s: &Setup<'_>, kind: &Kind) -> Result<Outcomes, String> {
     };
     let log = std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
     cmd.env("WARMUP_MARKERS", &markers)
-        .env("WARMUP_BURN_S", BURN)
+        .env("WARMUP_BURN_S", burn())
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
