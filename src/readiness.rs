@@ -21,6 +21,9 @@
 //!    `/proc/PID/fdinfo/N` has a `tfd:` line watching the socket (by `ino:` and `sdev:`,
 //!    never by fd number: workers dup the fd) with EPOLLIN.
 //!
+//! A tree of several serving processes (a gunicorn master's workers) is ready once
+//! each of them has been seen so (`pool`).
+//!
 //! An epoll set that merely holds the socket is not enough: asyncio registers the
 //! listener in `start_server`, and a program that then warms up (blocking) before its
 //! loop runs would be counted ready while nothing accepts. A thread must be blocked on
@@ -39,9 +42,11 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 mod accepted;
+mod pool;
 mod thread;
 
 pub use accepted::{Served, tcp_listeners};
+pub use pool::Memory;
 
 /// A held socket as the kernel names it: its inode and the device of sockfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,18 +151,22 @@ pub enum ProbeError {
 /// for connections on one of `sockets`, if any. `Ok(None)` also when `root` has exited.
 pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, ProbeError> {
     let table = process_table(root)?;
-    waiting_in_tree(root, &table, sockets, &Served::default())
+    let mut memory = Memory::default();
+    waiting_in_tree(root, &table, sockets, &Served::default(), &mut memory)
 }
 
 /// `waiting_on` for several roots with one scan of /proc (the manager probes every
 /// pending worker at once).
 /// `served`: the held TCP listeners and the connections accepted from them (`Served::now`);
-/// a process holding one serves even when it is not caught waiting.
+/// a process holding one serves even when it is not caught waiting. `memory`: what
+/// earlier probes of these roots saw (see `pool`).
 pub fn waiting_on_each(
     roots: &[i32],
     sockets: &[SocketId],
     served: &Served,
+    memory: &mut Memory,
 ) -> Vec<(i32, Result<Option<Waiting>, ProbeError>)> {
+    memory.forget_others(roots);
     let Some(first) = roots.first() else {
         return Vec::new();
     };
@@ -181,7 +190,7 @@ pub fn waiting_on_each(
         }
         Ok(table) => roots
             .iter()
-            .map(|r| (*r, waiting_in_tree(*r, &table, sockets, served)))
+            .map(|r| (*r, waiting_in_tree(*r, &table, sockets, served, memory)))
             .collect(),
     }
 }
@@ -191,23 +200,29 @@ fn waiting_in_tree(
     table: &[(i32, i32)],
     sockets: &[SocketId],
     served: &Served,
+    memory: &mut Memory,
 ) -> Result<Option<Waiting>, ProbeError> {
+    let mut seen = Vec::new();
     for pid in tree(root, table)? {
-        let found = match process_waiting(pid, sockets, served) {
+        let (holds, waiting) = match process_waiting(pid, sockets, served) {
             Ok(found) => found,
             // A process that is exiting drops its ptrace access (it is no longer
             // dumpable) before it is gone: not waiting, not an error.
-            Err(Failed::Read(_, _)) if exiting(pid) => None,
+            Err(Failed::Read(_, _)) if exiting(pid) => (false, None),
             Err(Failed::Read(path, cause)) => {
                 return Err(ProbeError::Unreadable { root, path, cause });
             }
             Err(Failed::Unsupported(path)) => return Err(ProbeError::Unsupported { path }),
         };
-        if found.is_some() {
-            return Ok(found);
-        }
+        let ppid = table.iter().find(|p| p.0 == pid).map_or(0, |p| p.1);
+        seen.push(pool::Seen {
+            pid,
+            ppid,
+            holds,
+            waiting,
+        });
     }
-    Ok(None)
+    Ok(pool::pool_ready(root, &seen, memory, pool::same_program))
 }
 
 /// Whether `pid` is gone, a zombie, or on its way out (state Z, X, or its exit begun).
@@ -285,37 +300,35 @@ struct Fds {
     others: Vec<RawFd>,
 }
 
-/// The first thread of `pid` waiting on a held socket. Processes without a held socket
-/// or an epoll fd (the usual master, a shell) cost one directory read.
+/// Whether `pid` holds a held socket, and the first thread of it waiting on one (or a
+/// connection accepted from one that it holds). Processes without a held socket or an
+/// epoll fd (the usual master, a shell) cost one directory read.
 fn process_waiting(
     pid: i32,
     sockets: &[SocketId],
     served: &Served,
-) -> Result<Option<Waiting>, Failed> {
+) -> Result<(bool, Option<Waiting>), Failed> {
     let Some(fds) = gone_is_none(fds_of(pid, sockets, &served.inodes))? else {
-        return Ok(None);
+        return Ok((false, None));
+    };
+    let holds = !fds.sockets.is_empty();
+    let serving = |fd| Waiting {
+        pid,
+        tid: pid,
+        fd,
+        how: How::Serving,
     };
     if let Some(&fd) = fds.accepted.first() {
-        return Ok(Some(Waiting {
-            pid,
-            tid: pid,
-            fd,
-            how: How::Serving,
-        }));
+        return Ok((holds, Some(serving(fd))));
     }
     if fds.sockets.is_empty() && fds.epolls.is_empty() {
-        return Ok(served.holds_any(pid, &fds.others).map(|fd| Waiting {
-            pid,
-            tid: pid,
-            fd,
-            how: How::Serving,
-        }));
+        return Ok((holds, served.holds_any(pid, &fds.others).map(serving)));
     }
     // What each epoll fd of the process watches, read at most once per probe.
     let mut watches = HashMap::new();
     let task_dir = PathBuf::from(format!("/proc/{pid}/task"));
     let Some(tasks) = gone_is_none(task_dir.read_dir().map_err(read_failed(&task_dir)))? else {
-        return Ok(None);
+        return Ok((false, None));
     };
     for task in tasks.flatten() {
         let Some(tid) = task.file_name().to_str().and_then(|s| s.parse().ok()) else {
@@ -323,15 +336,10 @@ fn process_waiting(
         };
         if let Some(Some(w)) = gone_is_none(thread::waiting(pid, tid, &fds, sockets, &mut watches))?
         {
-            return Ok(Some(w));
+            return Ok((holds, Some(w)));
         }
     }
-    Ok(served.holds_any(pid, &fds.others).map(|fd| Waiting {
-        pid,
-        tid: pid,
-        fd,
-        how: How::Serving,
-    }))
+    Ok((holds, served.holds_any(pid, &fds.others).map(serving)))
 }
 
 /// A race with an exiting process or thread (ENOENT, ESRCH) is "not there": `Ok(None)`.

@@ -24,7 +24,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::load::{Load, Sample};
@@ -84,6 +84,9 @@ struct Stack {
     cmd: Vec<String>,
     /// It drains keep-alive connections properly: 0 failed requests asserted.
     drains: bool,
+    /// Where the app records each process done importing (APP_IMPORT_MARKERS): every
+    /// process of a new generation below its masters must have by the reload's return.
+    markers: Option<PathBuf>,
 }
 
 impl Stack {
@@ -94,6 +97,7 @@ impl Stack {
             opts: Vec::new(),
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             drains: true,
+            markers: None,
         }
     }
 }
@@ -194,6 +198,9 @@ fn run(stack: Stack) {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some(markers) = &stack.markers {
+            every_new_worker_imported(&m, &old, markers, stack.name);
+        }
         children = wait_for(30 * SEC, "the old generation to go", || {
             let now = m.children();
             (now.len() == stack.workers && now.iter().all(|p| !children.contains(p))).then_some(now)
@@ -388,6 +395,54 @@ fn gunicorn(name: &'static str, preload: bool) {
 fn gunicorn_sync_without_preload_and_a_slow_import() {
     // The import runs in each gunicorn worker after the fork, after the master's READY=1.
     gunicorn("gunicorn sync -w 2, 2 s import, no --preload", false);
+}
+
+#[test]
+fn gunicorn_sync_whose_workers_finish_importing_one_after_the_other() {
+    // The master's first worker imports in 0.3 s, the other in 3 s: a reload returns
+    // only once both serve, not when the first does (the pool rule, src/readiness/pool.rs).
+    let dir = app_dir();
+    let args = ["-w", "2", "--chdir", &dir, "app:app"];
+    let Some(mut s) = python_stack(
+        "gunicorn sync -w 2, imports of 0.3 s and 3 s",
+        "gunicorn",
+        &args,
+    ) else {
+        return;
+    };
+    let markers = tempfile::tempdir().expect("temp dir").keep();
+    s.workers = 1;
+    s.opts = ["APP_IMPORT_DELAY=3", "APP_FIRST_IMPORT_DELAY=0.3"]
+        .into_iter()
+        .chain([format!("APP_IMPORT_MARKERS={}", markers.display()).as_str()])
+        .flat_map(|e| ["-e".to_owned(), e.to_owned()])
+        .collect();
+    s.markers = Some(markers.clone());
+    run(s);
+    let _ = std::fs::remove_dir_all(markers);
+}
+
+/// Every process of the new generation below its masters (gunicorn's workers) has
+/// finished importing the app, as its marker says.
+fn every_new_worker_imported(m: &Manager, old: &BTreeSet<i32>, markers: &Path, name: &str) {
+    let masters = m.children();
+    let new: Vec<i32> = m
+        .descendants()
+        .into_iter()
+        .filter(|p| !old.contains(p) && !masters.contains(p))
+        .collect();
+    assert!(
+        !new.is_empty(),
+        "{name}: no new worker below the new master"
+    );
+    let importing: Vec<&i32> = new
+        .iter()
+        .filter(|p| !markers.join(format!("imported.{p}")).exists())
+        .collect();
+    assert!(
+        importing.is_empty(),
+        "{name}: handover reload returned while workers {importing:?} of {new:?} were still importing"
+    );
 }
 
 #[test]

@@ -3,6 +3,10 @@
 `/` answers "hello from pid N", `/slow?ms=N` after N ms; every response names its
 process in an X-Worker-Pid header (tests/recipes.rs tells generations apart by it).
 APP_IMPORT_DELAY=2 sleeps 2 s at import, like a large framework being imported.
+With APP_IMPORT_MARKERS=DIR, the first process of its parent to import (a gunicorn
+master's first worker) sleeps APP_FIRST_IMPORT_DELAY instead, and every process writes
+DIR/imported.PID once its import is over: workers that finish importing one after the
+other, and a record of which have.
 """
 
 import asyncio
@@ -10,7 +14,22 @@ import os
 import time
 from urllib.parse import parse_qs
 
-time.sleep(float(os.environ.get("APP_IMPORT_DELAY", "0")))
+
+def _import_delay():
+    markers = os.environ.get("APP_IMPORT_MARKERS")
+    delay = float(os.environ.get("APP_IMPORT_DELAY", "0"))
+    if not markers:
+        return delay
+    try:
+        os.close(os.open(os.path.join(markers, f"first.{os.getppid()}"), os.O_CREAT | os.O_EXCL))
+        return float(os.environ.get("APP_FIRST_IMPORT_DELAY", "0"))
+    except FileExistsError:
+        return delay
+
+
+time.sleep(_import_delay())
+if os.environ.get("APP_IMPORT_MARKERS"):
+    open(os.path.join(os.environ["APP_IMPORT_MARKERS"], f"imported.{os.getpid()}"), "w").close()
 
 
 def _answer(path, query):

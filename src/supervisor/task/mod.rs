@@ -256,8 +256,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         .metrics
         .as_ref()
         .map(|_| tokio::time::interval(metrics::REFRESH));
-    let socket_ids = crate::readiness::socket_ids(&task.env.fds)?;
-    let listeners = crate::readiness::tcp_listeners(&task.env.fds);
+    let mut prober = readiness::Prober::new(&task.env.fds)?;
     let mut buf = vec![0u8; 4096];
     let mut queue = VecDeque::new();
     match resume {
@@ -372,7 +371,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
             _ = tick(&mut memory) => sample_memory(&machine, &mut queue),
             _ = tick(&mut removals) => task.cgroups.retry_removals(),
             _ = tick(&mut metrics_refresh) => task.publish_metrics(&machine, true),
-            _ = tick(&mut probes) => readiness::probe(&machine, &socket_ids, &listeners, &mut queue),
+            _ = tick(&mut probes) => prober.probe(&machine, &mut queue),
             _ = signals.usr2.recv() => task.start_upgrade(&machine, ctx.sockets, &notify_socket, None),
             result = upgrade::checked(&mut task.upgrading) => {
                 // Returns only if this image keeps running.

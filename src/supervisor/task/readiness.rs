@@ -1,41 +1,56 @@
 //! How a starting worker is judged ready without its help: while the machine has
 //! workers whose readiness mode reads the kernel (`auto`, `listen`) and that have not yet
 //! been seen, the task probes their trees every `PROBE_EVERY` (`crate::readiness` does
-//! the reading: waiting on a held socket, or holding a connection accepted from one) and feeds `Listening` or `ProbeFailed` back. With nothing pending there
-//! is no interval at all, so an idle manager never wakes up for this.
+//! the reading: waiting on a held socket, or holding a connection accepted from one;
+//! for a pool of processes, each of them) and feeds `Listening` or `ProbeFailed` back.
+//! With nothing pending there is no interval at all, so an idle manager never wakes up
+//! for this.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use std::net::SocketAddr;
-
-use crate::readiness::{Served, SocketId, waiting_on_each};
+use crate::readiness::{Memory, Served, SocketId, waiting_on_each};
 use crate::supervisor::{Event, Machine};
 
 /// How often pending workers' trees are read: short against a reload's length, long
 /// against one probe (about 1.5 ms for a few processes, measured).
 pub const PROBE_EVERY: Duration = Duration::from_millis(50);
 
-/// Probes every pending worker once; pushes what was found.
-pub fn probe(
-    m: &Machine,
-    sockets: &[SocketId],
-    listeners: &[SocketAddr],
-    queue: &mut VecDeque<Event>,
-) {
-    let pending = m.probing();
-    let served = Served::now(listeners);
-    for (pid, found) in waiting_on_each(&pending, sockets, &served) {
-        match found {
-            Ok(None) => {}
-            Ok(Some(waiting)) => {
-                tracing::debug!(pid, "seen waiting for connections: {waiting}");
-                queue.push_back(Event::Listening { pid });
+/// What every probe needs: the held sockets' identities and TCP addresses, and what
+/// earlier probes saw of the trees still pending.
+pub struct Prober {
+    sockets: Vec<SocketId>,
+    listeners: Vec<SocketAddr>,
+    memory: Memory,
+}
+
+impl Prober {
+    pub fn new(fds: &[BorrowedFd<'_>]) -> std::io::Result<Prober> {
+        Ok(Prober {
+            sockets: crate::readiness::socket_ids(fds)?,
+            listeners: crate::readiness::tcp_listeners(fds),
+            memory: Memory::default(),
+        })
+    }
+
+    /// Probes every pending worker once; pushes what was found.
+    pub fn probe(&mut self, m: &Machine, queue: &mut VecDeque<Event>) {
+        let pending = m.probing();
+        let served = Served::now(&self.listeners);
+        for (pid, found) in waiting_on_each(&pending, &self.sockets, &served, &mut self.memory) {
+            match found {
+                Ok(None) => {}
+                Ok(Some(waiting)) => {
+                    tracing::debug!(pid, "seen waiting for connections: {waiting}");
+                    queue.push_back(Event::Listening { pid });
+                }
+                Err(e) => queue.push_back(Event::ProbeFailed {
+                    pid,
+                    error: e.to_string(),
+                }),
             }
-            Err(e) => queue.push_back(Event::ProbeFailed {
-                pid,
-                error: e.to_string(),
-            }),
         }
     }
 }
