@@ -46,7 +46,7 @@ mod pool;
 mod thread;
 
 pub use accepted::{Served, tcp_listeners};
-pub use pool::Memory;
+pub use pool::{Gap, Memory};
 
 /// A held socket as the kernel names it: its inode and the device of sockfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -165,6 +165,30 @@ fn a_worker_that_exits_before_ready_fails_the_start() {
     );
 }
 
+#[test]
+fn a_pool_sibling_that_never_serves_fails_the_start_naming_it() {
+    // Two children of one program holding fd 3: one accepts, the other only sleeps
+    // (a helper that inherited the socket). The pool rule waits for both, and the
+    // timeout says which one was never seen.
+    let app = "import os, socket, time\n\
+               s = socket.socket(fileno=3)\n\
+               if os.fork() == 0:\n    \
+                   while True:\n        c, _ = s.accept(); c.close()\n\
+               if os.fork() == 0:\n    time.sleep(3600)\n\
+               os.wait()\n";
+    let head = ["run", "--listen", "127.0.0.1:0", "--ready-timeout", "2s"];
+    let out = run(&with_cmd(&head, &["python3", "-c", app]), &[], None);
+    assert_error(
+        &out,
+        &[
+            "first generation failed",
+            "not ready after 2s: pid ",
+            "of its tree waits on a held socket, but pid ",
+            "was never seen waiting",
+        ],
+    );
+}
+
 /// Asserts a failed run whose first stderr line (clap's error line) has every `needle`.
 fn assert_first_line(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);

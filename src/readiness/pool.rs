@@ -30,12 +30,29 @@ pub(super) struct Seen {
 /// so far, with how. Kept by the caller between probes; `forget_others` drops the
 /// workers no longer probed.
 #[derive(Debug, Default)]
-pub struct Memory(HashMap<i32, HashMap<i32, Waiting>>);
+pub struct Memory {
+    seen: HashMap<i32, HashMap<i32, Waiting>>,
+    gaps: HashMap<i32, Gap>,
+}
+
+/// A tree not ready only because of its pool: `waiting` was seen, its siblings `unseen`
+/// (the same program, holding a held socket) never were.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub waiting: i32,
+    pub unseen: Vec<i32>,
+}
 
 impl Memory {
     /// Keeps only what was seen of the trees of `roots`.
     pub fn forget_others(&mut self, roots: &[i32]) {
-        self.0.retain(|root, _| roots.contains(root));
+        self.seen.retain(|root, _| roots.contains(root));
+        self.gaps.retain(|root, _| roots.contains(root));
+    }
+
+    /// Why the tree of `root` was not ready at the last probe, if only its pool kept it.
+    pub fn gap(&self, root: i32) -> Option<&Gap> {
+        self.gaps.get(&root)
     }
 }
 
@@ -48,7 +65,7 @@ pub(super) fn pool_ready(
     memory: &mut Memory,
     same: impl Fn(i32, i32) -> bool,
 ) -> Option<Waiting> {
-    let known = memory.0.entry(root).or_default();
+    let known = memory.seen.entry(root).or_default();
     // Only processes still in the tree count; a pid gone is forgotten.
     known.retain(|pid, _| seen.iter().any(|s| s.pid == *pid));
     for s in seen {
@@ -57,17 +74,33 @@ pub(super) fn pool_ready(
         }
     }
     let known = &*known;
-    seen.iter()
-        .filter(|s| known.contains_key(&s.pid))
-        .find(|s| {
-            s.pid == root
-                || seen
-                    .iter()
-                    .filter(|o| o.pid != s.pid && o.ppid == s.ppid && o.holds)
-                    .filter(|o| same(o.pid, s.pid))
-                    .all(|o| known.contains_key(&o.pid))
-        })
-        .and_then(|s| known.get(&s.pid).copied())
+    let unseen = |s: &Seen| -> Vec<i32> {
+        if s.pid == root {
+            return Vec::new();
+        }
+        seen.iter()
+            .filter(|o| o.pid != s.pid && o.ppid == s.ppid && o.holds)
+            .filter(|o| !known.contains_key(&o.pid) && same(o.pid, s.pid))
+            .map(|o| o.pid)
+            .collect()
+    };
+    let mut gap = None;
+    for s in seen.iter().filter(|s| known.contains_key(&s.pid)) {
+        let missing = unseen(s);
+        if missing.is_empty() {
+            memory.gaps.remove(&root);
+            return known.get(&s.pid).copied();
+        }
+        gap.get_or_insert(Gap {
+            waiting: s.pid,
+            unseen: missing,
+        });
+    }
+    match gap {
+        Some(g) => memory.gaps.insert(root, g),
+        None => memory.gaps.remove(&root),
+    };
+    None
 }
 
 /// Whether two processes run the same executable (an unreadable link: not the same).
@@ -107,6 +140,11 @@ mod tests {
             seen(12, 10, true, false),
         ];
         assert_eq!(pool_ready(10, &one_importing, &mut memory, ALL), None);
+        let gap = Gap {
+            waiting: 11,
+            unseen: vec![12],
+        };
+        assert_eq!(memory.gap(10), Some(&gap));
         // 11 is busy now (not caught waiting), 12 is done importing: both have been seen.
         let then = [
             seen(10, 1, true, false),
@@ -115,6 +153,7 @@ mod tests {
         ];
         let ready = pool_ready(10, &then, &mut memory, ALL).map(|w| w.pid);
         assert!(matches!(ready, Some(11 | 12)), "{ready:?}");
+        assert_eq!(memory.gap(10), None);
     }
 
     #[test]
@@ -161,6 +200,7 @@ mod tests {
         ];
         assert_eq!(pool_ready(30, &after, &mut memory, ALL), None);
         memory.forget_others(&[5]);
-        assert_eq!(memory.0.len(), 1);
+        assert_eq!(memory.seen.len(), 1);
+        assert_eq!(memory.gap(30), None);
     }
 }

@@ -33,7 +33,7 @@ pub use snapshot::Snapshot;
 
 use super::generation::Generation;
 pub use super::model::{
-    Ack, Action, Event, GenId, Outcome, Settings, Spec, Worker, WorkerId, WorkerPhase,
+    Ack, Action, Event, GenId, Outcome, PoolGap, Settings, Spec, Worker, WorkerId, WorkerPhase,
 };
 use super::notes::Note;
 use crate::notify::SdState;
@@ -177,6 +177,9 @@ impl Machine {
             ),
             Event::Spoke { pid } => self.on_ack(pid, |a| a.spoke = true, now, &mut out),
             Event::Listening { pid } => self.on_ack(pid, |a| a.listening = true, now, &mut out),
+            Event::PoolGap { pid, gap } => {
+                self.on_ack(pid, |a| a.pool_gap = Some(gap), now, &mut out)
+            }
             Event::ProbeFailed { pid, error } => self.on_probe_failed(pid, error, now, &mut out),
             Event::Ping { pid } => {
                 if let Some((g, id)) = self.find(pid)

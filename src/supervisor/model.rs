@@ -131,6 +131,12 @@ pub enum Event {
     Listening {
         pid: i32,
     },
+    /// A process of the worker's tree waits, but siblings of its pool were never seen
+    /// (`crate::readiness` pool rule): what the ready timeout's reason names.
+    PoolGap {
+        pid: i32,
+        gap: PoolGap,
+    },
     /// The worker's tree could not be read to judge its readiness (`error` says why).
     ProbeFailed {
         pid: i32,
@@ -276,6 +282,18 @@ pub struct Ack {
     pub spoke: bool,
     /// A process of its tree was seen waiting on a held socket.
     pub listening: bool,
+    /// Seen waiting, but not the rest of its pool (the last probe's finding).
+    #[serde(default)]
+    pub pool_gap: Option<PoolGap>,
+}
+
+/// A process of a worker's tree that waits, and the first of its pool's siblings never
+/// seen waiting, with how many more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolGap {
+    pub waiting: i32,
+    pub unseen: i32,
+    pub more: usize,
 }
 
 impl Ack {
@@ -290,7 +308,25 @@ impl Ack {
     }
 
     /// What is still missing under `mode`, and what to try: for the ready timeout's reason.
-    pub fn missing(&self, mode: Readiness) -> &'static str {
+    pub fn missing(&self, mode: Readiness) -> String {
+        if let (Readiness::Auto | Readiness::Listen, false, Some(gap)) =
+            (mode, self.listening, self.pool_gap)
+        {
+            let more = match gap.more {
+                0 => String::new(),
+                n => format!(" (and {n} more)"),
+            };
+            return format!(
+                "pid {} of its tree waits on a held socket, but pid {}{more} beside it, the same \
+                 program holding the socket, was never seen waiting (still starting? raise \
+                 ready_timeout; a process that never serves needs ready = \"notify\")",
+                gap.waiting, gap.unseen
+            );
+        }
+        self.missing_evidence(mode).to_owned()
+    }
+
+    fn missing_evidence(&self, mode: Readiness) -> &'static str {
         const NOT_SEEN: &str =
             "no process of its tree was seen waiting for connections on a held socket";
         match (mode, self.listening, self.ready) {

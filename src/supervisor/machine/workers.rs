@@ -315,7 +315,7 @@ impl Machine {
                 timeout,
             });
             let mode = self.generations.get(&g).map(|x| x.settings.readiness);
-            let missing = mode.map_or("", |m| w.ack.missing(m));
+            let missing = mode.map_or(String::new(), |m| w.ack.missing(m));
             let reason = format!("worker {pid} not ready after {timeout:?}: {missing}");
             self.fail_starting(g, id, reason, now, out);
         }

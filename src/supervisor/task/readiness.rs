@@ -6,13 +6,13 @@
 //! With nothing pending there is no interval at all, so an idle manager never wakes up
 //! for this.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use crate::readiness::{Memory, Served, SocketId, waiting_on_each};
-use crate::supervisor::{Event, Machine};
+use crate::supervisor::{Event, Machine, PoolGap};
 
 /// How often pending workers' trees are read: short against a reload's length, long
 /// against one probe (about 1.5 ms for a few processes, measured).
@@ -24,6 +24,8 @@ pub struct Prober {
     sockets: Vec<SocketId>,
     listeners: Vec<SocketAddr>,
     memory: Memory,
+    /// The pool gap last told to the machine, per worker: only a change is told again.
+    told: HashMap<i32, PoolGap>,
 }
 
 impl Prober {
@@ -32,16 +34,33 @@ impl Prober {
             sockets: crate::readiness::socket_ids(fds)?,
             listeners: crate::readiness::tcp_listeners(fds),
             memory: Memory::default(),
+            told: HashMap::new(),
         })
     }
 
     /// Probes every pending worker once; pushes what was found.
     pub fn probe(&mut self, m: &Machine, queue: &mut VecDeque<Event>) {
         let pending = m.probing();
+        self.told.retain(|pid, _| pending.contains(pid));
         let served = Served::now(&self.listeners);
         for (pid, found) in waiting_on_each(&pending, &self.sockets, &served, &mut self.memory) {
             match found {
-                Ok(None) => {}
+                Ok(None) => {
+                    let Some(gap) = self.memory.gap(pid) else {
+                        continue;
+                    };
+                    let Some(&unseen) = gap.unseen.first() else {
+                        continue;
+                    };
+                    let gap = PoolGap {
+                        waiting: gap.waiting,
+                        unseen,
+                        more: gap.unseen.len() - 1,
+                    };
+                    if self.told.insert(pid, gap) != Some(gap) {
+                        queue.push_back(Event::PoolGap { pid, gap });
+                    }
+                }
                 Ok(Some(waiting)) => {
                     tracing::debug!(pid, "seen waiting for connections: {waiting}");
                     queue.push_back(Event::Listening { pid });

@@ -137,6 +137,29 @@ fn a_ready_timeout_says_which_proof_was_missing() {
 }
 
 #[test]
+fn a_pool_whose_sibling_never_serves_times_out_naming_that_sibling() {
+    let mut d = running(Readiness::Auto, 1);
+    d.send(Event::Reload);
+    let new = d.pid(2, 0);
+    d.send(Event::Ready { pid: new });
+    let gap = crate::supervisor::PoolGap {
+        waiting: 4101,
+        unseen: 4102,
+        more: 1,
+    };
+    d.send(Event::PoolGap { pid: new, gap });
+    let a = d.tick();
+    let Outcome::RolledBack { reason, .. } = &outcomes(&a)[0] else {
+        panic!("{a:?}");
+    };
+    assert!(
+        reason.contains("not ready after 60s: pid 4101 of its tree waits on a held socket, but pid 4102 (and 1 more) beside it"),
+        "{reason}"
+    );
+    assert_eq!(d.sup.current_generation(), Some(1));
+}
+
+#[test]
 fn an_unreadable_tree_fails_the_worker_at_once_with_the_reason() {
     let mut d = running(Readiness::Auto, 1);
     d.send(Event::Reload);
