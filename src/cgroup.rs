@@ -41,6 +41,14 @@ fn own_cgroup() -> Option<String> {
         .map(str::to_owned)
 }
 
+/// This process's cgroup: its v2 path (`0::PATH`) and its directory under the mount.
+pub fn own_dir() -> Result<(String, PathBuf), &'static str> {
+    let own = own_cgroup().ok_or("no cgroup v2 hierarchy (/proc/self/cgroup has no 0:: line)")?;
+    let mount = mount_point().ok_or("cgroup2 is not mounted")?;
+    let dir = mount.join(own.trim_start_matches('/'));
+    Ok((own, dir))
+}
+
 /// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup, or /sys/fs/cgroup/unified
 /// on a hybrid system (the mount of its root, not a bind mount of a subtree such as
 /// `ReadWritePaths=` makes).
@@ -88,9 +96,7 @@ fn write(path: &Path, value: &str) -> std::io::Result<()> {
 /// `fresh`: not resuming (a resumed image whose old one did not use cgroups keeps
 /// to the subreaper, rather than moving its running workers about).
 pub fn setup(fresh: bool) -> Result<Delegated, String> {
-    let own = own_cgroup().ok_or("no cgroup v2 hierarchy (/proc/self/cgroup has no 0:: line)")?;
-    let mount = mount_point().ok_or("cgroup2 is not mounted")?;
-    let dir = mount.join(own.trim_start_matches('/'));
+    let (own, dir) = own_dir()?;
     let base = if delegated(&dir) {
         if !fresh {
             return Err("the manager before the upgrade did not use cgroups".into());

@@ -46,7 +46,7 @@ mod pool;
 mod thread;
 
 pub use accepted::{Served, tcp_listeners};
-pub use pool::{Gap, Memory};
+pub use pool::{Memory, PoolGap};
 
 /// A held socket as the kernel names it: its inode and the device of sockfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +203,7 @@ fn waiting_in_tree(
     memory: &mut Memory,
 ) -> Result<Option<Waiting>, ProbeError> {
     let mut seen = Vec::new();
-    for pid in tree(root, table)? {
+    for (pid, ppid) in tree(root, table)? {
         let (holds, waiting) = match process_waiting(pid, sockets, served) {
             Ok(found) => found,
             // A process that is exiting drops its ptrace access (it is no longer
@@ -214,7 +214,6 @@ fn waiting_in_tree(
             }
             Err(Failed::Unsupported(path)) => return Err(ProbeError::Unsupported { path }),
         };
-        let ppid = table.iter().find(|p| p.0 == pid).map_or(0, |p| p.1);
         seen.push(pool::Seen {
             pid,
             ppid,
@@ -253,9 +252,9 @@ fn process_table(root: i32) -> Result<Vec<(i32, i32)>, ProbeError> {
     Ok(table.iter().map(|p| (p.pid, p.ppid)).collect())
 }
 
-/// `root` and its descendants, per `table`.
-fn tree(root: i32, table: &[(i32, i32)]) -> Result<Vec<i32>, ProbeError> {
-    if !table.iter().any(|(pid, _)| *pid == root) {
+/// `root` and its descendants, per `table`, as (pid, parent pid).
+fn tree(root: i32, table: &[(i32, i32)]) -> Result<Vec<(i32, i32)>, ProbeError> {
+    let Some(&top) = table.iter().find(|(pid, _)| *pid == root) else {
         // SAFETY: kill with signal 0 only checks that the pid exists.
         let alive = unsafe { libc::kill(root, 0) } == 0
             || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
@@ -264,12 +263,12 @@ fn tree(root: i32, table: &[(i32, i32)]) -> Result<Vec<i32>, ProbeError> {
         } else {
             Ok(Vec::new())
         };
-    }
-    let mut tree = vec![root];
+    };
+    let mut tree = vec![top];
     let mut i = 0;
     while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(table.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        let parent = tree[i].0;
+        tree.extend(table.iter().filter(|p| p.1 == parent));
         if tree.len() > MAX_PROCESSES {
             return Err(ProbeError::TooMany { root });
         }

@@ -32,15 +32,17 @@ pub(super) struct Seen {
 #[derive(Debug, Default)]
 pub struct Memory {
     seen: HashMap<i32, HashMap<i32, Waiting>>,
-    gaps: HashMap<i32, Gap>,
+    gaps: HashMap<i32, PoolGap>,
 }
 
-/// A tree not ready only because of its pool: `waiting` was seen, its siblings `unseen`
-/// (the same program, holding a held socket) never were.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gap {
+/// A tree not ready only because of its pool: `waiting` was seen, its sibling `unseen`
+/// (the same program, holding a held socket) and `more` others never were. The
+/// machine keeps the last one for the ready timeout's reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolGap {
     pub waiting: i32,
-    pub unseen: Vec<i32>,
+    pub unseen: i32,
+    pub more: usize,
 }
 
 impl Memory {
@@ -51,8 +53,8 @@ impl Memory {
     }
 
     /// Why the tree of `root` was not ready at the last probe, if only its pool kept it.
-    pub fn gap(&self, root: i32) -> Option<&Gap> {
-        self.gaps.get(&root)
+    pub fn gap(&self, root: i32) -> Option<PoolGap> {
+        self.gaps.get(&root).copied()
     }
 }
 
@@ -87,13 +89,14 @@ pub(super) fn pool_ready(
     let mut gap = None;
     for s in seen.iter().filter(|s| known.contains_key(&s.pid)) {
         let missing = unseen(s);
-        if missing.is_empty() {
+        let Some(&first) = missing.first() else {
             memory.gaps.remove(&root);
             return known.get(&s.pid).copied();
-        }
-        gap.get_or_insert(Gap {
+        };
+        gap.get_or_insert(PoolGap {
             waiting: s.pid,
-            unseen: missing,
+            unseen: first,
+            more: missing.len() - 1,
         });
     }
     match gap {
@@ -140,11 +143,12 @@ mod tests {
             seen(12, 10, true, false),
         ];
         assert_eq!(pool_ready(10, &one_importing, &mut memory, ALL), None);
-        let gap = Gap {
+        let gap = PoolGap {
             waiting: 11,
-            unseen: vec![12],
+            unseen: 12,
+            more: 0,
         };
-        assert_eq!(memory.gap(10), Some(&gap));
+        assert_eq!(memory.gap(10), Some(gap));
         // 11 is busy now (not caught waiting), 12 is done importing: both have been seen.
         let then = [
             seen(10, 1, true, false),

@@ -33,7 +33,7 @@ pub use snapshot::Snapshot;
 
 use super::generation::Generation;
 pub use super::model::{
-    Ack, Action, Event, GenId, Outcome, PoolGap, Settings, Spec, Worker, WorkerId, WorkerPhase,
+    Ack, Action, Event, GenId, Outcome, Settings, Spec, Worker, WorkerId, WorkerPhase,
 };
 use super::notes::Note;
 use crate::notify::SdState;

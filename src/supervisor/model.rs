@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use crate::notify::SdState;
+use crate::readiness::PoolGap;
 use crate::release::Release;
 use crate::units::{self, Readiness, StopTo, Warmup};
 
@@ -285,15 +286,6 @@ pub struct Ack {
     /// Seen waiting, but not the rest of its pool (the last probe's finding).
     #[serde(default)]
     pub pool_gap: Option<PoolGap>,
-}
-
-/// A process of a worker's tree that waits, and the first of its pool's siblings never
-/// seen waiting, with how many more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PoolGap {
-    pub waiting: i32,
-    pub unseen: i32,
-    pub more: usize,
 }
 
 impl Ack {

@@ -217,11 +217,13 @@ impl OwnCgroup {
     /// None, said once per container, where it cannot be made (no cgroup2 mount, not
     /// root): the container then shares the test's cgroup, as before.
     fn create(name: &str) -> Option<OwnCgroup> {
-        let made = v2_dir().and_then(|own| {
-            let dir = own.join(format!("handover-test-{name}-{}", std::process::id()));
-            std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            Ok(OwnCgroup { dir })
-        });
+        let made = handover::cgroup::own_dir()
+            .map_err(str::to_owned)
+            .and_then(|(_, own)| {
+                let dir = own.join(format!("handover-test-{name}-{}", std::process::id()));
+                std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                Ok(OwnCgroup { dir })
+            });
         made.map_err(|e| eprintln!("[{name}] no cgroup of its own ({e}): sharing the test's"))
             .ok()
     }
@@ -231,26 +233,6 @@ impl OwnCgroup {
         // A path made of a cgroup path and ASCII has no NUL byte.
         CString::new(path.as_os_str().as_bytes()).expect("no NUL in a cgroup path")
     }
-}
-
-/// This process's cgroup directory in the cgroup2 hierarchy (pure or hybrid mount).
-fn v2_dir() -> Result<PathBuf, String> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-    let own = own
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .ok_or("no cgroup2 line in /proc/self/cgroup")?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    let mount = mounts
-        .lines()
-        .find(|l| {
-            l.split(" - ")
-                .nth(1)
-                .is_some_and(|t| t.starts_with("cgroup2 "))
-        })
-        .and_then(|l| l.split(' ').nth(4))
-        .ok_or("cgroup2 is not mounted")?;
-    Ok(Path::new(mount).join(own.trim_start_matches('/')))
 }
 
 impl Drop for OwnCgroup {

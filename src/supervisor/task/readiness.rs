@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use crate::readiness::{Memory, Served, SocketId, waiting_on_each};
-use crate::supervisor::{Event, Machine, PoolGap};
+use crate::readiness::{Memory, PoolGap, Served, SocketId, waiting_on_each};
+use crate::supervisor::{Event, Machine};
 
 /// How often pending workers' trees are read: short against a reload's length, long
 /// against one probe (about 1.5 ms for a few processes, measured).
@@ -46,18 +46,9 @@ impl Prober {
         for (pid, found) in waiting_on_each(&pending, &self.sockets, &served, &mut self.memory) {
             match found {
                 Ok(None) => {
-                    let Some(gap) = self.memory.gap(pid) else {
-                        continue;
-                    };
-                    let Some(&unseen) = gap.unseen.first() else {
-                        continue;
-                    };
-                    let gap = PoolGap {
-                        waiting: gap.waiting,
-                        unseen,
-                        more: gap.unseen.len() - 1,
-                    };
-                    if self.told.insert(pid, gap) != Some(gap) {
+                    if let Some(gap) = self.memory.gap(pid)
+                        && self.told.insert(pid, gap) != Some(gap)
+                    {
                         queue.push_back(Event::PoolGap { pid, gap });
                     }
                 }
