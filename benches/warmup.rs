@@ -14,6 +14,8 @@
 //!    - `gunicorn HUP`: `gunicorn --workers 2` (no `--preload`: each new worker imports
 //!      after the fork), reloaded by `kill -HUP`.
 //!
+//!    `WARMUP_ONLY=low` (or `normal`, `hup`) runs one scenario alone.
+//!
 //!    Each scenario's load runs [`LENGTH`]; [`RELOADS`] reloads [`GAP`] apart start after
 //!    [`STEADY`] while it runs. A reload window runs from the trigger to the end of the reload (`handover reload`
 //!    returned and the old workers are gone; for gunicorn, both new workers imported the
@@ -92,11 +94,16 @@ fn main() {
         println!("(this handover has no --warmup option: its scenarios run without it)\n");
     }
     let mut rows = Vec::new();
-    for (name, warmup) in [
-        ("handover --warmup low", Some("low")),
-        ("handover --warmup normal", Some("normal")),
-        ("gunicorn HUP", None),
+    // WARMUP_ONLY=low (or normal, hup) runs that scenario alone, for a quick comparison.
+    let only = std::env::var("WARMUP_ONLY").ok();
+    for (name, key, warmup) in [
+        ("handover --warmup low", "low", Some("low")),
+        ("handover --warmup normal", "normal", Some("normal")),
+        ("gunicorn HUP", "hup", None),
     ] {
+        if only.as_deref().is_some_and(|o| o != key) {
+            continue;
+        }
         let setup = Setup {
             root,
             gunicorn: &gunicorn,
