@@ -273,7 +273,12 @@ impl<'de, T> Visitor<'de> for Field<'_, T> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
         let (name, conv) = (self.name, self.conv);
         if !self.list {
-            let msg = format!("{name}: a list is not allowed here");
+            // `command = ["gunicorn", "app:app"]` is how Dockerfiles write it.
+            let hint = match name {
+                "command" => ": give the program as a string and its arguments as `args = [...]`",
+                _ => "",
+            };
+            let msg = format!("{name}: a list is not allowed here{hint}");
             return Err(A::Error::custom(msg));
         }
         let mut out = Vec::new();
@@ -493,6 +498,7 @@ A_FIRST = "x=y"
             "canary = 0|1: canary: 0 is out of range: use a whole number of canary workers from 1",
             "reload_timeout = \"soon\"|1: reload_timeout: `soon` is not a duration",
             "chdir = [\"/\"]|1: chdir: a list is not allowed here",
+            "command = [\"gunicorn\", \"app:app\"]|1: command: a list is not allowed here: give the program as a string and its arguments as `args = [...]`",
             "env_file = 1.5|1: env_file: 1.5 is not a string",
             "[env]\nA = \"1\"\nPORT = 8080|3: env.PORT: 8080 is not a string",
             "[env]\n\"1X\" = \"a\"|2: env: `1X` is not a variable name",

@@ -169,12 +169,13 @@ fn a_worker_that_exits_before_ready_fails_the_start() {
 fn a_pool_sibling_that_never_serves_fails_the_start_naming_it() {
     // Two children of one program holding fd 3: one accepts, the other only sleeps
     // (a helper that inherited the socket). The pool rule waits for both, and the
-    // timeout says which one was never seen.
+    // timeout says which one was never seen. The sleeper is forked first: a pool is
+    // the siblings there when one is seen accepting (a later one cannot be foreseen).
     let app = "import os, socket, time\n\
                s = socket.socket(fileno=3)\n\
+               if os.fork() == 0:\n    time.sleep(3600)\n\
                if os.fork() == 0:\n    \
                    while True:\n        c, _ = s.accept(); c.close()\n\
-               if os.fork() == 0:\n    time.sleep(3600)\n\
                os.wait()\n";
     let head = ["run", "--listen", "127.0.0.1:0", "--ready-timeout", "2s"];
     let out = run(&with_cmd(&head, &["python3", "-c", app]), &[], None);
