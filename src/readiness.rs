@@ -151,7 +151,7 @@ pub enum ProbeError {
 /// for connections on one of `sockets`, if any. `Ok(None)` also when `root` has exited.
 pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, ProbeError> {
     let table = process_table(root)?;
-    let mut memory = Memory::default();
+    let mut memory = Memory::once();
     waiting_in_tree(root, &table, sockets, &Served::default(), &mut memory)
 }
 
@@ -221,7 +221,14 @@ fn waiting_in_tree(
             waiting,
         });
     }
-    Ok(pool::pool_ready(root, &seen, memory, pool::same_program))
+    let now = std::time::Instant::now();
+    Ok(pool::pool_ready(
+        root,
+        &seen,
+        memory,
+        pool::same_program,
+        now,
+    ))
 }
 
 /// Whether `pid` is gone, a zombie, or on its way out (state Z, X, or its exit begun).

@@ -2,7 +2,8 @@
 //! stop signal goes to the whole process group, and the group is SIGKILLed only at the
 //! graceful timeout, not because the wrapper went first); a grandchild that escapes with
 //! `setsid` is stopped with its generation and nothing is left after `handover stop`;
-//! `max_memory` counts the whole tree.
+//! `max_memory` counts the whole tree; a pool forked one process at a time (gunicorn
+//! `--preload`) is ready only once all of it is there.
 
 mod common;
 
@@ -221,4 +222,63 @@ fn max_memory_counts_the_whole_tree() {
     wait_for(20 * SEC, "the first worker replaced", || {
         is_dead(old[0]).then_some(())
     });
+}
+
+/// A root that forks 4 HTTP workers on fd 3, 70 ms apart, then waits.
+const POOL_APP: &str = r"
+import os, socket, time
+s = socket.socket(fileno=3)
+for i in range(4):
+    if os.fork() == 0:
+        while True:
+            c, _ = s.accept()
+            c.sendall(b'HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n')
+            c.close()
+    time.sleep(0.07)
+os.wait()
+";
+
+/// Children of `pid`, from /proc.
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_pool_forked_one_process_at_a_time_is_ready_only_once_all_of_it_serves() {
+    // gunicorn --preload's shape: the root forks 4 workers, pausing 70 ms between two
+    // forks (gunicorn sleeps up to 100 ms), and each serves the moment it exists. The
+    // first is seen accepting before the others are forked; a reload that returned then
+    // would stop the old generation with a quarter of the new one there.
+    let m = Manager::start(
+        &["--workers", "1", "--graceful-timeout", "2s"],
+        &["python3", "-c", POOL_APP],
+    );
+    let first = m.wait_ready(1);
+    let count = |root: i32| children_of(root).len();
+    assert_eq!(count(first[0]), 4, "READY=1 with only part of the pool");
+    for reload in 1..=5 {
+        // The old workers re-parent to the manager (a subreaper) as they drain.
+        let old = m.descendants();
+        let out = m.ctl(&["reload"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let new: Vec<i32> = m
+            .children()
+            .into_iter()
+            .filter(|p| !old.contains(p))
+            .collect();
+        assert_eq!(new.len(), 1, "reload {reload}: {new:?}");
+        let n = count(new[0]);
+        assert_eq!(
+            n, 4,
+            "reload {reload} returned with {n} of the 4 workers forked"
+        );
+    }
 }

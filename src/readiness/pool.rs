@@ -10,10 +10,21 @@
 //! requests (a busy sync worker is caught waiting or holding a connection only now and
 //! then). Siblings running another program (a `setsid sleep &` that kept the socket, a
 //! wrapper's helper) are not the pool.
+//!
+//! A pool also has to have stopped growing: gunicorn's master forks its workers one by
+//! one, sleeping up to 100 ms between two forks, and with `--preload` the first one
+//! serves before the next exists. So a complete pool counts only once its youngest
+//! member has been in the tree for `SETTLE` (a tree whose root itself waits, a single
+//! process, has no pool and no settling).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::Waiting;
+
+/// How long the youngest member of a complete pool must have been in the tree: more
+/// than the longest pause between two of gunicorn's forks (`0.1 * random()` s).
+pub const SETTLE: Duration = Duration::from_millis(150);
 
 /// What one probe saw of one process of a worker's tree.
 #[derive(Debug, Clone, Copy)]
@@ -29,10 +40,31 @@ pub(super) struct Seen {
 /// Per worker (the root of its tree): the processes of its tree seen waiting or serving
 /// so far, with how. Kept by the caller between probes; `forget_others` drops the
 /// workers no longer probed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Memory {
-    seen: HashMap<i32, HashMap<i32, Waiting>>,
+    trees: HashMap<i32, Tree>,
     gaps: HashMap<i32, PoolGap>,
+    /// `SETTLE`, or zero for a single look (`once`), which has no history to wait on.
+    settle: Duration,
+}
+
+impl Default for Memory {
+    fn default() -> Memory {
+        Memory {
+            trees: HashMap::new(),
+            gaps: HashMap::new(),
+            settle: SETTLE,
+        }
+    }
+}
+
+/// What earlier probes saw of one tree.
+#[derive(Debug, Default)]
+struct Tree {
+    /// Processes seen waiting or serving, with how.
+    waited: HashMap<i32, Waiting>,
+    /// When each process still in the tree was first found in it.
+    found: HashMap<i32, Instant>,
 }
 
 /// A tree not ready only because of its pool: `waiting` was seen, its sibling `unseen`
@@ -46,9 +78,17 @@ pub struct PoolGap {
 }
 
 impl Memory {
+    /// For one probe alone: a complete pool counts at once.
+    pub fn once() -> Memory {
+        Memory {
+            settle: Duration::ZERO,
+            ..Memory::default()
+        }
+    }
+
     /// Keeps only what was seen of the trees of `roots`.
     pub fn forget_others(&mut self, roots: &[i32]) {
-        self.seen.retain(|root, _| roots.contains(root));
+        self.trees.retain(|root, _| roots.contains(root));
         self.gaps.retain(|root, _| roots.contains(root));
     }
 
@@ -60,38 +100,55 @@ impl Memory {
 
 /// The tree of `root` is ready (`Some`) once a process of it has been seen waiting and
 /// so has each of that process's siblings that holds a held socket and runs the same
-/// program (`same`). `seen` is this probe; what it shows waiting is added to `memory`.
+/// program (`same`), the youngest of them found at least `SETTLE` before `now` (unless the
+/// memory is `once`). `seen`
+/// is this probe; what it shows is added to `memory`.
 pub(super) fn pool_ready(
     root: i32,
     seen: &[Seen],
     memory: &mut Memory,
     same: impl Fn(i32, i32) -> bool,
+    now: Instant,
 ) -> Option<Waiting> {
-    let known = memory.seen.entry(root).or_default();
+    let tree = memory.trees.entry(root).or_default();
     // Only processes still in the tree count; a pid gone is forgotten.
-    known.retain(|pid, _| seen.iter().any(|s| s.pid == *pid));
+    let here = |pid: &i32| seen.iter().any(|s| s.pid == *pid);
+    tree.waited.retain(|pid, _| here(pid));
+    tree.found.retain(|pid, _| here(pid));
     for s in seen {
+        tree.found.entry(s.pid).or_insert(now);
         if let Some(w) = s.waiting {
-            known.insert(s.pid, w);
+            tree.waited.insert(s.pid, w);
         }
     }
-    let known = &*known;
-    let unseen = |s: &Seen| -> Vec<i32> {
-        if s.pid == root {
-            return Vec::new();
-        }
-        seen.iter()
-            .filter(|o| o.pid != s.pid && o.ppid == s.ppid && o.holds)
-            .filter(|o| !known.contains_key(&o.pid) && same(o.pid, s.pid))
-            .map(|o| o.pid)
+    let tree = &*tree;
+    // The pool of `s`: itself and its siblings of the same program holding a socket.
+    let pool = |s: &Seen| -> Vec<i32> {
+        let siblings = seen.iter().filter(|o| o.pid != s.pid && o.ppid == s.ppid);
+        let members = siblings.filter(|o| o.holds && same(o.pid, s.pid));
+        std::iter::once(s.pid)
+            .chain(members.map(|o| o.pid))
             .collect()
     };
     let mut gap = None;
-    for s in seen.iter().filter(|s| known.contains_key(&s.pid)) {
-        let missing = unseen(s);
-        let Some(&first) = missing.first() else {
+    for s in seen.iter().filter(|s| tree.waited.contains_key(&s.pid)) {
+        if s.pid == root {
             memory.gaps.remove(&root);
-            return known.get(&s.pid).copied();
+            return tree.waited.get(&s.pid).copied();
+        }
+        let members = pool(s);
+        let missing: Vec<i32> = members
+            .iter()
+            .copied()
+            .filter(|p| !tree.waited.contains_key(p))
+            .collect();
+        let Some(&first) = missing.first() else {
+            let youngest = members.iter().filter_map(|p| tree.found.get(p)).max();
+            if youngest.is_some_and(|t| now.duration_since(*t) < memory.settle) {
+                continue; // complete, but another member may still be forked
+            }
+            memory.gaps.remove(&root);
+            return tree.waited.get(&s.pid).copied();
         };
         gap.get_or_insert(PoolGap {
             waiting: s.pid,
@@ -134,15 +191,50 @@ mod tests {
     const ALL: fn(i32, i32) -> bool = |_, _| true;
 
     #[test]
-    fn a_pool_is_ready_when_every_worker_of_it_has_been_seen() {
+    fn a_complete_pool_counts_once_it_stopped_growing_for_the_settle_time() {
         let mut memory = Memory::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // gunicorn --preload: master 10's first worker 11 serves at once; 12 is forked
+        // 90 ms later (gunicorn sleeps up to 100 ms between forks).
+        let alone = [seen(10, 1, true, false), seen(11, 10, true, true)];
+        assert_eq!(pool_ready(10, &alone, &mut memory, ALL, ms(0)), None);
+        assert_eq!(pool_ready(10, &alone, &mut memory, ALL, ms(50)), None);
+        let grown = [
+            seen(10, 1, true, false),
+            seen(11, 10, true, false),
+            seen(12, 10, true, true),
+        ];
+        // Both seen now, but 12 is new: it might not be the last.
+        assert_eq!(pool_ready(10, &grown, &mut memory, ALL, ms(100)), None);
+        assert_eq!(pool_ready(10, &grown, &mut memory, ALL, ms(200)), None);
+        let ready = pool_ready(10, &grown, &mut memory, ALL, ms(100) + SETTLE);
+        assert!(matches!(ready.map(|w| w.pid), Some(11 | 12)), "{ready:?}");
+    }
+
+    #[test]
+    fn a_root_that_waits_itself_or_a_single_look_does_not_settle() {
+        let mut memory = Memory::default();
+        let now = Instant::now();
+        assert!(pool_ready(5, &[seen(5, 1, true, true)], &mut memory, ALL, now).is_some());
+        let pool = [seen(10, 1, true, false), seen(11, 10, true, true)];
+        assert_eq!(pool_ready(10, &pool, &mut memory, ALL, now), None);
+        assert!(pool_ready(10, &pool, &mut Memory::once(), ALL, now).is_some());
+    }
+
+    #[test]
+    fn a_pool_is_ready_when_every_worker_of_it_has_been_seen() {
+        let mut memory = Memory::once();
         // A gunicorn master (10, holds the socket, never waits) and its workers 11, 12.
         let one_importing = [
             seen(10, 1, true, false),
             seen(11, 10, true, true),
             seen(12, 10, true, false),
         ];
-        assert_eq!(pool_ready(10, &one_importing, &mut memory, ALL), None);
+        assert_eq!(
+            pool_ready(10, &one_importing, &mut memory, ALL, Instant::now()),
+            None
+        );
         let gap = PoolGap {
             waiting: 11,
             unseen: 12,
@@ -155,21 +247,21 @@ mod tests {
             seen(11, 10, true, false),
             seen(12, 10, true, true),
         ];
-        let ready = pool_ready(10, &then, &mut memory, ALL).map(|w| w.pid);
+        let ready = pool_ready(10, &then, &mut memory, ALL, Instant::now()).map(|w| w.pid);
         assert!(matches!(ready, Some(11 | 12)), "{ready:?}");
         assert_eq!(memory.gap(10), None);
     }
 
     #[test]
     fn a_sibling_without_the_socket_or_running_another_program_is_not_of_the_pool() {
-        let mut memory = Memory::default();
+        let mut memory = Memory::once();
         let helper = [
             seen(10, 1, true, false),
             seen(11, 10, true, true),
             seen(12, 10, false, false),
         ];
         assert_eq!(
-            pool_ready(10, &helper, &mut memory, ALL).map(|w| w.pid),
+            pool_ready(10, &helper, &mut memory, ALL, Instant::now()).map(|w| w.pid),
             Some(11)
         );
         // `sh -c 'setsid sleep 300 & node app.js'`: sh 20, sleep 21 (kept the socket),
@@ -181,30 +273,45 @@ mod tests {
         ];
         let node_only = |a: i32, b: i32| a == b || (a != 21 && b != 21);
         assert_eq!(
-            pool_ready(20, &wrapper, &mut memory, node_only).map(|w| w.pid),
+            pool_ready(20, &wrapper, &mut memory, node_only, Instant::now()).map(|w| w.pid),
             Some(22)
         );
     }
 
     #[test]
     fn the_root_waiting_is_ready_and_a_worker_that_exited_is_forgotten() {
-        let mut memory = Memory::default();
-        assert!(pool_ready(5, &[seen(5, 1, true, true)], &mut memory, ALL).is_some());
+        let mut memory = Memory::once();
+        assert!(
+            pool_ready(
+                5,
+                &[seen(5, 1, true, true)],
+                &mut memory,
+                ALL,
+                Instant::now()
+            )
+            .is_some()
+        );
         // 31 was seen, then exited and was replaced by 33, which has not been seen.
         let before = [
             seen(30, 1, true, false),
             seen(31, 30, true, true),
             seen(32, 30, true, false),
         ];
-        assert_eq!(pool_ready(30, &before, &mut memory, ALL), None);
+        assert_eq!(
+            pool_ready(30, &before, &mut memory, ALL, Instant::now()),
+            None
+        );
         let after = [
             seen(30, 1, true, false),
             seen(32, 30, true, true),
             seen(33, 30, true, false),
         ];
-        assert_eq!(pool_ready(30, &after, &mut memory, ALL), None);
+        assert_eq!(
+            pool_ready(30, &after, &mut memory, ALL, Instant::now()),
+            None
+        );
         memory.forget_others(&[5]);
-        assert_eq!(memory.seen.len(), 1);
+        assert_eq!(memory.trees.len(), 1);
         assert_eq!(memory.gap(30), None);
     }
 }
