@@ -8,6 +8,7 @@
 //!
 //! Each connection is its own task: a slow or silent client holds only that task (with a
 //! read deadline), never the supervisor, which sees a request only once it is complete.
+//! At the cap on clients, a new one takes the place of the oldest silent one (`silent`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
+
+mod silent;
+
+use silent::Silent;
 
 pub const VERSION: u32 = 1;
 /// A request line longer than this is refused.
@@ -243,7 +248,8 @@ impl ControlServer {
     }
 
     /// Accepts connections forever, each served by its own task, at most `cap` at once
-    /// (fdlimit.rs): one more is answered "busy" and closed. Out of fds, a spare one
+    /// (fdlimit.rs): one more takes the place of the oldest client that has sent
+    /// nothing yet (`silent`), or else is answered "busy" and closed. Out of fds, a spare one
     /// (`Reserve`) is given up to take the waiting client and answer it "busy" too, so
     /// none hangs; the episode is logged when it starts and when it ends.
     pub async fn serve(self, to_supervisor: mpsc::UnboundedSender<Incoming>) {
@@ -252,6 +258,7 @@ impl ControlServer {
         let soft = crate::fdlimit::limits().map_or(1024, |l| l.soft);
         let cap = crate::fdlimit::control_cap(soft);
         let clients = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
+        let silent = Silent::default();
         let mut reserve = Reserve::open();
         let mut out_of_fds = crate::episode::Episode::default();
         loop {
@@ -262,15 +269,20 @@ impl ControlServer {
                             "control socket: file descriptors available again ({n} accepts failed over {took:.1?})"
                         );
                     }
-                    match std::sync::Arc::clone(&clients).try_acquire_owned() {
-                        Ok(permit) => {
+                    let permit = match std::sync::Arc::clone(&clients).try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => make_room(&clients, &silent).await,
+                    };
+                    match permit {
+                        Some(permit) => {
                             let to = to_supervisor.clone();
+                            let place = silent.join();
                             tokio::spawn(async move {
-                                serve_client(stream, me, to).await;
+                                serve_client(stream, me, to, place).await;
                                 drop(permit);
                             });
                         }
-                        Err(_) => refuse_busy(&stream, cap),
+                        None => refuse_busy(&stream, cap),
                     }
                 }
                 Err(e) if crate::fdlimit::exhausted(&e) => {
@@ -334,7 +346,28 @@ fn refuse_busy(stream: &UnixStream, cap: usize) {
     }
 }
 
-async fn serve_client(stream: UnixStream, me: u32, to_supervisor: mpsc::UnboundedSender<Incoming>) {
+/// With every slot taken: the oldest silent client is asked to go, and its slot is
+/// taken once it has (at once: it only waits for its request). None if nobody is silent.
+async fn make_room(
+    clients: &std::sync::Arc<tokio::sync::Semaphore>,
+    silent: &Silent,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if !silent.drop_oldest() {
+        return None;
+    }
+    let freed = std::sync::Arc::clone(clients).acquire_owned();
+    match tokio::time::timeout(Duration::from_millis(100), freed).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => None,
+    }
+}
+
+async fn serve_client(
+    stream: UnixStream,
+    me: u32,
+    to_supervisor: mpsc::UnboundedSender<Incoming>,
+    place: silent::Place,
+) {
     let (read, mut write) = stream.into_split();
     let peer = write.as_ref().peer_cred();
     let refusal = match peer {
@@ -354,8 +387,13 @@ async fn serve_client(stream: UnixStream, me: u32, to_supervisor: mpsc::Unbounde
     };
     let reply = match refusal {
         Some(r) => Err(r),
-        None => read_request(read).await,
+        None => tokio::select! {
+            r = read_request(read) => r,
+            // Made room for a newer client: it said nothing, so it is told nothing.
+            _ = place.dropped.notified() => return,
+        },
     };
+    drop(place);
     let request = match reply {
         Ok(r) => r,
         Err(e) => {
