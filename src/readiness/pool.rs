@@ -101,8 +101,7 @@ impl Memory {
 /// The tree of `root` is ready (`Some`) once a process of it has been seen waiting and
 /// so has each of that process's siblings that holds a held socket and runs the same
 /// program (`same`), the youngest of them found at least `SETTLE` before `now` (unless the
-/// memory is `once`). `seen`
-/// is this probe; what it shows is added to `memory`.
+/// memory is `once`). `seen` is this probe; what it shows is added to `memory`.
 pub(super) fn pool_ready(
     root: i32,
     seen: &[Seen],
@@ -132,11 +131,8 @@ pub(super) fn pool_ready(
     };
     let mut gap = None;
     for s in seen.iter().filter(|s| tree.waited.contains_key(&s.pid)) {
-        if s.pid == root {
-            memory.gaps.remove(&root);
-            return tree.waited.get(&s.pid).copied();
-        }
-        let members = pool(s);
+        // A root that waits itself is one process: no pool, nothing to settle.
+        let members = if s.pid == root { vec![s.pid] } else { pool(s) };
         let missing: Vec<i32> = members
             .iter()
             .copied()
@@ -144,7 +140,9 @@ pub(super) fn pool_ready(
             .collect();
         let Some(&first) = missing.first() else {
             let youngest = members.iter().filter_map(|p| tree.found.get(p)).max();
-            if youngest.is_some_and(|t| now.duration_since(*t) < memory.settle) {
+            let settled =
+                s.pid == root || youngest.is_none_or(|t| now.duration_since(*t) >= memory.settle);
+            if !settled {
                 continue; // complete, but another member may still be forked
             }
             memory.gaps.remove(&root);
