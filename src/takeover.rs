@@ -31,7 +31,7 @@ mod grab;
 mod relay;
 mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -141,30 +141,15 @@ impl Takeover {
         if self.listeners.is_empty() || self.shared.closing.load(Ordering::Relaxed) {
             return;
         }
-        let pids = crate::procs::tree(&crate::procs::processes(), root);
-        let room = self
-            .shared
-            .cap
-            .saturating_sub(self.shared.held.load(Ordering::Relaxed));
-        let grabbed = grab::grab(&pids, &self.listeners, room);
-        if grabbed.missed > 0 && !self.shared.capped.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "takeover: {} connections of pid {root} left to the worker: {} are held \
-                 already, the most the fd limit allows (said once)",
-                grabbed.missed,
-                self.shared.cap
-            );
-        }
-        if grabbed.held.is_empty() {
-            return;
-        }
-        let ledger = self.ledger(generation);
-        let claimed = grabbed
-            .held
-            .into_iter()
-            .map(|h| (h, Claim::new(&self.shared, &ledger)))
-            .collect();
-        tokio::spawn(watch::watch(claimed, pids, params));
+        let mut batch = Batch {
+            shared: Arc::clone(&self.shared),
+            ledger: self.ledger(generation),
+            listeners: Arc::clone(&self.listeners),
+            pids: crate::procs::tree(&crate::procs::processes(), root),
+            seen: HashSet::new(),
+        };
+        let first = batch.grab();
+        tokio::spawn(watch::watch(batch, first, params));
     }
 
     /// The manager stops: connections released from now on are closed, not relayed.
@@ -235,6 +220,38 @@ impl Totals {
     }
 }
 
+/// One stopping worker's tree, and what was looked at in it.
+struct Batch {
+    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
+    listeners: Arc<Listeners>,
+    /// The tree when its stop began.
+    pids: Vec<i32>,
+    /// Every socket of the tree looked at so far.
+    seen: HashSet<u64>,
+}
+
+impl Batch {
+    /// Duplicates what the tree accepted since the last look (all of it, the first
+    /// time), as far as the cap allows.
+    fn grab(&mut self) -> Vec<(grab::Held, Claim)> {
+        let s = &self.shared;
+        let room = s.cap.saturating_sub(s.held.load(Ordering::Relaxed));
+        let grabbed = grab::grab(&self.pids, &self.listeners, room, &mut self.seen);
+        if grabbed.missed > 0 && !s.capped.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "takeover: {} connections of a stopping worker left to it: {} are held \
+                 already, the most the fd limit allows (said once)",
+                grabbed.missed,
+                s.cap
+            );
+        }
+        (grabbed.held.into_iter())
+            .map(|h| (h, Claim::new(&self.shared, &self.ledger)))
+            .collect()
+    }
+}
+
 /// What became of the connections one generation let go, logged in one line once the
 /// last of them is done (the last `Claim` drops).
 struct Ledger {
@@ -263,6 +280,9 @@ impl Ledger {
 impl Drop for Ledger {
     fn drop(&mut self) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        if get(&self.taken) == 0 {
+            return;
+        }
         let fin = match get(&self.fin) {
             0 => String::new(),
             n => format!(" ({n} of them had the worker's FIN sent already)"),
