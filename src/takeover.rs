@@ -82,7 +82,12 @@ pub struct Totals {
 pub struct Takeover {
     listeners: Arc<Listeners>,
     shared: Arc<Shared>,
+    /// The process table last read, and when (see `tree`).
+    table: std::cell::RefCell<Option<(std::time::Instant, Vec<crate::procs::Proc>)>>,
 }
+
+/// How long one read of the process table serves the stops that follow it.
+const TABLE_FOR: Duration = Duration::from_millis(50);
 
 /// What every task of the takeover shares.
 struct Shared {
@@ -125,6 +130,7 @@ impl Takeover {
                 ledgers: Mutex::new(HashMap::new()),
                 capped: AtomicBool::new(false),
             }),
+            table: std::cell::RefCell::new(None),
         }
     }
 
@@ -145,11 +151,26 @@ impl Takeover {
             shared: Arc::clone(&self.shared),
             ledger: self.ledger(generation),
             listeners: Arc::clone(&self.listeners),
-            pids: crate::procs::tree(&crate::procs::processes(), root),
+            pids: self.tree(root),
             seen: HashSet::new(),
         };
         let first = batch.grab();
         tokio::spawn(watch::watch(batch, first, params));
+    }
+
+    /// The tree of `root`, from a process table read at most once per `TABLE_FOR` (a
+    /// reload stops every worker of a generation in one step: one read for all).
+    fn tree(&self, root: i32) -> Vec<i32> {
+        let mut table = self.table.borrow_mut();
+        let now = std::time::Instant::now();
+        if table
+            .as_ref()
+            .is_none_or(|(read, _)| now.duration_since(*read) > TABLE_FOR)
+        {
+            *table = Some((now, crate::procs::processes()));
+        }
+        let procs = table.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
+        crate::procs::tree(procs, root)
     }
 
     /// The manager stops: connections released from now on are closed, not relayed.
