@@ -53,6 +53,7 @@ const MIX: Mix = Mix {
     slow: 1,
     fresh: 2,
     post: 2,
+    per_connection: 0,
 };
 
 fn root() -> PathBuf {
@@ -120,6 +121,7 @@ struct Stack {
     /// process of a new generation below its masters must have by the reload's return.
     markers: Option<PathBuf>,
     drive: Drive,
+    mix: Mix,
 }
 
 impl Stack {
@@ -132,6 +134,7 @@ impl Stack {
             drains: true,
             markers: None,
             drive: Drive::Reloads(RELOADS),
+            mix: MIX,
         }
     }
 
@@ -288,7 +291,7 @@ fn run(stack: Stack) {
         common::get(m.addr, "/").ok().filter(|(s, _)| *s == 200)
     });
 
-    let load = Load::recording_mix(m.addr, MIX, 180 * SEC);
+    let load = Load::recording_mix(m.addr, stack.mix, 180 * SEC);
     wait_for(10 * SEC, "load to reach the workers", || {
         (!load.live.lock().ok()?.is_empty()).then_some(())
     });
@@ -555,11 +558,14 @@ fn report(stack: &Stack, events: usize, analysed: &[Event], tally: &Tally, figur
         Drive::ScaleDown { .. } => "scale-down",
         Drive::Recycle { .. } => "recycled worker",
     };
+    // Requests sent on a connection that had answered before: keep-alive at work.
+    let reused = samples.iter().filter(|s| s.conn_pid.is_some()).count();
     println!(
-        "recipe {}: {} requests ({} POSTs echoed), {failed} failed ({:.1} per {per}, \
-         {events} {per}s), p99 on / {}",
+        "recipe {}: {} requests ({} on a kept-alive connection, {} POSTs echoed), {failed} \
+         failed ({:.1} per {per}, {events} {per}s), p99 on / {}",
         stack.name,
         samples.len(),
+        reused,
         tally.posted,
         failed as f64 / events.max(1) as f64,
         ms(p99)
@@ -585,9 +591,19 @@ fn report(stack: &Stack, events: usize, analysed: &[Event], tally: &Tally, figur
         println!("  {f}");
     }
     if failed > 0 {
+        let mut kinds = std::collections::BTreeMap::new();
+        for e in &tally.errors {
+            *kinds.entry(e.as_str()).or_insert(0) += 1;
+        }
         println!(
-            "  failures: {} refused, {} write, {} read, {} status, {} wrong echo; first: {:?}",
-            tally.connect, tally.write, tally.read, tally.status, tally.body, tally.errors
+            "  failures: {} refused, {} write, {} read, {} status, {} wrong echo; the first \
+             {} by kind: {kinds:?}",
+            tally.connect,
+            tally.write,
+            tally.read,
+            tally.status,
+            tally.body,
+            tally.errors.len()
         );
     }
 }
@@ -750,6 +766,9 @@ fn uvicorn_on_fd_3_scaled_down_from_3_to_1_under_load() {
     if let Some(mut s) = uvicorn("uvicorn --fd 3, scale 3 -> 1", "app:asgi") {
         s.workers = 3;
         s.drive = Drive::ScaleDown { to: 1, times: 5 };
+        // Each keep-alive client opens a new connection after 100 requests, so the
+        // workers scaled up get keep-alive connections too before the next scale-down.
+        s.mix.per_connection = 100;
         run(s.plain());
     }
 }

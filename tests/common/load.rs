@@ -90,6 +90,10 @@ pub struct Mix {
     pub fresh: usize,
     /// Keep-alive clients POSTing bodies of 13 B to 40 KiB to `/echo`, checking the echo.
     pub post: usize,
+    /// A keep-alive client asks for `Connection: close` on its nth request on a
+    /// connection, then opens another (nginx's `keepalive_requests`): connections spread
+    /// over workers started since. 0: a connection is kept as long as the server keeps it.
+    pub per_connection: usize,
 }
 
 pub struct Load {
@@ -145,6 +149,7 @@ impl Load {
             slow,
             fresh,
             post: 0,
+            per_connection: 0,
         };
         Load::spawn_mix(addr, mix, max, record)
     }
@@ -162,7 +167,8 @@ impl Load {
             .map(|path| {
                 let (stop, live, done) = (stop.clone(), live.clone(), done.clone());
                 std::thread::spawn(move || {
-                    client(addr, path, &stop, &live, &done, deadline, record)
+                    let per = mix.per_connection;
+                    client(addr, path, (&stop, &live, &done), per, deadline, record)
                 })
             })
             .collect();
@@ -188,9 +194,8 @@ impl Load {
 fn client(
     addr: SocketAddr,
     path: &str,
-    stop: &AtomicBool,
-    live: &Mutex<BTreeSet<i32>>,
-    done: &AtomicU64,
+    (stop, live, done): (&AtomicBool, &Mutex<BTreeSet<i32>>, &AtomicU64),
+    per_connection: usize,
     deadline: Instant,
     record: bool,
 ) -> Tally {
@@ -198,30 +203,19 @@ fn client(
     let slow = path.starts_with("/slow");
     let mut conn: Option<BufReader<TcpStream>> = None;
     let mut conn_pid: Option<i32> = None;
-    let get = match path {
+    let get = |close: bool| match path {
         FRESH => "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".to_owned(),
+        _ if close => format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
         _ => format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
     };
+    // Requests sent on the current connection.
+    let mut on_conn = 0usize;
     let mut sent_body: Vec<u8> = Vec::new();
     let mut n = 0usize;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        n += 1;
-        let request = if path == POST {
-            sent_body = post_body(n);
-            let mut r = format!(
-                "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\n\
-                 Content-Length: {}\r\n\r\n",
-                sent_body.len()
-            )
-            .into_bytes();
-            r.extend_from_slice(&sent_body);
-            r
-        } else {
-            get.clone().into_bytes()
-        };
         let c = match conn.take() {
             Some(c) => c,
-            None => match TcpStream::connect(addr).inspect(|_| conn_pid = None) {
+            None => match TcpStream::connect(addr).inspect(|_| (conn_pid, on_conn) = (None, 0)) {
                 Ok(s) => {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
                     let _ = s.set_nodelay(true);
@@ -235,6 +229,24 @@ fn client(
             },
         };
         let mut c = c;
+        n += 1;
+        on_conn += 1;
+        // The last request this client sends on the connection (`Mix::per_connection`).
+        let last = per_connection > 0 && on_conn >= per_connection;
+        let request = if path == POST {
+            sent_body = post_body(n);
+            let mut r = format!(
+                "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Length: {}\r\n{}\r\n",
+                sent_body.len(),
+                if last { "Connection: close\r\n" } else { "" }
+            )
+            .into_bytes();
+            r.extend_from_slice(&sent_body);
+            r
+        } else {
+            get(last).into_bytes()
+        };
         let sent = Instant::now();
         let sample = |t: &mut Tally, pid: Option<i32>, failed: bool| {
             done.fetch_add(1, Ordering::Relaxed);
@@ -282,7 +294,7 @@ fn client(
                         l.insert(pid);
                     }
                 }
-                if !r.close {
+                if !r.close && !last {
                     conn = Some(c);
                     conn_pid = r.pid;
                 }
