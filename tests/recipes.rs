@@ -162,6 +162,9 @@ struct Event {
     worst: Duration,
     /// Requests sent more than TAKEOVER after the return and still answered by an old pid.
     late_old: usize,
+    /// The first failures: when each was sent after the event's start, how long it took,
+    /// the client's kind.
+    failures: Vec<String>,
 }
 
 /// The listener a `.socket` unit with `NoDelay=yes` would hand over.
@@ -517,9 +520,17 @@ fn analyse(samples: &[Sample], marks: &[Mark]) -> Vec<Event> {
                 failed: 0,
                 worst: Duration::ZERO,
                 late_old: 0,
+                failures: Vec::new(),
             };
             for s in window {
                 r.failed += usize::from(s.failed);
+                if s.failed && r.failures.len() < 6 {
+                    let at = s.sent.saturating_duration_since(started).as_millis();
+                    let took = s.took.as_millis();
+                    let conn = if s.conn_pid.is_some() { "kept" } else { "new" };
+                    r.failures
+                        .push(format!("+{at} ms {} {conn} took {took} ms", s.kind));
+                }
                 let asked = if s.slow {
                     Duration::from_millis(300)
                 } else {
@@ -582,6 +593,9 @@ fn report(stack: &Stack, events: usize, analysed: &[Event], tally: &Tally, figur
                 ms(r.worst),
                 r.late_old
             );
+            if !r.failures.is_empty() {
+                println!("    failed: {}", r.failures.join(", "));
+            }
         }
     }
     if figures.is_empty() {
@@ -591,19 +605,31 @@ fn report(stack: &Stack, events: usize, analysed: &[Event], tally: &Tally, figur
         println!("  {f}");
     }
     if failed > 0 {
+        let mut clients = std::collections::BTreeMap::new();
+        for s in samples.iter().filter(|s| s.failed) {
+            let first = if s.conn_pid.is_some() {
+                "kept-alive"
+            } else {
+                "new"
+            };
+            *clients.entry((s.kind, first)).or_insert(0) += 1;
+        }
         let mut kinds = std::collections::BTreeMap::new();
         for e in &tally.errors {
-            *kinds.entry(e.as_str()).or_insert(0) += 1;
+            // "kind #n: what": the request's number on its connection left out.
+            let e = e.split_once(": ").map_or(e.as_str(), |(_, rest)| rest);
+            *kinds.entry(e).or_insert(0) += 1;
         }
         println!(
-            "  failures: {} refused, {} write, {} read, {} status, {} wrong echo; the first \
-             {} by kind: {kinds:?}",
+            "  failures: {} refused, {} write, {} read, {} status, {} wrong echo; by client \
+             and connection: {clients:?}; the first {} by error: {kinds:?}; first: {:?}",
             tally.connect,
             tally.write,
             tally.read,
             tally.status,
             tally.body,
-            tally.errors.len()
+            tally.errors.len(),
+            tally.errors.iter().take(6).collect::<Vec<_>>()
         );
     }
 }

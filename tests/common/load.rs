@@ -53,6 +53,8 @@ pub struct Sample {
     /// The pid that answered the previous request on the same connection (None: the
     /// request opened the connection): whom a kept-alive connection belonged to.
     pub conn_pid: Option<i32>,
+    /// The client's kind: "keep-alive", "slow", "fresh" or "post".
+    pub kind: &'static str,
 }
 
 impl Tally {
@@ -201,6 +203,12 @@ fn client(
 ) -> Tally {
     let mut t = Tally::default();
     let slow = path.starts_with("/slow");
+    let kind = match path {
+        FRESH => "fresh",
+        POST => "post",
+        _ if slow => "slow",
+        _ => "keep-alive",
+    };
     let mut conn: Option<BufReader<TcpStream>> = None;
     let mut conn_pid: Option<i32> = None;
     let get = |close: bool| match path {
@@ -259,12 +267,13 @@ fn client(
                     failed,
                     slow,
                     conn_pid,
+                    kind,
                 });
             }
         };
         if let Err(e) = c.get_mut().write_all(&request) {
             t.write += 1;
-            note(&mut t, format!("write: {e}"));
+            note(&mut t, format!("{kind} #{on_conn}: write: {e}"));
             sample(&mut t, None, true);
             continue;
         }
@@ -279,7 +288,7 @@ fn client(
                 note(
                     &mut t,
                     format!(
-                        "POST of {} bytes answered with {} other bytes",
+                        "post #{on_conn}: {} bytes answered with {} other bytes",
                         sent_body.len(),
                         r.body.len()
                     ),
@@ -301,11 +310,11 @@ fn client(
             }
             Ok(r) => {
                 t.status += 1;
-                note(&mut t, format!("status {}", r.status));
+                note(&mut t, format!("{kind} #{on_conn}: status {}", r.status));
             }
             Err(e) => {
                 t.read += 1;
-                note(&mut t, format!("read: {e}"));
+                note(&mut t, format!("{kind} #{on_conn}: read: {e}"));
             }
         }
     }
