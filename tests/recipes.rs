@@ -162,6 +162,8 @@ struct Event {
     worst: Duration,
     /// Requests sent more than TAKEOVER after the return and still answered by an old pid.
     late_old: usize,
+    /// The longest wait's request: when it was sent, its client, its connection.
+    worst_of: String,
     /// The first failures: when each was sent after the event's start, how long it took,
     /// the client's kind.
     failures: Vec<String>,
@@ -520,23 +522,24 @@ fn analyse(samples: &[Sample], marks: &[Mark]) -> Vec<Event> {
                 failed: 0,
                 worst: Duration::ZERO,
                 late_old: 0,
+                worst_of: String::new(),
                 failures: Vec::new(),
             };
             for s in window {
                 r.failed += usize::from(s.failed);
                 if s.failed && r.failures.len() < 6 {
-                    let at = s.sent.saturating_duration_since(started).as_millis();
-                    let took = s.took.as_millis();
-                    let conn = if s.conn_pid.is_some() { "kept" } else { "new" };
-                    r.failures
-                        .push(format!("+{at} ms {} {conn} took {took} ms", s.kind));
+                    r.failures.push(describe(s, started));
                 }
                 let asked = if s.slow {
                     Duration::from_millis(300)
                 } else {
                     Duration::ZERO
                 };
-                r.worst = r.worst.max(s.took.saturating_sub(asked));
+                let waited = s.took.saturating_sub(asked);
+                if waited > r.worst {
+                    r.worst = waited;
+                    r.worst_of = describe(s, started);
+                }
                 match s.pid {
                     Some(p) if old.contains(&p) => {
                         r.late_old += usize::from(s.sent > returned + TAKEOVER);
@@ -551,6 +554,22 @@ fn analyse(samples: &[Sample], marks: &[Mark]) -> Vec<Event> {
             r
         })
         .collect()
+}
+
+/// A request in a few words: sent when after `started`, by which client, on a new or a
+/// kept-alive connection, answered by whom, and how long it took.
+fn describe(s: &Sample, started: Instant) -> String {
+    let at = s.sent.saturating_duration_since(started).as_millis();
+    let conn = match s.conn_pid {
+        Some(p) => format!("kept-alive (pid {p})"),
+        None => "new".into(),
+    };
+    let by = s.pid.map_or("failed".into(), |p| format!("pid {p}"));
+    format!(
+        "+{at} ms {} on a {conn} connection, {by}, took {} ms",
+        s.kind,
+        s.took.as_millis()
+    )
 }
 
 fn report(stack: &Stack, events: usize, analysed: &[Event], tally: &Tally, figures: &[String]) {
@@ -585,12 +604,13 @@ fn report(stack: &Stack, events: usize, analysed: &[Event], tally: &Tally, figur
         for (i, r) in analysed.iter().enumerate() {
             println!(
                 "  {per} {}: returned after {}, first answer from a new pid after {}, \
-                 {} failed, longest wait {}, late old answers {}",
+                 {} failed, longest wait {} ({}), late old answers {}",
                 i + 1,
                 ms(r.returned),
                 r.first_new.map_or("never".into(), ms),
                 r.failed,
                 ms(r.worst),
+                r.worst_of,
                 r.late_old
             );
             if !r.failures.is_empty() {
