@@ -73,7 +73,10 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
     let held: Vec<HeldSocket> = h
         .sockets
         .into_iter()
-        .map(|s| HeldSocket::adopt(upgrade::adopt_fd(s.fd), s.name, s.address, s.unlink))
+        .map(|s| {
+            let fd = upgrade::adopt_fd(s.fd);
+            HeldSocket::adopt(fd, s.name, s.address, s.unlink, s.takeover)
+        })
         .collect();
     crate::fdlimit::raise(h.worker_nofile);
     let notify = WorkerNotifySocket::adopt(upgrade::adopt_fd(h.notify_fd), h.notify_dir);

@@ -22,6 +22,9 @@ use socket2::{Domain, SockAddr, Socket, Type};
 pub struct ListenSpec {
     pub name: Option<String>,
     pub kind: SpecKind,
+    /// `,takeover=off` turns the takeover (`crate::takeover`) off for this socket alone
+    /// (a stream socket whose clients speak something else than HTTP/1.x, say).
+    pub takeover: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,18 +56,42 @@ impl FromStr for ListenSpec {
         {
             return Err(format!("`{s}`: the name `{n}` must be printable ASCII"));
         }
-        let kind = parse_kind(rest).map_err(|why| {
+        let (rest, takeover) = split_takeover(rest);
+        let kind = parse_kind(&rest).and_then(|kind| match (kind, &takeover) {
+            (SpecKind::Udp(_), Some(_)) => Err("takeover= applies to stream sockets only".into()),
+            (kind, _) => Ok(kind),
+        });
+        let kind = kind.map_err(|why| {
             format!(
                 "`{s}` is not a listen spec ({why}): use 127.0.0.1:8080, [::]:80, \
-                 127.0.0.1:8080,nodelay=false, udp:127.0.0.1:5353 or \
-                 unix:/run/app.sock[,mode=0660]"
+                 127.0.0.1:8080,nodelay=false, 127.0.0.1:8080,takeover=off, \
+                 udp:127.0.0.1:5353 or unix:/run/app.sock[,mode=0660]"
             )
         })?;
         Ok(ListenSpec {
             name: name.map(str::to_owned),
             kind,
+            takeover: takeover.unwrap_or(Ok(true))?,
         })
     }
+}
+
+/// `rest` without its `takeover=` options, and the last one's value.
+fn split_takeover(rest: &str) -> (String, Option<Result<bool, String>>) {
+    let mut takeover = None;
+    let kept: Vec<&str> = rest
+        .split(',')
+        .filter(|opt| match opt.strip_prefix("takeover=") {
+            Some(v) => {
+                takeover = Some(crate::units::parse_switch(v).map_err(|e| {
+                    format!("`{rest}`: takeover={v}: {e} (takeover=off turns it off)")
+                }));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (kept.join(","), takeover)
 }
 
 fn parse_kind(s: &str) -> Result<SpecKind, String> {
@@ -127,17 +154,26 @@ pub struct HeldSocket {
     pub address: String,
     /// A unix socket file handover created and so must remove at exit.
     unlink: Option<PathBuf>,
+    /// Whether the takeover holds what stopping workers let go of this socket.
+    pub takeover: bool,
 }
 
 impl HeldSocket {
     /// Takes back a socket a previous image of handover handed over (self-upgrade).
-    pub fn adopt(fd: OwnedFd, name: String, address: String, unlink: Option<PathBuf>) -> Self {
+    pub fn adopt(
+        fd: OwnedFd,
+        name: String,
+        address: String,
+        unlink: Option<PathBuf>,
+        takeover: bool,
+    ) -> Self {
         set_cloexec(fd.as_fd());
         HeldSocket {
             fd,
             name,
             address,
             unlink,
+            takeover,
         }
     }
 
@@ -279,6 +315,7 @@ pub fn take_inherited(env: &ListenEnv) -> Result<Vec<HeldSocket>, SocketError> {
                 name,
                 address,
                 unlink: None,
+                takeover: true,
             }
         })
         .collect())
@@ -361,6 +398,7 @@ pub fn bind(spec: &ListenSpec) -> Result<HeldSocket, SocketError> {
         name,
         address,
         unlink,
+        takeover: spec.takeover,
     })
 }
 
@@ -425,6 +463,7 @@ pub fn collect(env: &ListenEnv, specs: &[ListenSpec]) -> Result<Collected, Socke
             Some(i) => {
                 let mut s = stored.swap_remove(i);
                 s.name = spec.name.clone().unwrap_or_else(|| "listen".to_owned());
+                s.takeover = spec.takeover;
                 match &spec.kind {
                     SpecKind::Unix { path, .. } => s.unlink = Some(path.clone()),
                     // The spec may have changed since the socket was bound; accepted
@@ -555,6 +594,29 @@ mod tests {
         assert!(e.contains(&path.display().to_string()), "{e}");
         drop(held);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn takeover_is_on_unless_a_stream_spec_turns_it_off() {
+        let spec = |t: &str| ListenSpec::from_str(t);
+        assert!(spec("127.0.0.1:80").unwrap().takeover);
+        let off = spec("web=127.0.0.1:80,takeover=off,nodelay=false").unwrap();
+        assert!(!off.takeover);
+        assert_eq!(off.name.as_deref(), Some("web"));
+        assert!(matches!(off.kind, SpecKind::Tcp { nodelay: false, .. }));
+        let unix = spec("unix:/run/a.sock,takeover=off,mode=0660").unwrap();
+        assert!(!unix.takeover);
+        assert!(matches!(
+            unix.kind,
+            SpecKind::Unix {
+                mode: Some(0o660),
+                ..
+            }
+        ));
+        let udp = spec("udp:127.0.0.1:53,takeover=off").unwrap_err();
+        assert!(udp.contains("stream sockets only"), "{udp}");
+        let bad = spec("127.0.0.1:80,takeover=maybe").unwrap_err();
+        assert!(bad.contains("takeover=off turns it off"), "{bad}");
     }
 
     #[test]

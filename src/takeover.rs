@@ -29,6 +29,7 @@
 mod body;
 mod grab;
 mod relay;
+mod tcp;
 mod watch;
 
 use std::collections::{HashMap, HashSet};

@@ -114,6 +114,13 @@ pub struct SocketHandoff {
     pub name: String,
     pub address: String,
     pub unlink: Option<PathBuf>,
+    /// `,takeover=off` on its spec (an older image never had it off).
+    #[serde(default = "on")]
+    pub takeover: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 impl Handoff {

@@ -36,6 +36,8 @@ pub(super) struct Held {
     /// The socket's inode: how the worker's fds are matched to it.
     pub(super) inode: u64,
     pub(super) upstream: Upstream,
+    /// Its byte counts when taken (TCP only), to tell a request read since.
+    pub(super) mark: Option<super::tcp::Mark>,
 }
 
 /// What a grab found.
@@ -112,6 +114,11 @@ pub(super) fn grab(
             let Ok(dup) = pidfd_getfd(&pidfd, fd) else {
                 continue;
             };
+            // The fd may have been closed and reused since its link was read: the
+            // duplicate's own inode is what counts.
+            if nix::sys::stat::fstat(&dup).map(|st| st.st_ino) != Ok(inode) {
+                continue;
+            }
             let Some(upstream) = listeners.upstream(&socket2::SockRef::from(&dup)) else {
                 continue;
             };
@@ -120,6 +127,7 @@ pub(super) fn grab(
                 continue;
             }
             out.held.push(Held {
+                mark: super::tcp::mark(&dup),
                 fd: dup,
                 inode,
                 upstream,

@@ -23,8 +23,12 @@ use super::{Batch, Claim, Params, relay};
 /// How often a batch's tree is looked at while it still holds some of the connections.
 const EVERY: Duration = Duration::from_millis(20);
 /// How long after the stop the tree is also looked at for connections it accepted since,
-/// and how often meanwhile.
+/// and how often meanwhile: every millisecond over the first `FIRST` (uvicorn's 100 ms
+/// tick and then some), every 5 after. What it accepts and closes unread between two
+/// looks is lost: the looks can only make that window small.
 const NEW_WINDOW: Duration = Duration::from_millis(500);
+const FIRST: Duration = Duration::from_millis(150);
+const FIRST_EVERY: Duration = Duration::from_millis(1);
 const NEW_EVERY: Duration = Duration::from_millis(5);
 
 /// After the graceful timeout the worker was killed; this much more, then what is still
@@ -56,7 +60,12 @@ pub(super) async fn watch(mut batch: Batch, mut waiting: Vec<(Held, Claim)>, par
             // unused.
             return;
         }
-        tokio::time::sleep(if early { NEW_EVERY } else { EVERY }).await;
+        let pace = match start.elapsed() {
+            e if e < FIRST => FIRST_EVERY,
+            e if e < NEW_WINDOW => NEW_EVERY,
+            _ => EVERY,
+        };
+        tokio::time::sleep(pace).await;
     }
 }
 

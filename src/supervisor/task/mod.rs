@@ -247,7 +247,10 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         start_time,
         outputs: output::Outputs::new(),
         takeover: Takeover::new(
-            &fds,
+            &(ctx.sockets.iter())
+                .filter(|s| s.takeover)
+                .map(|s| s.fd.as_fd())
+                .collect::<Vec<_>>(),
             Takeover::cap(crate::fdlimit::limits().map_or(1024, |l| l.soft)),
         ),
     };

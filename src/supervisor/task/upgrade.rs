@@ -250,6 +250,7 @@ impl Task<'_> {
                     name: s.name.clone(),
                     address: s.address.clone(),
                     unlink: s.unlink_path().map(ToOwned::to_owned),
+                    takeover: s.takeover,
                 })
                 .collect(),
             notify_fd: notify.as_fd().as_raw_fd(),
