@@ -1340,6 +1340,18 @@ fn a_half_request_that_stalls_is_closed_at_the_graceful_timeout_while_control_an
         !text.starts_with("HTTP/1.1 200"),
         "half a body is never answered 200: {text:?}"
     );
+    assert!(
+        open_at_status,
+        "the held connection was still open when status answered (the stall is bounded by \
+         the graceful timeout, 3s, not closed at once)"
+    );
+    // Something arrived, so the hold (1s) is not what ends it: a slow upload is not cut
+    // at the hold.
+    assert!(
+        closed_after >= 2 * SEC,
+        "the stalled request was closed after {closed_after:?}, before the graceful timeout \
+         (3s)"
+    );
 }
 
 #[test]
