@@ -25,7 +25,9 @@
 //!    close`) or a clean close, never a wrong or mixed-up response, and the second request
 //!    never runs unanswered.
 //! 7. `--takeover off` and `--listen …,takeover=off` bring the race back (the switch works).
-//! 8. `handover status` (`takeover:` line) and the metrics count what happened.
+//! 8. `handover status` (`takeover:` line) and the metrics count what happened; an idle
+//!    held connection is closed at `--takeover-hold`.
+//! 9. A stop (no generation left to serve) holds nothing: idle connections close at once.
 //!
 //! Without uvicorn or nginx (outside CI) each test prints "SKIPPED: … run
 //! scripts/recipe-deps" and passes; under CI=true it fails. `--takeover*` options are only
