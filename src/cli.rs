@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::demo_worker::DemoWorkerArgs;
 use crate::sockets::ListenSpec;
 use crate::units::{
-    MAX_WORKERS, Readiness, StopTo, Warmup, parse_duration, parse_signal, parse_size,
+    MAX_WORKERS, Readiness, StopTo, Warmup, parse_duration, parse_hold, parse_signal, parse_size,
+    parse_switch,
 };
 
 /// Zero-downtime restarts for any server under systemd.
@@ -181,6 +182,19 @@ pub struct RunArgs {
     /// stream of its own instead (`journalctl _PID=…`, identifier `NAME-genN`).
     #[arg(long)]
     pub log_prefix: bool,
+
+    /// The takeover: a stopping worker's connections are held by handover, and the next
+    /// HTTP/1.x request on each one it lets go (a server closing its idle keep-alive
+    /// connections) is answered by the serving generation with `Connection: close`, so
+    /// no client sees a reset at a reload [default: on].
+    #[arg(long, value_parser = parse_switch, value_name = "on|off")]
+    pub takeover: Option<bool>,
+
+    /// How long a connection a stopping worker let go waits for its next request before
+    /// handover closes it (a client waiting for a close-delimited end gets its EOF at
+    /// most this late) [default: 1s].
+    #[arg(long, value_parser = parse_hold, value_name = "DURATION")]
+    pub takeover_hold: Option<Duration>,
 
     /// Control socket path [default: $RUNTIME_DIRECTORY/handover.sock under systemd].
     #[arg(long, value_name = "PATH", env = "HANDOVER_CONTROL")]

@@ -312,6 +312,7 @@ pub fn render(s: &StatusReport) -> String {
         }
         None => out += "last reload: none yet\n",
     }
+    out += &format!("takeover: {}\n", s.takeover.line());
     // Memory of each generation: its cgroup's memory.current where there is one, else
     // the sum of its workers' trees.
     let mut by_generation: std::collections::BTreeMap<u64, u64> = Default::default();

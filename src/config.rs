@@ -129,6 +129,11 @@ impl RunConfig {
                 probation: args.probation.or(file.probation),
                 canary: args.canary.or(file.canary).unwrap_or(0) as usize,
                 log_prefix: args.log_prefix || file.log_prefix.unwrap_or(false),
+                takeover: args.takeover.or(file.takeover).unwrap_or(true).then(|| {
+                    (args.takeover_hold)
+                        .or(file.takeover_hold)
+                        .unwrap_or(crate::takeover::DEFAULT_HOLD)
+                }),
                 ..Settings::default()
             },
             reload_timeout: args
@@ -219,6 +224,10 @@ impl std::fmt::Display for RunConfig {
         writeln!(f, "reload_timeout = \"{reload_timeout}\"")?;
         if s.log_prefix {
             writeln!(f, "log_prefix = true")?;
+        }
+        match s.takeover {
+            Some(hold) => writeln!(f, "takeover_hold = \"{}\"", show_duration(hold))?,
+            None => writeln!(f, "takeover = false")?,
         }
         if let Some(d) = &self.release.chdir {
             writeln!(f, "chdir = {}", q(d.as_os_str()))?;

@@ -19,6 +19,8 @@
 //! reload_timeout = "80s"                   # below TimeoutStartSec; probation fits in it
 //! chdir = "/srv/app/current"
 //! log_prefix = false                       # off the journal: `gen=N slot=S pid=P` lines
+//! takeover = true                          # answer what a stopping worker lets go
+//! takeover_hold = "1s"                     # how long such a connection waits for a request
 //! env_file = "/etc/myapp/env"              # relative: against this file's directory
 //! pid_file = "/run/myapp/handover.pid"     # read at start only
 //! metrics_file = "/var/lib/node_exporter/textfile/myapp.prom"  # read at start only
@@ -42,7 +44,9 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess,
 use toml::{Spanned, Value};
 
 use crate::sockets::ListenSpec;
-use crate::units::{Readiness, StopTo, Warmup, parse_duration, parse_signal, parse_size};
+use crate::units::{
+    Readiness, StopTo, Warmup, parse_duration, parse_hold, parse_signal, parse_size, parse_switch,
+};
 
 /// The settings a config file may give; `None` (or an empty `env`) means not given.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -70,6 +74,10 @@ pub struct FileConfig {
     pub graceful_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "log_prefix")]
     pub log_prefix: Option<bool>,
+    #[serde(default, deserialize_with = "takeover")]
+    pub takeover: Option<bool>,
+    #[serde(default, deserialize_with = "takeover_hold")]
+    pub takeover_hold: Option<Duration>,
     #[serde(default, deserialize_with = "batch")]
     pub batch: Option<u32>,
     #[serde(default, deserialize_with = "max_lifetime")]
@@ -360,6 +368,11 @@ field!(log_prefix: bool, |v| match v {
     Value::Boolean(b) => Ok(*b),
     _ => Err(format!("{v} is not true or false")),
 });
+field!(takeover: bool, |v| match v {
+    Value::Boolean(b) => Ok(*b),
+    _ => parsed(v, parse_switch),
+});
+field!(takeover_hold: Duration, |v| parsed(v, parse_hold));
 field!(probation: Duration, |v| parsed(v, parse_duration));
 field!(canary: u32, |v| number(v, 1, 4096, "a whole number of canary workers from 1 to workers, or leave it out"));
 field!(reload_timeout: Duration, |v| parsed(v, parse_duration));
@@ -469,6 +482,8 @@ A_FIRST = "x=y"
             canary: None,
             reload_timeout: None,
             log_prefix: Some(true),
+            takeover: None,
+            takeover_hold: None,
             env: vec![
                 ("RUST_LOG".into(), "info".into()),
                 ("A_FIRST".into(), "x=y".into()),

@@ -138,6 +138,9 @@ pub struct StatusReport {
     /// Each generation's own cgroup, under systemd with `Delegate=` (none otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroups: Vec<CgroupInfo>,
+    /// The connections taken over from stopping workers (`crate::takeover`).
+    #[serde(default)]
+    pub takeover: crate::takeover::Totals,
 }
 
 /// A generation's cgroup and what it measures.

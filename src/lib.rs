@@ -23,7 +23,8 @@
 //! Modules: [`sockets`] (intake and binding), [`spawn`] (fork/exec with the fds),
 //! [`notify`] (sd_notify both ways), [`cgroup`] (a generation per cgroup), [`output`]
 //! (the workers' stdout and stderr), [`supervisor`] (the pure `Machine` + the task that
-//! executes it), [`release`] (what a generation runs), [`units`] (leaf types and
+//! executes it), [`takeover`] (the connections an old worker lets go, answered once by
+//! the serving generation), [`release`] (what a generation runs), [`units`] (leaf types and
 //! defaults), [`config`], [`config_file`] and [`cli`] (flags and file), [`logging`],
 //! [`demo_worker`] (the reference worker).
 
@@ -51,5 +52,6 @@ pub mod run;
 pub mod sockets;
 pub mod spawn;
 pub mod supervisor;
+pub mod takeover;
 pub mod units;
 pub mod upgrade;

@@ -32,6 +32,8 @@ pub struct View {
     pub workers: BTreeMap<(u64, &'static str), usize>,
     /// Resident memory per generation, in bytes.
     pub memory: BTreeMap<u64, u64>,
+    /// The connections taken over from stopping workers.
+    pub takeover: crate::takeover::Totals,
 }
 
 struct Text(String);
@@ -177,7 +179,34 @@ pub fn render(v: &View) -> String {
             bytes,
         );
     }
+    takeover(&mut t, &v.takeover);
     t.0
+}
+
+/// The takeover's families: connections by outcome, and held now.
+fn takeover(t: &mut Text, totals: &crate::takeover::Totals) {
+    t.family(
+        "handover_takeover_connections_total",
+        "counter",
+        "Connections a stopping worker let go that handover held, by outcome: answered (their next request was answered by the serving generation), unused (closed without a request), failed (the relay broke).",
+    );
+    for (outcome, n) in [
+        ("answered", totals.answered),
+        ("unused", totals.unused),
+        ("failed", totals.failed),
+    ] {
+        t.sample(
+            "handover_takeover_connections_total",
+            &[("outcome", outcome)],
+            n,
+        );
+    }
+    t.single(
+        "handover_takeover_held_connections",
+        "gauge",
+        "Connections held by the takeover now (waiting for their worker to let go, for a request, or being relayed).",
+        totals.held,
+    );
 }
 
 /// When this process started, in seconds since the epoch: its start in clock ticks since
@@ -229,6 +258,13 @@ mod tests {
             },
             workers,
             memory: [(2, 1000), (3, 4096)].into_iter().collect(),
+            takeover: crate::takeover::Totals {
+                taken: 5,
+                answered: 3,
+                unused: 1,
+                failed: 1,
+                held: 0,
+            },
         }
     }
 

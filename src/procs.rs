@@ -1,6 +1,9 @@
 //! The process table, read from `/proc/*/stat`: who is whose parent, in which process
 //! group, and who is a zombie. The manager's view of its workers' trees (strays, drained
-//! groups, memory of a whole tree); it only reads, never signals.
+//! groups, memory of a whole tree); it only reads, never signals. `pidfd_getfd` gives the
+//! manager its own reference to a worker's socket (readiness, takeover).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// One process as `/proc/PID/stat` describes it.
 pub struct Proc {
@@ -71,6 +74,28 @@ pub fn rss(pid: i32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())?;
     Some(kib * 1024)
+}
+
+/// A pidfd for `pid` (close-on-exec), for `pidfd_getfd`.
+pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a new fd (or -1) and touches no memory of ours.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just returned to us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(pidfd as i32) })
+}
+
+/// The manager's own duplicate of fd `fd` of the process behind `pidfd` (close-on-exec).
+pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd returns a new fd (or -1); no memory is passed.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above, a new fd that only the caller owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup as i32) })
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-mod accepted;
+pub(crate) mod accepted;
 mod pool;
 mod thread;
 

@@ -171,6 +171,8 @@ fn demo_args(args: &DemoArgs) -> anyhow::Result<RunArgs> {
         env_file: None,
         chdir: None,
         log_prefix: false,
+        takeover: None,
+        takeover_hold: None,
         control: args.control.clone(),
         command: vec![exe.into(), "demo-worker".into()],
     })

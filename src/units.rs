@@ -159,6 +159,29 @@ impl Warmup {
     }
 }
 
+/// The takeover's hold (`--takeover-hold`, `takeover_hold`): a duration above zero and
+/// at most a minute (a client is held that long at most waiting for its EOF).
+pub fn parse_hold(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!(
+            "`{s}`: the hold must be above 0 (to turn the takeover off: takeover off)"
+        )),
+        d if d > Duration::from_secs(60) => Err(format!(
+            "`{s}`: the hold is at most 60s (a client waits that long for its EOF)"
+        )),
+        d => Ok(d),
+    }
+}
+
+/// `on` or `off` (also true/false, yes/no, 1/0).
+pub fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("`{s}` is not on or off")),
+    }
+}
+
 /// Parses `500ms`, `2s`, `1m`, `1h`; a bare number means seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("`{s}` is not a duration: use e.g. 500ms, 30s, 2m");

@@ -20,7 +20,9 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::procs::{pidfd_getfd, pidfd_open};
 
 /// The local addresses of the held sockets that are TCP listeners.
 pub fn tcp_listeners(fds: &[BorrowedFd<'_>]) -> Vec<SocketAddr> {
@@ -102,27 +104,6 @@ fn duplicates_allowed() -> bool {
     })
 }
 
-fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open returns a new fd (or -1) and touches no memory of ours.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the fd was just returned to us and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(pidfd as i32) })
-}
-
-/// The manager's own duplicate of fd `fd` of the process behind `pidfd` (close-on-exec).
-fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_getfd returns a new fd (or -1); no memory is passed.
-    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if dup < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: as above, a new fd that only the caller owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(dup as i32) })
-}
-
 /// Inodes of the connections accepted from `listeners` (this network namespace's).
 fn accepted_inodes(listeners: &[SocketAddr]) -> HashSet<u64> {
     if listeners.is_empty() {
@@ -146,7 +127,7 @@ fn accepted_inodes(listeners: &[SocketAddr]) -> HashSet<u64> {
 }
 
 /// Whether a connection with local address `local` came from listener `l`.
-fn serves(l: &SocketAddr, local: &SocketAddr) -> bool {
+pub(crate) fn serves(l: &SocketAddr, local: &SocketAddr) -> bool {
     l.port() == local.port() && (l.ip().is_unspecified() || same_ip(l.ip(), local.ip()))
 }
 

@@ -60,6 +60,12 @@ pub struct Settings {
     /// Off the journal: the workers' lines are copied with a `gen=N slot=S pid=P` prefix.
     #[serde(default)]
     pub log_prefix: bool,
+    /// The takeover (`crate::takeover`): a stopping worker's connections are held and
+    /// their next request answered by the serving generation, each waiting this long for
+    /// it. `None`: off. Off in `Settings::default()`, so that the machine's stories need
+    /// not mention it; the configuration turns it on by default.
+    #[serde(default)]
+    pub takeover: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -82,6 +88,7 @@ impl Default for Settings {
             probation: None,
             canary: 0,
             log_prefix: false,
+            takeover: None,
         }
     }
 }
@@ -203,6 +210,15 @@ pub enum Action {
         generation: GenId,
         slot: usize,
         release: Arc<Release>,
+    },
+    /// Take over the connections of the tree of worker `pid` of `generation` (it is
+    /// about to get its stop signal while another worker serves): each released one's
+    /// next request waits `hold`, and all of it ends within `bound`.
+    TakeOver {
+        pid: i32,
+        generation: GenId,
+        hold: Duration,
+        bound: Duration,
     },
     /// Send `signal` to the worker; with `group`, to its whole process group.
     Signal {

@@ -246,6 +246,7 @@ impl Machine {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        let takeover = self.takeover_hold(g, id);
         let Some(generation) = self.generations.get_mut(&g) else {
             return;
         };
@@ -260,12 +261,38 @@ impl Machine {
             kill_at: Some(now + s.graceful_timeout),
         };
         if let Some(pid) = w.pid {
+            if let Some(hold) = takeover {
+                out.push(Action::TakeOver {
+                    pid,
+                    generation: g,
+                    hold,
+                    bound: s.graceful_timeout,
+                });
+            }
             out.push(Action::Signal {
                 pid,
                 signal: s.stop_signal,
                 group: s.stop_to == StopTo::Group,
             });
         }
+    }
+
+    /// Whether worker `id` of `g`, about to stop, has its connections taken over, and
+    /// their hold: only with the takeover on for its generation, and only while another
+    /// worker serves to answer them (a reload's drain, a scale-down, recycling, a
+    /// rolled-back candidate), never at the manager's stop or a pause.
+    fn takeover_hold(&self, g: GenId, id: WorkerId) -> Option<Duration> {
+        if self.is_stopping() || self.is_paused() {
+            return None;
+        }
+        let hold = self.generations.get(&g)?.settings.takeover?;
+        let another_serves = self.generations.values().any(|other| {
+            other
+                .workers
+                .iter()
+                .any(|(wid, w)| (other.id, *wid) != (g, id) && w.phase == WorkerPhase::Ready)
+        });
+        another_serves.then_some(hold)
     }
 
     pub(super) fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {

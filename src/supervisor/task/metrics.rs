@@ -51,6 +51,7 @@ pub(super) fn view(
     upgrades: u32,
     start_time: Option<f64>,
     memory: Option<&Cgroups>,
+    takeover: crate::takeover::Totals,
 ) -> View {
     let mut workers = BTreeMap::new();
     for (g, _, w) in m.workers() {
@@ -66,6 +67,7 @@ pub(super) fn view(
         counters: m.counters().clone(),
         workers,
         memory: memory.map_or_else(BTreeMap::new, |c| generation_memory(m, c)),
+        takeover,
     }
 }
 
@@ -84,13 +86,20 @@ impl Task<'_> {
             self.upgrades,
             self.start_time,
             Some(&self.cgroups),
+            self.takeover.totals(),
         ))
     }
 
     /// Rewrites the metrics file if what it shows changed (or always, with `refresh`).
     pub(super) fn publish_metrics(&mut self, m: &Machine, refresh: bool) {
         let Some(p) = &mut self.metrics else { return };
-        let now = view(m, self.upgrades, self.start_time, None);
+        let now = view(
+            m,
+            self.upgrades,
+            self.start_time,
+            None,
+            self.takeover.totals(),
+        );
         if !refresh && p.shown.as_ref() == Some(&now) {
             return;
         }

@@ -39,6 +39,7 @@ use crate::control::{self, ControlServer, Request};
 use crate::notify::{self, SdState, WorkerNotifySocket};
 use crate::sockets::HeldSocket;
 use crate::spawn::WorkerEnv;
+use crate::takeover::{self, Takeover};
 use crate::upgrade as self_upgrade;
 use intake::{MEMORY_EVERY, read_notifications, sample_memory};
 use readiness::PROBE_EVERY;
@@ -152,6 +153,8 @@ struct Task<'a> {
     start_time: Option<f64>,
     /// The workers' stdout and stderr: journal streams, or copiers for log_prefix.
     outputs: output::Outputs,
+    /// The connections stopping workers let go (crate::takeover): its own tasks.
+    takeover: Takeover,
 }
 
 /// Runs the supervisor until it decides to exit; returns the exit code.
@@ -186,7 +189,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     });
     if let Some(p) = &published {
         if ctx.resume.is_none() {
-            let view = metrics::view(&machine, 0, start_time, None);
+            let view = metrics::view(&machine, 0, start_time, None, Default::default());
             p.file.write(&crate::metrics::render(&view))?;
         }
         tracing::info!("metrics file: {}", p.file.path().display());
@@ -216,9 +219,10 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         }
     };
     let notify_path = notify_socket.path().to_owned();
+    let fds: Vec<_> = ctx.sockets.iter().map(|s| s.fd.as_fd()).collect();
     let mut task = Task {
         env: WorkerEnv {
-            fds: ctx.sockets.iter().map(|s| s.fd.as_fd()).collect(),
+            fds: fds.clone(),
             fd_names: ctx.sockets.iter().map(|s| s.name.clone()).collect(),
             notify_socket: &notify_path,
         },
@@ -242,6 +246,10 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         metrics: published,
         start_time,
         outputs: output::Outputs::new(),
+        takeover: Takeover::new(
+            &fds,
+            Takeover::cap(crate::fdlimit::limits().map_or(1024, |l| l.soft)),
+        ),
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
@@ -292,6 +300,10 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 note.log();
             }
             task.reload_phase = machine.reload_phase();
+            if machine.is_stopping() {
+                // The serving generation drains too: released connections are closed.
+                task.takeover.close();
+            }
             for action in actions {
                 if let Action::Exit(_) = action {
                     // Nothing of any generation may outlive the manager: what re-parented
@@ -303,6 +315,9 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                     }
                 }
                 if let Some(code) = task.execute(action, &mut answers, &machine) {
+                    // A relay still in flight is let finish, briefly (the manager's exit
+                    // would cut it); nothing new is relayed once stopping.
+                    task.takeover.settle(takeover::EXIT_SETTLE).await;
                     task.cgroups.remove_all();
                     task.systemd.settle();
                     task.publish_metrics(&machine, true);
@@ -419,6 +434,14 @@ impl Task<'_> {
                     },
                 });
             }
+            Action::TakeOver {
+                pid,
+                generation,
+                hold,
+                bound,
+            } => self
+                .takeover
+                .take(generation, pid, takeover::Params { hold, bound }),
             Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
             Action::Priority { generation, low } => self.cgroups.priority(generation, low, m),
             Action::KillGeneration { generation } => self.cgroups.kill(generation),

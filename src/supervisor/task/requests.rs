@@ -123,6 +123,7 @@ impl Task<'_> {
             workers,
             last_reload: self.last_reload_info(now),
             cgroups: self.cgroup_report(m),
+            takeover: self.takeover.totals(),
         }
     }
 

@@ -164,6 +164,9 @@ impl Task<'_> {
         if let Err(why) = checked {
             return self.end_upgrade(&why, queue);
         }
+        // The exec closes every connection the takeover holds: what it holds now is
+        // answered first, or given up after a moment (see crate::takeover).
+        self.takeover.settle(crate::takeover::UPGRADE_SETTLE).await;
         // From here a signal stays pending in the kernel, and crosses the exec.
         upgrade::block_signals();
         // Turns of the runtime until nothing new comes in: a signal whose handler ran

@@ -1,0 +1,179 @@
+//! Step 3: a released connection's next request, answered by the serving generation.
+//!
+//! The connection is the manager's alone now. If the worker had already sent its FIN
+//! (shutdown(2) before close), the client has been told the connection ends: it is
+//! closed. Otherwise the client's next bytes are waited for, at most `hold`. A complete
+//! HTTP/1.x request head (httparse) is sent, with `Connection: close`, over a fresh
+//! connection to the same held socket, where whichever worker accepts it (the serving
+//! generation: the stopping one no longer accepts) answers; its body follows exactly as
+//! framed, and the response streams back until the worker closes. Then the client gets
+//! its FIN, and its connection is read (and what is read thrown away) for a moment
+//! before the close, so a pipelined request left unread does not turn the FIN into a
+//! reset that could destroy the response before the client reads it.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::body::{self, Head};
+use super::grab::{Held, Upstream};
+use super::{Claim, Outcome, Params};
+
+/// After the response, how long the client's further bytes are read and dropped before
+/// the close, and how many at most.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: u64 = 1 << 20;
+
+/// Answers (or closes) one released connection; its claim counts how it ended.
+pub(super) async fn serve(held: Held, mut claim: Claim, params: Params) {
+    let served = tokio::time::timeout(params.bound, answer(held, &mut claim, params.hold)).await;
+    if let Ok(Err(e)) = &served {
+        tracing::debug!("takeover: a relay ended: {e}");
+    }
+    // A relay cut by the bound keeps the outcome it had reached: unused before it sent
+    // anything on, failed after.
+}
+
+async fn answer(held: Held, claim: &mut Claim, hold: Duration) -> io::Result<()> {
+    if fin_sent(&held.fd) {
+        claim.fin_sent();
+        return Ok(());
+    }
+    match &held.upstream {
+        Upstream::Tcp(addr) => {
+            let client = tcp(held.fd)?;
+            exchange(client, claim, hold, || {
+                tokio::net::TcpStream::connect(*addr)
+            })
+            .await
+        }
+        Upstream::Unix(path) => {
+            let std = std::os::unix::net::UnixStream::from(held.fd);
+            std.set_nonblocking(true)?;
+            let client = tokio::net::UnixStream::from_std(std)?;
+            exchange(client, claim, hold, || {
+                tokio::net::UnixStream::connect(path)
+            })
+            .await
+        }
+    }
+}
+
+fn tcp(fd: OwnedFd) -> io::Result<tokio::net::TcpStream> {
+    let std = std::net::TcpStream::from(fd);
+    // Only now: O_NONBLOCK is shared with every duplicate, and the worker's are gone.
+    std.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(std)
+}
+
+/// The request on `client`, sent to a connection from `connect`, and its answer back.
+async fn exchange<C, U, F>(
+    mut client: C,
+    claim: &mut Claim,
+    hold: Duration,
+    connect: impl FnOnce() -> F,
+) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    F: std::future::Future<Output = io::Result<U>>,
+{
+    let mut buf = Vec::with_capacity(8192);
+    match tokio::time::timeout(hold, client.read_buf(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        // Nothing within the hold, EOF or an error: closed, as the worker meant.
+        _ => return Ok(()),
+    }
+    let head = loop {
+        match body::parse_head(&buf) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {
+                buf.reserve(4096);
+                if client.read_buf(&mut buf).await? == 0 {
+                    return Ok(());
+                }
+            }
+            Err(why) => {
+                tracing::debug!("takeover: a released connection closed: {why}");
+                return Ok(());
+            }
+        }
+    };
+    if claim.closing() {
+        return Ok(());
+    }
+    claim.outcome = Outcome::Failed;
+    let upstream = connect().await?;
+    let early = buf.split_off(head.len);
+    let answered = relay(&mut client, upstream, head, early).await?;
+    if answered > 0 {
+        claim.outcome = Outcome::Answered;
+    }
+    client.shutdown().await?;
+    linger(&mut client).await;
+    Ok(())
+}
+
+/// Sends the request on and streams the response back; returns the response's length.
+async fn relay<C, U>(client: &mut C, upstream: U, head: Head, early: Vec<u8>) -> io::Result<u64>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut up_read, mut up_write) = tokio::io::split(upstream);
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    up_write.write_all(&head.rewritten).await?;
+    let request = async {
+        // A body cut short (the client left) or refused halfway (the worker answered
+        // early, e.g. 413) ends the sending side only; the response decides the rest.
+        if body::forward(&mut client_read, &mut up_write, early, head.framing)
+            .await
+            .is_err()
+        {
+            let _ = up_write.shutdown().await;
+        }
+        let _ = up_write.flush().await;
+        std::future::pending::<()>().await
+    };
+    let response = tokio::io::copy(&mut up_read, &mut client_write);
+    tokio::select! {
+        copied = response => copied,
+        () = request => unreachable!("the request side never ends by itself"),
+    }
+}
+
+/// Reads and drops what the client still sends, briefly, so that the close that follows
+/// is a FIN rather than a reset (see the module's doc).
+async fn linger<C: AsyncRead + Unpin>(client: &mut C) {
+    let mut sink = tokio::io::sink();
+    let mut rest = client.take(LINGER_BYTES);
+    let drain = tokio::io::copy(&mut rest, &mut sink);
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Whether the worker sent its FIN already (shutdown(2) before close): the client knows
+/// the connection is ending, so no request can come.
+fn fin_sent(fd: &OwnedFd) -> bool {
+    // SAFETY: a zeroed tcp_info is a valid value (plain integers).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live struct.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // Not TCP (a unix socket): no state to read.
+    if r != 0 {
+        return false;
+    }
+    const ESTABLISHED: u8 = 1;
+    const CLOSE_WAIT: u8 = 8;
+    !matches!(info.tcpi_state, ESTABLISHED | CLOSE_WAIT)
+}
