@@ -24,10 +24,13 @@
 //! 6. A pipelined pair on a held connection gets the first answer (with `Connection:
 //!    close`) or a clean close, never a wrong or mixed-up response, and the second request
 //!    never runs unanswered.
-//! 7. `--takeover off` and `--listen …,takeover=off` bring the race back (the switch works).
+//! 7. `--takeover off`, `takeover = false` in the config file and `--listen …,takeover=off`
+//!    bring the race back (the switch works).
 //! 8. `handover status` (`takeover:` line) and the metrics count what happened; an idle
 //!    held connection is closed at `--takeover-hold`.
 //! 9. A stop (no generation left to serve) holds nothing: idle connections close at once.
+//! 10. Connections the old worker accepts after its stop signal (uvicorn acts on SIGTERM at
+//!     its next 100 ms tick and accepts until then) are held too.
 //!
 //! Without uvicorn or nginx (outside CI) each test prints "SKIPPED: … run
 //! scripts/recipe-deps" and passes; under CI=true it fails. `--takeover*` options are only
@@ -1478,6 +1481,22 @@ fn with_takeover_off_on_the_listener_the_keepalive_race_fails_again() {
 }
 
 #[test]
+fn with_takeover_false_in_the_config_file_the_keepalive_race_fails_again() {
+    let config = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(config.path(), "takeover = false\n").expect("write config");
+    let path = config.path().display().to_string();
+    let Some(h) = Handover::start(Listen::Fd3, 1, &["--config", &path]) else {
+        return;
+    };
+    let (got, end) = keepalive_race(&h);
+    assert!(
+        got.is_empty() && end != End::Open,
+        "takeover = false: EOF or a reset expected, got {:?} ({end:?})",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
 fn with_takeover_on_a_unix_listener_the_keepalive_race_is_answered() {
     let Some(h) = Handover::start(Listen::Unix(""), 1, &[]) else {
         return;
@@ -1491,6 +1510,81 @@ fn with_takeover_on_a_unix_listener_the_keepalive_race_is_answered() {
     assert_eq!(r.header("x-path"), Some("/next"), "{text:?}");
     assert!(r.close(), "{text:?}");
     assert_eq!(end, End::Eof, "{text:?}");
+}
+
+#[test]
+fn connections_the_old_worker_accepts_after_its_stop_signal_are_held_too() {
+    // uvicorn acts on SIGTERM at its next 100 ms tick: until then it still accepts. A
+    // connection it accepted after handover looked at its fds, then closed as idle at
+    // the tick, is just as much a keep-alive connection closed under its client. A
+    // client opens a connection (one GET each) every few ms across the reload; every
+    // connection the old worker answered then gets its next request answered.
+    let Some(h) = Handover::start(Listen::Fd3, 1, &[]) else {
+        return;
+    };
+    let old = h.children()[0];
+    let stop = AtomicBool::new(false);
+    let conns = std::sync::Mutex::new(Vec::new());
+    let (gone, opened) = std::thread::scope(|s| {
+        let opener = s.spawn(|| {
+            let end = Instant::now() + 60 * SEC;
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end && n < 2_000 {
+                n += 1;
+                let Ok(stream) = h.target.connect() else {
+                    continue;
+                };
+                let mut c = BufReader::new(stream);
+                if send(&mut c, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").is_err() {
+                    continue;
+                }
+                let pid = read_response(&mut c)
+                    .ok()
+                    .and_then(|r| r.pid().filter(|_| !r.close()));
+                if let Some(pid) = pid {
+                    conns.lock().expect("lock").push((c, pid, Instant::now()));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            n
+        });
+        wait_for(10 * SEC, "connections before the reload", || {
+            (conns.lock().ok()?.len() > 10).then_some(())
+        });
+        let gone = h.reload_until_old_gone();
+        stop.store(true, Ordering::Relaxed);
+        (gone, opener.join().expect("opener"))
+    });
+    let mut conns = conns.into_inner().expect("lock");
+    conns.retain(|(_, pid, _)| *pid == old);
+    // Send on all of them at once (the hold runs for each), then read every answer.
+    let mut failed = Vec::new();
+    for (c, _, _) in conns.iter_mut() {
+        let _ = send(c, b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    let late_since = gone.elapsed();
+    for (i, (c, _, answered_at)) in conns.iter_mut().enumerate() {
+        match read_response(c) {
+            Ok(r) if r.status == 200 && r.close() && r.pid() != Some(old) => {}
+            other => failed.push(format!(
+                "connection {i} (first answered {:?} before the old worker was gone): {other:?}",
+                gone.saturating_duration_since(*answered_at)
+            )),
+        }
+    }
+    println!(
+        "{opened} connections opened, {} answered by the old worker; sent on them {late_since:?} \
+         after it was gone; {} failed",
+        conns.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections the old worker had answered failed their next request:\n{}",
+        failed.len(),
+        conns.len(),
+        failed.join("\n")
+    );
 }
 
 /// All integers in `line`, in order.
