@@ -12,15 +12,17 @@
 //!
 //! 1. nginx (`keepalive 32`, HTTP/1.1 upstream) in front, upstream over TCP and over a
 //!    unix socket: POSTs with bodies through 5 reloads get **no 502** and no other failure.
-//! 2. A 1 MiB POST, a chunked POST and an `Expect: 100-continue` POST sent on kept-alive
-//!    connections the old worker has already closed arrive intact (checksum at the app ==
-//!    checksum sent), answered 200 with `Connection: close` by a new worker.
+//! 2. A 1 MiB POST, a chunked POST (with a trailer) and an `Expect: 100-continue` POST
+//!    sent on kept-alive connections the old worker has already closed arrive intact
+//!    (checksum at the app == checksum sent), answered 200 with `Connection: close` by a
+//!    new worker.
 //! 3. A close-delimited HTTP/1.0 response in flight at the drain completes, and its EOF
 //!    comes within the hold (plus slack) after the body.
 //! 4. TLS, garbage, an h2c preface and `Upgrade:` requests on held connections are closed
 //!    and never reach an app.
-//! 5. A client that sends half a request and stalls is closed at the graceful timeout,
-//!    while `handover status` and `handover reload` keep answering.
+//! 5. A client that sends half a request (half a body, or half a head) and stalls is closed
+//!    at the graceful timeout, not at the hold, while `handover status` and `handover
+//!    reload` keep answering.
 //! 6. A pipelined pair on a held connection gets the first answer (with `Connection:
 //!    close`) or a clean close, never a wrong or mixed-up response, and the second request
 //!    never runs unanswered.
@@ -28,9 +30,12 @@
 //!    bring the race back (the switch works).
 //! 8. `handover status` (`takeover:` line) and the metrics count what happened; an idle
 //!    held connection is closed at `--takeover-hold`.
-//! 9. A stop (no generation left to serve) holds nothing: idle connections close at once.
+//! 9. A stop or a pause (no generation left to serve) holds nothing: idle connections close
+//!    at once.
 //! 10. Connections the old worker accepts after its stop signal (uvicorn acts on SIGTERM at
 //!     its next 100 ms tick and accepts until then) are held too.
+//! 11. Unix sockets, and a dual-stack `[::]` listener with IPv4 and IPv6 clients, work the
+//!     same.
 //!
 //! Without uvicorn or nginx (outside CI) each test prints "SKIPPED: … run
 //! scripts/recipe-deps" and passes; under CI=true it fails. `--takeover*` options are only
@@ -134,13 +139,6 @@ impl Stream {
             Stream::Unix(s) => s.set_read_timeout(t),
         }
     }
-
-    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nonblocking(on),
-            Stream::Unix(s) => s.set_nonblocking(on),
-        }
-    }
 }
 
 impl Read for Stream {
@@ -174,6 +172,9 @@ enum Listen {
     /// A 127.0.0.1 listener (TCP_NODELAY, as a `.socket` unit with `NoDelay=yes`) handed
     /// in as fd 3 with LISTEN_FDS=1.
     Fd3,
+    /// A dual-stack `[::]` listener (IPv4 clients arrive as `::ffff:127.0.0.1`) as fd 3;
+    /// the target is its IPv4 loopback address.
+    Fd3DualStack,
     /// `--listen unix:DIR/app.sock` plus `extra` (e.g. `,takeover=off`): handover binds it.
     Unix(&'static str),
 }
@@ -216,9 +217,13 @@ impl Handover {
             .args(["--ready-timeout", "30s"])
             .args(["-e", &app_log, "-e", &release]);
         let target = match listen {
-            Listen::Fd3 => {
-                let l = nodelay_listener();
-                let target = Target::Tcp(l.local_addr().expect("local addr"));
+            Listen::Fd3 | Listen::Fd3DualStack => {
+                let l = match listen {
+                    Listen::Fd3DualStack => TcpListener::bind("[::]:0").expect("bind [::]:0"),
+                    _ => nodelay_listener(),
+                };
+                let port = l.local_addr().expect("local addr").port();
+                let target = Target::Tcp(([127, 0, 0, 1], port).into());
                 command.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "http");
                 pass_as_fd3(&mut command, l.as_raw_fd());
                 // Ours stays open until handover has its own copy (the spawn).
@@ -386,13 +391,11 @@ impl Handover {
 
     /// A fresh connection with one answered keep-alive `GET /`: (connection, worker pid).
     fn kept_alive(&self) -> (Conn, i32) {
-        let mut c = BufReader::new(self.target.connect().expect("connect"));
-        send(&mut c, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("send GET");
-        let r = read_response(&mut c).expect("a keep-alive GET is answered");
-        assert_eq!(r.status, 200, "{r:?}");
-        assert!(!r.close(), "the app keeps the connection alive: {r:?}");
-        let pid = r.pid().expect("X-Worker-Pid");
-        (c, pid)
+        kept_alive_to(&self.target)
+    }
+
+    fn pause(&self) -> (bool, String, Duration) {
+        self.ctl(&["pause", "--max-pause", "60s"])
     }
 
     fn status(&self) -> String {
@@ -406,6 +409,17 @@ impl Handover {
         assert!(ok, "handover metrics failed: {out}");
         out
     }
+}
+
+/// A fresh connection to `target` with one answered keep-alive `GET /`.
+fn kept_alive_to(target: &Target) -> (Conn, i32) {
+    let mut c = BufReader::new(target.connect().expect("connect"));
+    send(&mut c, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("send GET");
+    let r = read_response(&mut c).expect("a keep-alive GET is answered");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!r.close(), "the app keeps the connection alive: {r:?}");
+    let pid = r.pid().expect("X-Worker-Pid");
+    (c, pid)
 }
 
 impl Drop for Handover {
@@ -620,22 +634,6 @@ fn read_until_closed(c: &mut Conn, limit: Duration) -> Closed {
             Err(_) => return finish(got, End::Reset, last_data),
         }
     }
-}
-
-/// True if the peer has not closed the connection (nothing to read, no EOF, no error).
-fn still_open(c: &Conn) -> bool {
-    let s = c.get_ref();
-    s.set_nonblocking(true).expect("nonblocking");
-    let mut b = [0u8; 1];
-    // SAFETY: recv with MSG_PEEK into a live 1-byte buffer on our own socket.
-    let fd = match s {
-        Stream::Tcp(t) => t.as_raw_fd(),
-        Stream::Unix(u) => u.as_raw_fd(),
-    };
-    let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_PEEK) };
-    let err = io::Error::last_os_error();
-    s.set_nonblocking(false).expect("blocking");
-    n < 0 && err.kind() == io::ErrorKind::WouldBlock
 }
 
 /// A POST of `body` to `path` with Content-Length, keep-alive.
@@ -1044,7 +1042,7 @@ fn nginx_with_upstream_keepalive_gets_no_502_for_posts_through_reloads_over_a_un
 // ---------------------------------------------------------------------------------------
 // The edge cases, one worker so every connection is the same old worker's.
 
-/// The chunked encoding of `body`, in pieces of `piece` bytes.
+/// The chunked encoding of `body`, in pieces of `piece` bytes, and a trailer.
 fn chunked(body: &[u8], piece: usize) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = body
         .chunks(piece)
@@ -1055,7 +1053,8 @@ fn chunked(body: &[u8], piece: usize) -> Vec<Vec<u8>> {
             v
         })
         .collect();
-    out.push(b"0\r\n\r\n".to_vec());
+    // The last chunk with a trailer field (passed on as framed).
+    out.push(b"0\r\nX-Trailer: done\r\n\r\n".to_vec());
     out
 }
 
@@ -1309,54 +1308,130 @@ fn a_half_request_that_stalls_is_closed_at_the_graceful_timeout_while_control_an
     let Some(h) = Handover::start(Listen::Fd3, 1, &["--graceful-timeout", "3s"]) else {
         return;
     };
-    let (mut c, _) = h.kept_alive();
+    let (mut body, _) = h.kept_alive();
+    let (mut head, _) = h.kept_alive();
     h.reload_until_old_gone();
     let sent = Instant::now();
     let mut half =
         b"POST /sum-stalled HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n".to_vec();
     half.extend(bytes(5, 1_000));
-    send(&mut c, &half).expect("send half a request");
-    // Meanwhile: status answers at once, and a whole reload goes through.
-    let (ok, out, took) = h.ctl(&["status"]);
-    assert!(
-        ok && took < 2 * SEC,
-        "status during the stall: {took:?} {out}"
-    );
-    let open_at_status = still_open(&c);
-    let (ok, out, took) = h.ctl(&["reload", "--timeout", "30s"]);
-    assert!(ok, "reload during the stall ({took:?}): {out}");
-    let (ok, out, took2) = h.ctl(&["status"]);
-    assert!(ok && took2 < 2 * SEC, "status after: {took2:?} {out}");
-    let closed = read_until_closed(&mut c, 3 * SEC + HOLD + 2 * SLACK);
-    let (end, closed_after, text) = (closed.end, closed.at - sent, closed.text());
+    send(&mut body, &half).expect("send half a request");
+    send(
+        &mut head,
+        b"GET /stalled-head HTTP/1.1\r\nHost: t\r\nX-Slow: ",
+    )
+    .expect("send");
+    let limit = 3 * SEC + HOLD + 2 * SLACK;
+    let (closed, open_at_status, took) = std::thread::scope(|s| {
+        let readers = [
+            s.spawn(|| read_until_closed(&mut body, limit)),
+            s.spawn(|| read_until_closed(&mut head, limit)),
+        ];
+        // Meanwhile: status answers at once, and a whole reload goes through.
+        let (ok, out, took) = h.ctl(&["status"]);
+        assert!(
+            ok && took < 2 * SEC,
+            "status during the stall: {took:?} {out}"
+        );
+        let open_at_status = readers.iter().all(|r| !r.is_finished());
+        let (ok, out, took) = h.ctl(&["reload", "--timeout", "30s"]);
+        assert!(ok, "reload during the stall ({took:?}): {out}");
+        let (ok, out, took2) = h.ctl(&["status"]);
+        assert!(ok && took2 < 2 * SEC, "status after: {took2:?} {out}");
+        let closed = readers.map(|r| r.join().expect("reader"));
+        (closed, open_at_status, took)
+    });
+    for (what, closed) in ["half a body", "half a head"].iter().zip(&closed) {
+        let (end, closed_after, text) = (closed.end, closed.at - sent, closed.text());
+        println!(
+            "stalled, {what}: open when status answered: {open_at_status}, reload took \
+             {took:?}, closed {closed_after:?} after the send ({end:?}), got {text:?}"
+        );
+        assert_ne!(
+            end,
+            End::Open,
+            "{what}: the stalled request is closed at the graceful timeout (3s): still open \
+             after {closed_after:?}"
+        );
+        assert!(
+            !text.starts_with("HTTP/1.1 200"),
+            "{what}: a half request is never answered 200: {text:?}"
+        );
+        // Something arrived, so the hold (1s) is not what ends it: a slow upload is not
+        // cut at the hold.
+        assert!(
+            closed_after >= 2 * SEC,
+            "{what}: the stalled request was closed after {closed_after:?}, before the \
+             graceful timeout (3s)"
+        );
+    }
     println!(
-        "stalled half request: open when status answered: {open_at_status}, reload took \
-         {took:?}, closed {closed_after:?} after the send ({end:?}), got {text:?}; reached the \
-         app: {:?}",
+        "the stalled POST reached the app: {:?}",
         h.app_log().iter().any(|(_, _, p)| p == "/sum-stalled")
-    );
-    assert_ne!(
-        end,
-        End::Open,
-        "the stalled request is closed at the graceful timeout (3s): still open after \
-         {closed_after:?}"
-    );
-    assert!(
-        !text.starts_with("HTTP/1.1 200"),
-        "half a body is never answered 200: {text:?}"
     );
     assert!(
         open_at_status,
-        "the held connection was still open when status answered (the stall is bounded by \
-         the graceful timeout, 3s, not closed at once)"
+        "the held connections were still open when status answered (the stall is bounded \
+         by the graceful timeout, 3s, not closed at once)"
     );
-    // Something arrived, so the hold (1s) is not what ends it: a slow upload is not cut
-    // at the hold.
+}
+
+#[test]
+fn pausing_holds_no_connection() {
+    // `handover pause` stops every worker and no generation serves: nothing to relay to,
+    // so idle keep-alive connections close as the workers close them.
+    let Some(h) = Handover::start(Listen::Fd3, 1, &[]) else {
+        return;
+    };
+    let (mut c, _) = h.kept_alive();
+    let paused = Instant::now();
+    let (ok, out, took) = h.pause();
+    assert!(ok, "pause: {out}");
+    let closed = read_until_closed(&mut c, 10 * SEC);
+    let after = closed.at - paused;
+    println!(
+        "pause returned after {took:?}; the idle connection ended {after:?} after it ({:?})",
+        closed.end
+    );
     assert!(
-        closed_after >= 2 * SEC,
-        "the stalled request was closed after {closed_after:?}, before the graceful timeout \
-         (3s)"
+        closed.got.is_empty() && closed.end != End::Open,
+        "{:?}",
+        closed.text()
     );
+    assert!(
+        after < HOLD,
+        "the idle connection closed only {after:?} after the pause: held"
+    );
+    let (ok, out, _) = h.ctl(&["resume"]);
+    assert!(ok, "resume: {out}");
+}
+
+#[test]
+fn on_a_dual_stack_listener_ipv4_and_ipv6_keepalive_races_are_answered() {
+    let Some(h) = Handover::start(Listen::Fd3DualStack, 1, &[]) else {
+        return;
+    };
+    let Target::Tcp(v4) = h.target.clone() else {
+        unreachable!("a TCP target");
+    };
+    let v6 = Target::Tcp((std::net::Ipv6Addr::LOCALHOST, v4.port()).into());
+    let mut conns = [
+        ("IPv4 (::ffff:127.0.0.1)", kept_alive_to(&h.target).0),
+        ("IPv6 (::1)", kept_alive_to(&v6).0),
+    ];
+    h.reload_until_old_gone();
+    for (_, c) in conns.iter_mut() {
+        send(c, b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    }
+    for (what, c) in conns.iter_mut() {
+        let r = read_response(c)
+            .unwrap_or_else(|e| panic!("{what}: no answer on the held connection: {e}"));
+        assert_eq!(
+            (r.status, r.header("x-path"), r.close()),
+            (200, Some("/next"), true),
+            "{what}: {r:?}"
+        );
+    }
 }
 
 #[test]
