@@ -31,7 +31,7 @@ mod grab;
 mod relay;
 mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -82,7 +82,12 @@ pub struct Totals {
 pub struct Takeover {
     listeners: Arc<Listeners>,
     shared: Arc<Shared>,
+    /// The process table last read, and when (see `tree`).
+    table: std::cell::RefCell<Option<(std::time::Instant, Vec<crate::procs::Proc>)>>,
 }
+
+/// How long one read of the process table serves the stops that follow it.
+const TABLE_FOR: Duration = Duration::from_millis(50);
 
 /// What every task of the takeover shares.
 struct Shared {
@@ -125,6 +130,7 @@ impl Takeover {
                 ledgers: Mutex::new(HashMap::new()),
                 capped: AtomicBool::new(false),
             }),
+            table: std::cell::RefCell::new(None),
         }
     }
 
@@ -141,30 +147,30 @@ impl Takeover {
         if self.listeners.is_empty() || self.shared.closing.load(Ordering::Relaxed) {
             return;
         }
-        let pids = crate::procs::tree(&crate::procs::processes(), root);
-        let room = self
-            .shared
-            .cap
-            .saturating_sub(self.shared.held.load(Ordering::Relaxed));
-        let grabbed = grab::grab(&pids, &self.listeners, room);
-        if grabbed.missed > 0 && !self.shared.capped.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "takeover: {} connections of pid {root} left to the worker: {} are held \
-                 already, the most the fd limit allows (said once)",
-                grabbed.missed,
-                self.shared.cap
-            );
+        let mut batch = Batch {
+            shared: Arc::clone(&self.shared),
+            ledger: self.ledger(generation),
+            listeners: Arc::clone(&self.listeners),
+            pids: self.tree(root),
+            seen: HashSet::new(),
+        };
+        let first = batch.grab();
+        tokio::spawn(watch::watch(batch, first, params));
+    }
+
+    /// The tree of `root`, from a process table read at most once per `TABLE_FOR` (a
+    /// reload stops every worker of a generation in one step: one read for all).
+    fn tree(&self, root: i32) -> Vec<i32> {
+        let mut table = self.table.borrow_mut();
+        let now = std::time::Instant::now();
+        if table
+            .as_ref()
+            .is_none_or(|(read, _)| now.duration_since(*read) > TABLE_FOR)
+        {
+            *table = Some((now, crate::procs::processes()));
         }
-        if grabbed.held.is_empty() {
-            return;
-        }
-        let ledger = self.ledger(generation);
-        let claimed = grabbed
-            .held
-            .into_iter()
-            .map(|h| (h, Claim::new(&self.shared, &ledger)))
-            .collect();
-        tokio::spawn(watch::watch(claimed, pids, params));
+        let procs = table.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
+        crate::procs::tree(procs, root)
     }
 
     /// The manager stops: connections released from now on are closed, not relayed.
@@ -235,6 +241,38 @@ impl Totals {
     }
 }
 
+/// One stopping worker's tree, and what was looked at in it.
+struct Batch {
+    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
+    listeners: Arc<Listeners>,
+    /// The tree when its stop began.
+    pids: Vec<i32>,
+    /// Every socket of the tree looked at so far.
+    seen: HashSet<u64>,
+}
+
+impl Batch {
+    /// Duplicates what the tree accepted since the last look (all of it, the first
+    /// time), as far as the cap allows.
+    fn grab(&mut self) -> Vec<(grab::Held, Claim)> {
+        let s = &self.shared;
+        let room = s.cap.saturating_sub(s.held.load(Ordering::Relaxed));
+        let grabbed = grab::grab(&self.pids, &self.listeners, room, &mut self.seen);
+        if grabbed.missed > 0 && !s.capped.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "takeover: {} connections of a stopping worker left to it: {} are held \
+                 already, the most the fd limit allows (said once)",
+                grabbed.missed,
+                s.cap
+            );
+        }
+        (grabbed.held.into_iter())
+            .map(|h| (h, Claim::new(&self.shared, &self.ledger)))
+            .collect()
+    }
+}
+
 /// What became of the connections one generation let go, logged in one line once the
 /// last of them is done (the last `Claim` drops).
 struct Ledger {
@@ -263,6 +301,9 @@ impl Ledger {
 impl Drop for Ledger {
     fn drop(&mut self) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        if get(&self.taken) == 0 {
+            return;
+        }
         let fin = match get(&self.fin) {
             0 => String::new(),
             n => format!(" ({n} of them had the worker's FIN sent already)"),

@@ -164,7 +164,7 @@ impl Warmup {
 pub fn parse_hold(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err(format!(
-            "`{s}`: the hold must be above 0 (to turn the takeover off: takeover off)"
+            "`{s}`: the hold must be above 0 (to turn the takeover off: --takeover off, or takeover = false in the config)"
         )),
         d if d > Duration::from_secs(60) => Err(format!(
             "`{s}`: the hold is at most 60s (a client waits that long for its EOF)"

@@ -83,10 +83,15 @@ impl Listeners {
 }
 
 /// Duplicates the connections accepted from `listeners` that the processes `pids` hold,
-/// at most `room` of them.
-pub(super) fn grab(pids: &[i32], listeners: &Listeners, room: usize) -> Grabbed {
+/// at most `room` of them, but for the sockets in `seen` (every socket looked at is added
+/// to it, so a later grab finds only what the tree accepted since).
+pub(super) fn grab(
+    pids: &[i32],
+    listeners: &Listeners,
+    room: usize,
+    seen: &mut HashSet<u64>,
+) -> Grabbed {
     let mut out = Grabbed::default();
-    let mut seen = HashSet::new();
     for &pid in pids {
         let (Ok(dir), Ok(pidfd)) = (
             std::fs::read_dir(format!("/proc/{pid}/fd")),
@@ -156,7 +161,7 @@ mod tests {
         let (accepted_unix, _) = unix.accept().unwrap();
 
         let me = std::process::id() as i32;
-        let got = grab(&[me], &listeners, 100);
+        let got = grab(&[me], &listeners, 100, &mut HashSet::new());
         let inode = |fd: BorrowedFd<'_>| {
             use std::os::fd::AsRawFd;
             socket_inode(std::path::Path::new(&format!(
@@ -182,7 +187,14 @@ mod tests {
         assert_eq!(found, want);
         assert_eq!(got.missed, 0);
 
-        let capped = grab(&[me], &listeners, 1);
+        let mut seen = HashSet::new();
+        let capped = grab(&[me], &listeners, 1, &mut seen);
         assert_eq!((capped.held.len(), capped.missed), (1, 1));
+        // What was looked at once is not taken again; a connection accepted since is.
+        let _c4 = std::net::TcpStream::connect(held.local_addr().unwrap()).unwrap();
+        let (later, _) = held.accept().unwrap();
+        let again = grab(&[me], &listeners, 100, &mut seen);
+        let inodes: Vec<u64> = again.held.iter().map(|h| h.inode).collect();
+        assert_eq!(inodes, [inode(later.as_fd())]);
     }
 }

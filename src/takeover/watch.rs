@@ -3,9 +3,14 @@
 //! process of the old tree has it open: the worker closed it, or exited.
 //!
 //! Nothing tells a process that another closed its duplicate of a socket, so the tree's
-//! fds are looked at every `EVERY` while any connection of the batch is still the
-//! worker's, and never otherwise. The look is cheap (a readlink per fd of the tree), and
-//! the client's next request meanwhile waits unread in the kernel, not failed.
+//! fds are looked at every tick while any connection of the batch is still the worker's,
+//! and never otherwise. The look is cheap (a readlink per fd of the tree), and the
+//! client's next request meanwhile waits unread in the kernel, not failed.
+//!
+//! A server does not stop accepting the instant it is signalled (uvicorn looks at its
+//! exit flag every 100 ms), and whatever it accepts meanwhile it then closes as idle: so
+//! for `NEW_WINDOW` after the stop each look also takes what the tree accepted since,
+//! at a quicker pace.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -13,24 +18,31 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::grab::{Held, socket_inode};
-use super::{Claim, Params, relay};
+use super::{Batch, Claim, Params, relay};
 
 /// How often a batch's tree is looked at while it still holds some of the connections.
 const EVERY: Duration = Duration::from_millis(20);
+/// How long after the stop the tree is also looked at for connections it accepted since,
+/// and how often meanwhile.
+const NEW_WINDOW: Duration = Duration::from_millis(500);
+const NEW_EVERY: Duration = Duration::from_millis(5);
 
 /// After the graceful timeout the worker was killed; this much more, then what is still
 /// open somewhere in its tree (a process outside its group) is given up.
 const MARGIN: Duration = Duration::from_secs(1);
 
-/// Watches the connections taken from the processes `pids` and hands each to a relay
-/// the moment none of them has it open any more.
-pub(super) async fn watch(mut waiting: Vec<(Held, Claim)>, pids: Vec<i32>, params: Params) {
-    let give_up = Instant::now() + params.bound + MARGIN;
-    let mut every = tokio::time::interval(EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Watches the connections taken from the batch's tree (`waiting`, and what it accepts
+/// in its first moments) and hands each to a relay the moment none of the tree's
+/// processes has it open any more.
+pub(super) async fn watch(mut batch: Batch, mut waiting: Vec<(Held, Claim)>, params: Params) {
+    let start = Instant::now();
+    let give_up = start + params.bound + MARGIN;
     loop {
-        every.tick().await;
-        let open = open_inodes(&pids);
+        let early = start.elapsed() < NEW_WINDOW;
+        if early {
+            waiting.extend(batch.grab());
+        }
+        let open = open_inodes(&batch.pids);
         let (kept, released): (Vec<_>, Vec<_>) = waiting
             .into_iter()
             .partition(|(held, _)| open.contains(&held.inode));
@@ -38,12 +50,13 @@ pub(super) async fn watch(mut waiting: Vec<(Held, Claim)>, pids: Vec<i32>, param
             tokio::spawn(relay::serve(held, claim, params));
         }
         waiting = kept;
-        if waiting.is_empty() || Instant::now() >= give_up {
+        if (waiting.is_empty() && !early) || Instant::now() >= give_up {
             // Dropping what is left closes the duplicates (the worker's own fds, where
             // some process still has them, keep the connections open) and counts them
             // unused.
             return;
         }
+        tokio::time::sleep(if early { NEW_EVERY } else { EVERY }).await;
     }
 }
 

@@ -888,5 +888,6 @@ mod counters;
 mod generations;
 mod pause;
 mod readiness;
+mod takeover;
 mod trees;
 mod warmup;
