@@ -283,6 +283,8 @@ struct Ledger {
     failed: AtomicU64,
     /// Released with the worker's FIN already sent (it called shutdown(2)): unanswerable.
     fin: AtomicU64,
+    /// Released with a request the worker read and never answered: lost with it.
+    unanswered: AtomicU64,
 }
 
 impl Ledger {
@@ -294,6 +296,7 @@ impl Ledger {
             unused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             fin: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
         }
     }
 }
@@ -304,14 +307,23 @@ impl Drop for Ledger {
         if get(&self.taken) == 0 {
             return;
         }
-        let fin = match get(&self.fin) {
-            0 => String::new(),
-            n => format!(" ({n} of them had the worker's FIN sent already)"),
+        let mut why = Vec::new();
+        if let n @ 1.. = get(&self.fin) {
+            why.push(format!("{n} with the worker's FIN sent already"));
+        }
+        if let n @ 1.. = get(&self.unanswered) {
+            why.push(format!(
+                "{n} with a request the worker read and never answered"
+            ));
+        }
+        let why = match why.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", why.join(", ")),
         };
         tracing::info!(
             generation = self.generation,
             "takeover: gen {} let go of {} connections: {} requests answered by the serving \
-             generation, {} closed unused{fin}, {} failed",
+             generation, {} closed unused{why}, {} failed",
             self.generation,
             get(&self.taken),
             get(&self.answered),
@@ -347,6 +359,10 @@ impl Claim {
 
     fn fin_sent(&self) {
         self.ledger.fin.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn unanswered(&self) {
+        self.ledger.unanswered.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -47,8 +47,17 @@ pub(super) enum NotRelayed {
     TooLong,
 }
 
+/// The longest method name taken (registered ones are at most 17 letters).
+const MAX_METHOD: usize = 20;
+
 /// The request head at the start of `buf`: `Ok(None)` while it is incomplete.
 pub(super) fn parse_head(buf: &[u8]) -> Result<Option<Head>, NotRelayed> {
+    if !starts_like_a_request(buf) {
+        // httparse waits for more while the bytes could still be a method token, and the
+        // rest of a body the worker had begun to read (Puma, at its stop) can look like
+        // one for kilobytes: it would hold the client until the bound for nothing.
+        return Err(NotRelayed::NotHttp(httparse::Error::Token));
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf).map_err(NotRelayed::NotHttp)? {
@@ -109,6 +118,20 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<Head>, NotRelayed> {
         rewritten,
         framing,
     }))
+}
+
+/// Whether `buf` can be the start of a request line: a method of capital letters (or
+/// `-`, `_`) then a space, as far as it goes. Only a sieve: httparse judges the rest.
+fn starts_like_a_request(buf: &[u8]) -> bool {
+    let method = buf
+        .iter()
+        .take_while(|b| b.is_ascii_uppercase() || matches!(b, b'-' | b'_'));
+    let len = method.count();
+    match buf.get(len) {
+        None => len <= MAX_METHOD,
+        Some(b' ') => (1..=MAX_METHOD).contains(&len),
+        Some(_) => false,
+    }
 }
 
 /// The index just past the line end (`\n`) at or after `from`.
@@ -260,9 +283,17 @@ mod tests {
         assert_eq!(refused(two), NotRelayed::Framing);
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap(), None);
         assert_eq!(
-            parse_head(&[b'a'; MAX_HEAD + 1]).unwrap_err(),
-            NotRelayed::TooLong
+            parse_head(&[b'A'; MAX_HEAD + 1]).unwrap_err(),
+            NotRelayed::NotHttp(httparse::Error::Token)
         );
+        let mut long = b"GET /".to_vec();
+        long.resize(MAX_HEAD + 1, b'a');
+        assert_eq!(parse_head(&long).unwrap_err(), NotRelayed::TooLong);
+        // The rest of a body a worker began to read: refused at once, not waited on.
+        assert!(matches!(refused(b"xxxxxxxx"), NotRelayed::NotHttp(_)));
+        assert!(matches!(refused(b"\"name\": 1}"), NotRelayed::NotHttp(_)));
+        assert_eq!(parse_head(b"POS").unwrap(), None);
+        assert_eq!(parse_head(b"M-SEARCH * HTTP/1.1\r\n").unwrap(), None);
     }
 
     async fn pass(early: &[u8], rest: &[u8], framing: Framing) -> (io::Result<()>, Vec<u8>) {

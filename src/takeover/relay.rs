@@ -37,9 +37,10 @@ pub(super) async fn serve(held: Held, mut claim: Claim, params: Params) {
 }
 
 async fn answer(held: Held, claim: &mut Claim, hold: Duration) -> io::Result<()> {
-    if fin_sent(&held.fd) {
-        claim.fin_sent();
-        return Ok(());
+    match tcp_state(&held.fd) {
+        Some(Tcp::FinSent) => return Ok(claim.fin_sent()),
+        Some(Tcp::Unanswered) => return Ok(claim.unanswered()),
+        Some(Tcp::Open) | None => {}
     }
     match &held.upstream {
         Upstream::Tcp(addr) => {
@@ -153,9 +154,23 @@ async fn linger<C: AsyncRead + Unpin>(client: &mut C) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// Whether the worker sent its FIN already (shutdown(2) before close): the client knows
-/// the connection is ending, so no request can come.
-fn fin_sent(fd: &OwnedFd) -> bool {
+/// What a released TCP connection's kernel state says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tcp {
+    /// Open both ways, or the client half-closed: a request may come or be there.
+    Open,
+    /// The worker sent its FIN (shutdown(2) before close): the client knows the
+    /// connection ends, so no request will come.
+    FinSent,
+    /// Nothing unread, and the last bytes came from the client after the last the
+    /// worker sent: the worker read a request and never answered it (Go's idle-close
+    /// race, a worker killed mid-request). It is lost with the worker; the client is
+    /// told at once instead of after the hold.
+    Unanswered,
+}
+
+/// The state of a TCP connection (None: not TCP, e.g. a unix socket).
+fn tcp_state(fd: &OwnedFd) -> Option<Tcp> {
     // SAFETY: a zeroed tcp_info is a valid value (plain integers).
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -169,11 +184,81 @@ fn fin_sent(fd: &OwnedFd) -> bool {
             &mut len,
         )
     };
-    // Not TCP (a unix socket): no state to read.
     if r != 0 {
-        return false;
+        return None;
     }
     const ESTABLISHED: u8 = 1;
     const CLOSE_WAIT: u8 = 8;
-    !matches!(info.tcpi_state, ESTABLISHED | CLOSE_WAIT)
+    if !matches!(info.tcpi_state, ESTABLISHED | CLOSE_WAIT) {
+        return Some(Tcp::FinSent);
+    }
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int into the live variable.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    // tcpi_last_data_*: milliseconds since the last data was received / sent.
+    if r == 0 && unread == 0 && info.tcpi_last_data_recv < info.tcpi_last_data_sent {
+        return Some(Tcp::Unanswered);
+    }
+    Some(Tcp::Open)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (client, l.accept().unwrap().0)
+    }
+
+    /// The kernel keeps the last send and receive times in jiffies (4 ms at HZ=250, 10
+    /// at HZ=100): a few apart make their order certain.
+    fn later() {
+        std::thread::sleep(Duration::from_millis(30));
+    }
+
+    #[test]
+    fn a_request_read_and_never_answered_is_told_from_an_idle_connection() {
+        let (mut client, mut server) = pair();
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        later();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).unwrap();
+        assert!(n > 0);
+        let fd = OwnedFd::from(server.try_clone().unwrap());
+        assert_eq!(tcp_state(&fd), Some(Tcp::Unanswered));
+        // Answered: idle again, a next request may come.
+        later();
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        assert_eq!(tcp_state(&fd), Some(Tcp::Open));
+        // A request waiting unread is there to answer.
+        later();
+        client.write_all(b"GET /next HTTP/1.1\r\n\r\n").unwrap();
+        wait_unread(&fd);
+        assert_eq!(tcp_state(&fd), Some(Tcp::Open));
+        // The worker's FIN sent: nothing can come.
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(tcp_state(&fd), Some(Tcp::FinSent));
+        let unix = std::os::unix::net::UnixStream::pair().unwrap().0;
+        assert_eq!(tcp_state(&OwnedFd::from(unix)), None);
+    }
+
+    /// Until the client's bytes are in the server's receive queue (loopback: at once,
+    /// but not within the write call itself on every kernel).
+    fn wait_unread(fd: &OwnedFd) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let mut unread: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one c_int into the live variable.
+            unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) };
+            if unread > 0 || std::time::Instant::now() > deadline {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
 }

@@ -3,12 +3,14 @@
 //! Clients behave like wrk: one request at a time per connection, reconnect when the
 //! server answers `Connection: close`. Anything else — a refused connect, a reset, EOF
 //! before a full response, a non-200 — is a failure the promise says must not happen.
-//! Every loop is bounded by the stop flag and by a hard deadline.
+//! Every loop is bounded by the stop flag and by a hard deadline. No client ever retries.
+//! POST clients (`Mix::post`) send a body on a keep-alive connection and count an answer
+//! that does not echo it whole as a failure (`Tally::body`): the app must echo POSTs.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,6 +22,10 @@ pub struct Tally {
     pub write: u64,
     pub read: u64,
     pub status: u64,
+    /// POSTs answered 200 whose body was not the one sent.
+    pub body: u64,
+    /// POSTs answered 200 with their body echoed whole.
+    pub posted: u64,
     pub pids: BTreeSet<i32>,
     pub errors: Vec<String>,
     /// Every request, when the load was started with `Load::recording`.
@@ -47,11 +53,13 @@ pub struct Sample {
     /// The pid that answered the previous request on the same connection (None: the
     /// request opened the connection): whom a kept-alive connection belonged to.
     pub conn_pid: Option<i32>,
+    /// The client's kind: "keep-alive", "slow", "fresh" or "post".
+    pub kind: &'static str,
 }
 
 impl Tally {
     pub fn failed(&self) -> u64 {
-        self.connect + self.write + self.read + self.status
+        self.connect + self.write + self.read + self.status + self.body
     }
 
     fn add(&mut self, o: &Tally) {
@@ -60,6 +68,8 @@ impl Tally {
         self.write += o.write;
         self.read += o.read;
         self.status += o.status;
+        self.body += o.body;
+        self.posted += o.posted;
         self.pids.extend(&o.pids);
         self.samples.0.extend(&o.samples.0);
         self.errors.extend(
@@ -71,10 +81,29 @@ impl Tally {
     }
 }
 
+/// How many clients of each kind a load runs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Mix {
+    /// Keep-alive clients on `/`.
+    pub keepalive: usize,
+    /// Keep-alive clients on `/slow?ms=300`.
+    pub slow: usize,
+    /// Clients that open a new connection for every request (`Connection: close`).
+    pub fresh: usize,
+    /// Keep-alive clients POSTing bodies of 13 B to 40 KiB to `/echo`, checking the echo.
+    pub post: usize,
+    /// A keep-alive client asks for `Connection: close` on its nth request on a
+    /// connection, then opens another (nginx's `keepalive_requests`): connections spread
+    /// over workers started since. 0: a connection is kept as long as the server keeps it.
+    pub per_connection: usize,
+}
+
 pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Tally>>,
     pub live: Arc<Mutex<BTreeSet<i32>>>,
+    /// Requests answered or failed so far, by every client together.
+    pub done: Arc<AtomicU64>,
 }
 
 impl Load {
@@ -100,6 +129,11 @@ impl Load {
         Load::spawn_paths(addr, fast, slow, fresh, max, true)
     }
 
+    /// A recording load of every kind of client in `mix`.
+    pub fn recording_mix(addr: SocketAddr, mix: Mix, max: Duration) -> Load {
+        Load::spawn_mix(addr, mix, max, true)
+    }
+
     fn spawn(addr: SocketAddr, fast: usize, slow: usize, max: Duration, record: bool) -> Load {
         Load::spawn_paths(addr, fast, slow, 0, max, record)
     }
@@ -112,22 +146,39 @@ impl Load {
         max: Duration,
         record: bool,
     ) -> Load {
+        let mix = Mix {
+            keepalive: fast,
+            slow,
+            fresh,
+            post: 0,
+            per_connection: 0,
+        };
+        Load::spawn_mix(addr, mix, max, record)
+    }
+
+    fn spawn_mix(addr: SocketAddr, mix: Mix, max: Duration, record: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Mutex::new(BTreeSet::new()));
+        let done = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + max;
-        let paths = std::iter::repeat_n("/", fast)
-            .chain(std::iter::repeat_n("/slow?ms=300", slow))
-            .chain(std::iter::repeat_n(FRESH, fresh));
+        let paths = std::iter::repeat_n("/", mix.keepalive)
+            .chain(std::iter::repeat_n("/slow?ms=300", mix.slow))
+            .chain(std::iter::repeat_n(FRESH, mix.fresh))
+            .chain(std::iter::repeat_n(POST, mix.post));
         let threads = paths
             .map(|path| {
-                let (stop, live) = (stop.clone(), live.clone());
-                std::thread::spawn(move || client(addr, path, &stop, &live, deadline, record))
+                let (stop, live, done) = (stop.clone(), live.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let per = mix.per_connection;
+                    client(addr, path, (&stop, &live, &done), per, deadline, record)
+                })
             })
             .collect();
         Load {
             stop,
             threads,
             live,
+            done,
         }
     }
 
@@ -145,23 +196,34 @@ impl Load {
 fn client(
     addr: SocketAddr,
     path: &str,
-    stop: &AtomicBool,
-    live: &Mutex<BTreeSet<i32>>,
+    (stop, live, done): (&AtomicBool, &Mutex<BTreeSet<i32>>, &AtomicU64),
+    per_connection: usize,
     deadline: Instant,
     record: bool,
 ) -> Tally {
     let mut t = Tally::default();
     let slow = path.starts_with("/slow");
+    let kind = match path {
+        FRESH => "fresh",
+        POST => "post",
+        _ if slow => "slow",
+        _ => "keep-alive",
+    };
     let mut conn: Option<BufReader<TcpStream>> = None;
     let mut conn_pid: Option<i32> = None;
-    let request = match path {
+    let get = |close: bool| match path {
         FRESH => "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".to_owned(),
+        _ if close => format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
         _ => format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
     };
+    // Requests sent on the current connection.
+    let mut on_conn = 0usize;
+    let mut sent_body: Vec<u8> = Vec::new();
+    let mut n = 0usize;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let c = match conn.take() {
             Some(c) => c,
-            None => match TcpStream::connect(addr).inspect(|_| conn_pid = None) {
+            None => match TcpStream::connect(addr).inspect(|_| (conn_pid, on_conn) = (None, 0)) {
                 Ok(s) => {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
                     let _ = s.set_nodelay(true);
@@ -175,8 +237,27 @@ fn client(
             },
         };
         let mut c = c;
+        n += 1;
+        on_conn += 1;
+        // The last request this client sends on the connection (`Mix::per_connection`).
+        let last = per_connection > 0 && on_conn >= per_connection;
+        let request = if path == POST {
+            sent_body = post_body(n);
+            let mut r = format!(
+                "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Length: {}\r\n{}\r\n",
+                sent_body.len(),
+                if last { "Connection: close\r\n" } else { "" }
+            )
+            .into_bytes();
+            r.extend_from_slice(&sent_body);
+            r
+        } else {
+            get(last).into_bytes()
+        };
         let sent = Instant::now();
         let sample = |t: &mut Tally, pid: Option<i32>, failed: bool| {
+            done.fetch_add(1, Ordering::Relaxed);
             if record {
                 let took = sent.elapsed();
                 t.samples.0.push(Sample {
@@ -186,40 +267,54 @@ fn client(
                     failed,
                     slow,
                     conn_pid,
+                    kind,
                 });
             }
         };
-        if let Err(e) = c.get_mut().write_all(request.as_bytes()) {
+        if let Err(e) = c.get_mut().write_all(&request) {
             t.write += 1;
-            note(&mut t, format!("write: {e}"));
+            note(&mut t, format!("{kind} #{on_conn}: write: {e}"));
             sample(&mut t, None, true);
             continue;
         }
         let response = read_response(&mut c);
         let pid = response.as_ref().ok().and_then(|r| r.pid);
-        let ok = matches!(&response, Ok(r) if r.status == 200);
+        let echoed = |r: &Response| path != POST || r.body == sent_body;
+        let ok = matches!(&response, Ok(r) if r.status == 200 && echoed(r));
         sample(&mut t, pid.filter(|_| ok), !ok);
         match response {
+            Ok(r) if r.status == 200 && !echoed(&r) => {
+                t.body += 1;
+                note(
+                    &mut t,
+                    format!(
+                        "post #{on_conn}: {} bytes answered with {} other bytes",
+                        sent_body.len(),
+                        r.body.len()
+                    ),
+                );
+            }
             Ok(r) if r.status == 200 => {
                 t.ok += 1;
+                t.posted += u64::from(path == POST);
                 if let Some(pid) = r.pid {
                     t.pids.insert(pid);
                     if let Ok(mut l) = live.lock() {
                         l.insert(pid);
                     }
                 }
-                if !r.close {
+                if !r.close && !last {
                     conn = Some(c);
                     conn_pid = r.pid;
                 }
             }
             Ok(r) => {
                 t.status += 1;
-                note(&mut t, format!("status {}", r.status));
+                note(&mut t, format!("{kind} #{on_conn}: status {}", r.status));
             }
             Err(e) => {
                 t.read += 1;
-                note(&mut t, format!("read: {e}"));
+                note(&mut t, format!("{kind} #{on_conn}: read: {e}"));
             }
         }
     }
@@ -228,6 +323,14 @@ fn client(
 
 /// The path of a client that asks for `Connection: close` every time.
 const FRESH: &str = "fresh";
+/// The path of a client that POSTs bodies and checks their echo.
+const POST: &str = "post";
+
+/// The `n`th body a POST client sends: 13 B to 40 KiB, different every time.
+fn post_body(n: usize) -> Vec<u8> {
+    let len = [13, 200, 1_500, 9_000, 40_960][n % 5] + n % 7;
+    (0..len).map(|i| b'a' + ((i + n) % 26) as u8).collect()
+}
 
 fn note(t: &mut Tally, e: String) {
     if t.errors.len() < 20 {
@@ -239,6 +342,7 @@ struct Response {
     status: u16,
     close: bool,
     pid: Option<i32>,
+    body: Vec<u8>,
 }
 
 fn read_response(c: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
@@ -251,7 +355,7 @@ fn read_response(c: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
         .get(9..12)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(&line))?;
-    let (mut len, mut close, mut pid) = (0usize, false, None);
+    let (mut len, mut close, mut pid, mut chunked) = (0usize, false, None, false);
     loop {
         line.clear();
         if c.read_line(&mut line)? == 0 {
@@ -269,10 +373,48 @@ fn read_response(c: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
             "content-length" => len = v.parse().map_err(|_| bad("content-length"))?,
             "connection" => close = v.eq_ignore_ascii_case("close"),
             "x-worker-pid" => pid = v.parse().ok(),
+            "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
             _ => {}
         }
     }
-    let mut body = vec![0; len];
-    c.read_exact(&mut body)?;
-    Ok(Response { status, close, pid })
+    let body = if chunked {
+        read_chunked(c)?
+    } else {
+        let mut body = vec![0; len];
+        c.read_exact(&mut body)?;
+        body
+    };
+    Ok(Response {
+        status,
+        close,
+        pid,
+        body,
+    })
+}
+
+/// A chunked body (no trailers expected, but skipped if there).
+fn read_chunked(c: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let mut body = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if c.read_line(&mut line)? == 0 {
+            return Err(bad("connection closed in a chunked body"));
+        }
+        let size = line.trim_end().split(';').next().unwrap_or("");
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| bad("chunk size"))?;
+        if size == 0 {
+            loop {
+                line.clear();
+                if c.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size + 2, 0);
+        c.read_exact(&mut body[start..])?;
+        body.truncate(start + size);
+    }
 }

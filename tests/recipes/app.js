@@ -1,7 +1,8 @@
 // A Node HTTP server as a handover worker (tests/recipes.rs, README "Recipes").
 //
 // It serves on fd 3 (LISTEN_FDS from handover or systemd): `/` answers
-// "hello from pid N", `/slow?ms=N` after N ms, each with an X-Worker-Pid header.
+// "hello from pid N", `/slow?ms=N` after N ms, a POST with its own body, each with an
+// X-Worker-Pid header.
 //
 // On SIGTERM it drains without failing a keep-alive request. `server.close()` alone
 // does not: since Node 19 it also closes idle keep-alive connections at once, and a
@@ -21,9 +22,23 @@ const conns = new Map();
 
 const server = http.createServer((req, res) => {
   conns.set(req.socket, 0);
+  const chunks = [];
+  req.on("data", (chunk) => chunks.push(chunk));
+  req.on("end", () => answer(req, res, Buffer.concat(chunks)));
+  res.on("finish", () => {
+    if (conns.has(req.socket)) conns.set(req.socket, Date.now());
+  });
+});
+
+function answer(req, res, posted) {
   const url = new URL(req.url, "http://x");
   const ms = url.pathname === "/slow" ? Number(url.searchParams.get("ms")) || 0 : 0;
-  const body = url.pathname === "/slow" ? `slept ${ms} ms in pid ${pid}\n` : `hello from pid ${pid}\n`;
+  const body =
+    req.method === "POST"
+      ? posted
+      : url.pathname === "/slow"
+        ? `slept ${ms} ms in pid ${pid}\n`
+        : `hello from pid ${pid}\n`;
   setTimeout(() => {
     const headers = {
       "Content-Type": "text/plain",
@@ -34,10 +49,7 @@ const server = http.createServer((req, res) => {
     res.writeHead(200, headers);
     res.end(body);
   }, ms);
-  res.on("finish", () => {
-    if (conns.has(req.socket)) conns.set(req.socket, Date.now());
-  });
-});
+}
 server.keepAliveTimeout = 60_000;
 server.on("connection", (socket) => {
   conns.set(socket, Date.now());

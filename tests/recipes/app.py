@@ -1,6 +1,7 @@
 """The same tiny app for gunicorn (WSGI: `app:app`) and uvicorn (ASGI: `app:asgi`).
 
-`/` answers "hello from pid N", `/slow?ms=N` after N ms; every response names its
+`/` answers "hello from pid N", `/slow?ms=N` after N ms, a POST echoes its body (the
+load's POST clients check it comes back whole); every response names its
 process in an X-Worker-Pid header (tests/recipes.rs tells generations apart by it).
 APP_IMPORT_DELAY=2 sleeps 2 s at import, like a large framework being imported.
 With APP_IMPORT_MARKERS=DIR, the first process of its parent to import (a gunicorn
@@ -50,6 +51,10 @@ def _headers(body):
 
 
 def app(environ, start_response):
+    if environ.get("REQUEST_METHOD") == "POST":
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", _headers(body))
+        return [body]
     body, delay = _answer(environ.get("PATH_INFO", "/"), environ.get("QUERY_STRING", ""))
     time.sleep(delay)
     start_response("200 OK", _headers(body))
@@ -59,8 +64,16 @@ def app(environ, start_response):
 async def asgi(scope, receive, send):
     if scope["type"] != "http":
         return  # lifespan: nothing to set up
-    body, delay = _answer(scope["path"], scope["query_string"].decode())
-    await asyncio.sleep(delay)
+    if scope["method"] == "POST":
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        delay = 0
+    else:
+        body, delay = _answer(scope["path"], scope["query_string"].decode())
+        await asyncio.sleep(delay)
     headers = [(k.lower().encode(), v.encode()) for k, v in _headers(body)]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,7 +1,8 @@
 // A Go HTTP server as a handover worker (tests/recipes.rs, README "Recipes").
 //
 // It serves on the socket systemd or handover passes as fd 3 (LISTEN_FDS) and answers
-// `/` with "hello from pid N" and `/slow?ms=N` after N ms, with an X-Worker-Pid header.
+// `/` with "hello from pid N", `/slow?ms=N` after N ms and a POST with its own body, each
+// with an X-Worker-Pid header.
 //
 // On SIGTERM it drains without failing a keep-alive request. http.Server.Shutdown alone
 // does not: it closes idle keep-alive connections at once (so does
@@ -9,12 +10,14 @@
 // reset. So first: stop accepting (close the listener), answer the next request on every
 // connection with `Connection: close`, and close a connection only once it has been
 // idle for a second; then Shutdown, which waits for what is still in flight.
-// GOAPP_PLAIN_SHUTDOWN=1 skips the drain and calls Shutdown at once, for comparison.
+// GOAPP_PLAIN_SHUTDOWN=1 skips the drain and calls Shutdown at once: the shutdown most
+// Go servers have (tests/recipes.rs runs it too).
 package main
 
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -81,12 +84,22 @@ func main() {
 	mux := http.NewServeMux()
 	answer := func(w http.ResponseWriter, body string) {
 		w.Header().Set("X-Worker-Pid", strconv.Itoa(pid))
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		if t.isDraining() {
 			w.Header().Set("Connection", "close")
 		}
 		fmt.Fprint(w, body)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			answer(w, string(body))
+			return
+		}
 		answer(w, fmt.Sprintf("hello from pid %d\n", pid))
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
