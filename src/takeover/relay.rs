@@ -38,10 +38,15 @@ pub(super) async fn serve(held: Held, mut claim: Claim, params: Params) {
 
 async fn answer(held: Held, claim: &mut Claim, hold: Duration) -> io::Result<()> {
     match tcp_state(&held.fd) {
-        Some(Tcp::FinSent) => return Ok(claim.fin_sent()),
-        Some(Tcp::Unanswered) => return Ok(claim.unanswered()),
-        Some(Tcp::Open) | None => {}
+        Some(Tcp::FinSent) => claim.fin_sent(),
+        Some(Tcp::Unanswered) => claim.unanswered(),
+        Some(Tcp::Open) | None => return relay_next(held, claim, hold).await,
     }
+    Ok(())
+}
+
+/// The client's next request on a connection that can still carry one, relayed.
+async fn relay_next(held: Held, claim: &mut Claim, hold: Duration) -> io::Result<()> {
     match &held.upstream {
         Upstream::Tcp(addr) => {
             let client = tcp(held.fd)?;
