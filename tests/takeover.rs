@@ -36,6 +36,8 @@
 //!     its next 100 ms tick and accepts until then) are held too.
 //! 11. Unix sockets, and a dual-stack `[::]` listener with IPv4 and IPv6 clients, work the
 //!     same.
+//! 12. A connection opened but not used yet when the old worker closes it gets its first
+//!     request answered too.
 //!
 //! Without uvicorn or nginx (outside CI) each test prints "SKIPPED: … run
 //! scripts/recipe-deps" and passes; under CI=true it fails. `--takeover*` options are only
@@ -1515,6 +1517,39 @@ fn stopping_the_manager_holds_no_connection() {
         "the idle connection closed only {:?} after the stop: held at a stop",
         closed.at - stopping
     );
+}
+
+#[test]
+fn a_connection_opened_but_not_yet_used_is_held_and_answered_too() {
+    // A client (nginx opening an upstream connection, a browser's preconnect) may connect
+    // and send its first request a little later; the old worker closes it as idle at its
+    // stop like any other. Nothing was ever sent or received on it.
+    let Some(h) = Handover::start(Listen::Fd3, 1, &[]) else {
+        return;
+    };
+    let mut fresh = BufReader::new(h.target.connect().expect("connect"));
+    // One worker: its accept queue is FIFO, so once a later connection is answered, the
+    // fresh one has been accepted by the old worker.
+    let (_later, old) = h.kept_alive();
+    h.reload_until_old_gone();
+    send(&mut fresh, b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let r = read_response(&mut fresh);
+    let log = h.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("let go of"))
+        .unwrap_or("no takeover line");
+    match r {
+        Ok(r) => assert_eq!(
+            (r.status, r.header("x-path"), r.close()),
+            (200, Some("/first"), true),
+            "{r:?}"
+        ),
+        Err(e) => panic!(
+            "the first request on a connection the old worker {old} accepted and closed \
+             unused got no answer ({e}); handover: {line}"
+        ),
+    }
 }
 
 /// The race itself: a kept-alive connection, a reload, a request once the old worker is
