@@ -32,6 +32,8 @@ pub(super) struct Head {
     /// `Connection: close` last.
     pub(super) rewritten: Vec<u8>,
     pub(super) framing: Framing,
+    /// Its method is idempotent (RFC 9110 §9.2.2): safe to send twice.
+    pub(super) idempotent: bool,
 }
 
 /// Why a connection's bytes are not relayed.
@@ -113,10 +115,15 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<Head>, NotRelayed> {
         true => Framing::Chunked,
         false => Framing::Length(length.unwrap_or(0)),
     };
+    let idempotent = matches!(
+        req.method,
+        Some("GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+    );
     Ok(Some(Head {
         len,
         rewritten,
         framing,
+        idempotent,
     }))
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::body::{self, Head};
+use super::body::{self, Framing, Head};
 use super::grab::{Held, Upstream};
 use super::tcp::{self, Tcp};
 use super::{Claim, Outcome, Params};
@@ -80,7 +80,7 @@ async fn exchange<C, U, F>(
     mut client: C,
     claim: &mut Claim,
     hold: Duration,
-    connect: impl FnOnce() -> F,
+    connect: impl Fn() -> F,
 ) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -112,19 +112,55 @@ where
         return Ok(());
     }
     claim.outcome = Outcome::Failed;
-    let upstream = connect().await?;
     let early = buf.split_off(head.len);
-    let answered = relay(&mut client, upstream, head, early).await?;
-    if answered > 0 {
-        claim.outcome = Outcome::Answered;
+    // The whole request, when it is all here already: what a second try sends.
+    let whole = match head.framing {
+        Framing::Length(n) if n <= early.len() as u64 => {
+            Some([&head.rewritten[..], &early[..n as usize]].concat())
+        }
+        _ => None,
+    };
+    let idempotent = head.idempotent;
+    let mut outcome = relay(&mut client, connect().await?, head, early).await;
+    // A worker of the stopping generation, still accepting before it noticed its stop,
+    // may take the relay's connection and close it: unread (a reset), the request is
+    // safe to send once more, and an idempotent one in any case (nginx does the same).
+    let again = match &outcome {
+        Err(NoAnswer::Reset) => true,
+        Err(NoAnswer::Closed) => idempotent,
+        _ => false,
+    };
+    if let (true, Some(whole)) = (again, whole) {
+        outcome = send_whole(&mut client, connect().await?, &whole).await;
+    }
+    match outcome {
+        Ok(_) => claim.outcome = Outcome::Answered,
+        Err(NoAnswer::Io(e)) => return Err(e),
+        Err(e) => return Err(io::Error::other(e.to_string())),
     }
     client.shutdown().await?;
     linger(&mut client).await;
     Ok(())
 }
 
+/// Why a relay got no answer.
+#[derive(Debug, thiserror::Error)]
+enum NoAnswer {
+    #[error("the worker reset the connection before answering")]
+    Reset,
+    #[error("the worker closed the connection without answering")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 /// Sends the request on and streams the response back; returns the response's length.
-async fn relay<C, U>(client: &mut C, upstream: U, head: Head, early: Vec<u8>) -> io::Result<u64>
+async fn relay<C, U>(
+    client: &mut C,
+    upstream: U,
+    head: Head,
+    early: Vec<u8>,
+) -> Result<u64, NoAnswer>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -144,11 +180,38 @@ where
         let _ = up_write.flush().await;
         std::future::pending::<()>().await
     };
-    let response = tokio::io::copy(&mut up_read, &mut client_write);
     tokio::select! {
-        copied = response => copied,
+        copied = respond(&mut up_read, &mut client_write) => copied,
         () = request => unreachable!("the request side never ends by itself"),
     }
+}
+
+/// Sends a request held whole (a second try) and streams the response back.
+async fn send_whole<C, U>(client: &mut C, upstream: U, whole: &[u8]) -> Result<u64, NoAnswer>
+where
+    C: AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut up_read, mut up_write) = tokio::io::split(upstream);
+    up_write.write_all(whole).await?;
+    respond(&mut up_read, client).await
+}
+
+/// Streams the response back, once its first bytes have come (none: `NoAnswer`).
+async fn respond<U, C>(upstream: &mut U, client: &mut C) -> Result<u64, NoAnswer>
+where
+    U: AsyncRead + Unpin,
+    C: AsyncWrite + Unpin,
+{
+    let mut first = vec![0u8; 8192];
+    let n = match upstream.read(&mut first).await {
+        Ok(0) => return Err(NoAnswer::Closed),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(NoAnswer::Reset),
+        Err(e) => return Err(e.into()),
+    };
+    client.write_all(&first[..n]).await?;
+    Ok(n as u64 + tokio::io::copy(upstream, client).await?)
 }
 
 /// Reads and drops what the client still sends, briefly, so that the close that follows
