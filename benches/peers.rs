@@ -3,8 +3,10 @@
 //!
 //! Each scenario is one server and its way of reloading. The default set is today's
 //! peers ([`stacks`]: uvicorn's own workers, circus, pm2, gunicorn without `--preload`,
-//! each behind nginx too); the scenarios of the 2026-11-25 run stay selectable with
-//! `--only`:
+//! each behind nginx too); `--only takeover` is the takeover's run ([`stacks::TAKEOVER`]:
+//! servers that close idle keep-alive connections at a stop, under handover with the
+//! takeover on and off, beside their peers, POSTs behind nginx, Puma's phased restart);
+//! the scenarios of the 2026-11-25 run stay selectable with `--only`:
 //!
 //! | scenario | server | reload |
 //! | --- | --- | --- |
@@ -32,10 +34,15 @@
 //!
 //! Options (scripts/bench passes the paths):
 //!
-//! - `--only a,b`: these scenarios; `--seconds 20`, `--reloads 8` for the reload run,
+//! - `--only a,b`: these scenarios (`takeover`: the takeover's set); `--seconds 20`, `--reloads 8` for the reload run,
 //!   `--steady S` for the steady one (default: `--seconds`);
 //! - `--idle 10`: seconds of idleness measured (0: not measured);
 //! - `--throughput S`: seconds of closed-loop load before the steady run (0: none);
+//! - `--paired N`: after all scenarios, each handover scenario with the takeover on and
+//!   the server bound directly it is compared with (both in the run) are started side by
+//!   side and measured in turns, N one-second blocks of closed loop each, A B B A …: a
+//!   throughput ratio that the rest of a shared machine moves much less than two runs
+//!   minutes apart (0: none);
 //! - `--wrk 5`: seconds of wrk after the steady run (0: none);
 //! - `--rate N`: pace the keep-alive clients on `/` to N req/s in total, timed from each
 //!   request's due time (see [`load`]): latency without CPU saturation;
@@ -47,6 +54,10 @@
 //!   `--records`: also every request as CSV, `<scenario>.<run>.csv` there, and the
 //!   reloads as `<scenario>.<run>.events.csv`, and the scenarios run in `peers-scenarios.txt`
 //!   (what benches/peers/plot.py draws).
+//!
+//! After the reloads of a handover scenario the bench asks `handover status --json` for
+//! the takeover's counts (connections taken over from stopping workers; requests answered
+//! on them by the serving generation; released unused; relays failed).
 
 #[path = "peers/answers.rs"]
 mod answers;
@@ -93,7 +104,7 @@ const FAST: usize = 32;
 const SLOW: usize = 1;
 
 fn known(name: &str) -> bool {
-    EARLIER.contains(&name) || stacks::TODAY.contains(&name)
+    EARLIER.contains(&name) || stacks::known(name)
 }
 /// How long a reload may take before the bench gives up waiting for new processes.
 const REPLACE_LIMIT: Duration = Duration::from_secs(15);
@@ -108,6 +119,8 @@ struct Args {
     wrk: u64,
     /// Seconds of closed-loop load before the steady run: the throughput figure.
     throughput: u64,
+    /// Interleaved one-second blocks per side of the paired throughput (0: none).
+    paired: u32,
     rate: Option<u32>,
     fresh: usize,
     fresh_rate: Option<u32>,
@@ -129,9 +142,10 @@ fn main() {
         Some(r) => format!("{r} req/s in total"),
     };
     println!(
-        "peers: steady {} s, {} reloads in {} s, load {FAST} keep-alive clients on / ({pace}) \
-         + {SLOW} on /slow?ms={} + {} one-request-per-connection clients on / ({fresh_pace}); \
-         throughput: {} s closed loop; output in {}",
+        "peers: steady {} s, {} reloads in {} s, load {FAST} keep-alive clients on / ({pace}; \
+         POSTing as fast as they can in the POST scenarios) + {SLOW} on /slow?ms={} + {} \
+         one-request-per-connection clients on / ({fresh_pace}); throughput: {} s closed loop; \
+         output in {}",
         args.steady.unwrap_or(args.seconds),
         args.reloads,
         args.seconds,
@@ -182,7 +196,13 @@ fn main() {
         println!("systemd scenarios ran in {}", c.describe);
     }
     drop(container);
-    let tables = format!("{}\n{}", answers::questions(&done), report::tables(&done));
+    let pairs = paired(&args, &done);
+    let tables = format!(
+        "{}\n{}{}",
+        answers::questions(&done),
+        answers::paired(&pairs),
+        report::tables(&done)
+    );
     println!("\n{tables}");
     let md = match args.rate {
         None => args.out.join("peers.md"),
@@ -240,12 +260,17 @@ fn scenario(
     };
     server.wait_serving(Duration::from_secs(60))?;
     let length = Duration::from_secs(args.seconds);
+    // The POST scenarios' keep-alive clients run as fast as they can, as wrk does: nginx
+    // then keeps about as many upstream connections as there are clients, each of which
+    // a stopping server can close under a POST. Paced, a few would do.
+    let post = stacks::post(name);
     let paced = Shape {
         fast: FAST,
         slow: SLOW,
         fresh: args.fresh,
-        rate: args.rate,
+        rate: args.rate.filter(|_| !post),
         fresh_rate: args.fresh_rate,
+        post,
     };
     let closed = Shape {
         rate: None,
@@ -287,17 +312,97 @@ fn scenario(
             Some(procfs::idle(server.manager, Duration::from_secs(args.idle)))
         }
     };
+    // The takeover's counts, once the last reload's hold is over (the idle seconds, or
+    // a hold's worth).
+    let takeover = match steady_only {
+        true => None,
+        false => {
+            if args.idle < 2 {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            server.takeover()
+        }
+    };
     Ok(Scenario {
         name: name.to_owned(),
         trigger: server.describe_trigger(),
         manager: manager.to_owned(),
-        direct: stacks::direct(name).map(str::to_owned),
+        direct: stacks::direct(name, &args.only).map(str::to_owned),
         steady_only,
         throughput,
         steady: steady.summary(),
         reloading: reloading.summary(),
         idle,
         wrk,
+        post,
+        takeover_on: stacks::takeover(name),
+        takeover,
+    })
+}
+
+/// The paired throughput (`--paired`): each handover scenario with the takeover on and
+/// its server bound directly, side by side, measured in alternating one-second blocks of
+/// closed loop (A B B A A B …, so a trend of the machine's load falls on both).
+fn paired(args: &Args, done: &[Scenario]) -> Vec<report::Paired> {
+    let mut out = Vec::new();
+    if args.paired == 0 {
+        return out;
+    }
+    let ran = |n: &str| done.iter().any(|s| s.name == n && s.steady.requests > 0);
+    for s in done.iter().filter(|s| s.takeover_on == Some(true)) {
+        let Some(direct) = s.direct.as_deref().filter(|&d| d != s.name && ran(d)) else {
+            continue;
+        };
+        match measure_pair(args, &s.name, direct) {
+            Ok(p) => {
+                println!(
+                    "paired {} / {direct}: {:.0} / {:.0} req/s keep-alive",
+                    s.name,
+                    p.a.iter().map(|r| r.0).sum::<f64>() / p.a.len() as f64,
+                    p.b.iter().map(|r| r.0).sum::<f64>() / p.b.len() as f64
+                );
+                out.push(p);
+            }
+            Err(e) => eprintln!("peers: paired {} / {direct} failed: {e}", s.name),
+        }
+    }
+    out
+}
+
+fn measure_pair(args: &Args, a: &str, b: &str) -> Result<report::Paired, String> {
+    let start = |name: &str| {
+        let again = stacks::start_again(name, &args.paths);
+        let (server, _) = again.ok_or_else(|| unknown(name))??;
+        server.wait_serving(Duration::from_secs(60))?;
+        Ok::<Server, String>(server)
+    };
+    let servers = [start(a)?, start(b)?];
+    let closed = Shape {
+        fast: FAST,
+        slow: SLOW,
+        fresh: args.fresh,
+        rate: None,
+        fresh_rate: None,
+        post: stacks::post(a),
+    };
+    let block = Duration::from_secs(1);
+    for server in &servers {
+        Load::start(server.addr, closed, block).join(); // warm-up
+    }
+    let mut measured: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..2 * args.paired as usize {
+        // A B B A A B B A …
+        let side = (i + i / 2) % 2;
+        std::thread::sleep(Duration::from_millis(load::SLOW_MS + 100));
+        let r = run(&servers[side], block, 0, closed).summary();
+        measured[side].push((r.per_second, r.fresh_per_second));
+    }
+    let [a_blocks, b_blocks] = measured;
+    Ok(report::Paired {
+        name: a.to_owned(),
+        direct: b.to_owned(),
+        a: a_blocks,
+        b: b_blocks,
     })
 }
 
@@ -377,7 +482,12 @@ fn unknown(name: &str) -> String {
 }
 
 fn all_names() -> String {
-    let all: Vec<&str> = stacks::TODAY.iter().chain(&EARLIER).copied().collect();
+    let mut all: Vec<&str> = stacks::TODAY.iter().chain(&EARLIER).copied().collect();
+    all.extend(
+        stacks::TAKEOVER
+            .iter()
+            .filter(|n| !stacks::TODAY.contains(n)),
+    );
     all.join(", ")
 }
 
@@ -391,6 +501,7 @@ fn parse_args() -> Args {
         idle: 10,
         wrk: 0,
         throughput: 0,
+        paired: 0,
         rate: None,
         fresh: 0,
         fresh_rate: None,
@@ -422,10 +533,17 @@ fn parse_args() -> Args {
             .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         let number = |v: &str| v.parse().unwrap_or_else(|_| usage(&format!("{flag} {v}")));
         match flag.as_str() {
-            "--only" => a.only = value.split(',').map(str::to_owned).collect(),
+            "--only" => {
+                let names = value.split(',').flat_map(|n| match n {
+                    "takeover" => stacks::TAKEOVER.to_vec(),
+                    _ => vec![n],
+                });
+                a.only = names.map(str::to_owned).collect();
+            }
             "--seconds" => a.seconds = number(&value),
             "--steady" => a.steady = Some(number(&value)),
             "--throughput" => a.throughput = number(&value),
+            "--paired" => a.paired = number(&value) as u32,
             "--fresh" => a.fresh = number(&value) as usize,
             "--fresh-rate" => a.fresh_rate = Some(number(&value) as u32),
             "--pm2" => a.paths.pm2 = value.into(),
@@ -451,10 +569,10 @@ fn parse_args() -> Args {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "peers: {problem}\nusage: cargo bench --bench peers -- [--only a,b] [--seconds 20] \
-         [--steady S] [--reloads 8] [--idle 10] [--wrk 5] [--throughput S] [--rate N] \
+         [--steady S] [--reloads 8] [--idle 10] [--wrk 5] [--throughput S] [--paired N] [--rate N] \
          [--fresh N] [--fresh-rate N] [--venv DIR] [--root DIR] [--pm2 BIN] [--records] \
          [--out DIR]\n\
-         scenarios: {}",
+         scenarios (`takeover`: the takeover's set): {}",
         all_names()
     );
     std::process::exit(2)

@@ -21,6 +21,10 @@
 //!   [`TIMEOUT`] beyond the delay the request asked for), `status` (not 2xx).
 //! - Every loop ends at the run's deadline; a request cut short by the deadline is not
 //!   recorded at all.
+//! - With `post`, the clients on `/` (keep-alive and fresh) POST a small form ([`FORM`])
+//!   instead of a GET, and an answer counts only if it echoes the form whole (else
+//!   `read`): behind nginx, a POST that failed on a reused upstream connection is not
+//!   resent but answered 502, which the record keeps ([`Record::status`]).
 //! - With a `rate`, the clients on `/` send on a fixed schedule instead (wrk2's way, the
 //!   total rate spread evenly over them), and latency runs from the moment a request was
 //!   *due*: a server that stalls is charged for the requests it kept from being sent,
@@ -41,6 +45,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 pub const SLOW_MS: u64 = 300;
 /// A client's pause after a failed request.
 pub const RETRY: Duration = Duration::from_millis(10);
+/// The body the POST clients send (and expect back: the POST apps echo it).
+pub const FORM: &str = "name=handover&note=a+small+form+posted+on+a+kept-alive+connection";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -74,7 +80,8 @@ impl Kind {
 }
 
 /// One request: when it started (µs after the run's start), how long it took, which
-/// client sent it, how it ended, and which process answered (0: no `X-Worker-Pid`).
+/// client sent it, how it ended, which process answered (0: no `X-Worker-Pid`) and the
+/// response's status (0: no response).
 #[derive(Debug, Clone, Copy)]
 pub struct Record {
     pub start_us: u64,
@@ -82,6 +89,7 @@ pub struct Record {
     pub kind: Kind,
     pub outcome: Outcome,
     pub pid: u32,
+    pub status: u16,
 }
 
 /// The clients of a run.
@@ -97,6 +105,8 @@ pub struct Shape {
     pub rate: Option<u32>,
     /// Total requests a second of the fresh clients (None: closed loop).
     pub fresh_rate: Option<u32>,
+    /// The clients on `/` POST [`FORM`] instead of a GET.
+    pub post: bool,
 }
 
 impl Record {
@@ -139,6 +149,7 @@ impl Load {
                     let client = Client {
                         addr,
                         kind,
+                        post: shape.post && kind != Kind::Slow,
                         pace,
                         t0,
                         end: end.into(),
@@ -166,6 +177,8 @@ impl Load {
 struct Client {
     addr: SocketAddr,
     kind: Kind,
+    /// POSTs [`FORM`] and expects it back.
+    post: bool,
     pace: Option<Pace>,
     t0: Instant,
     end: tokio::time::Instant,
@@ -181,15 +194,25 @@ struct Pace {
 enum Cut {
     /// The request's time ran out, or the run's.
     Deadline,
-    Failed(Outcome),
+    /// How it failed, and the response's status if one came.
+    Failed(Outcome, u16),
 }
 
 impl Client {
     async fn run(mut self) -> Vec<Record> {
-        let request = match self.kind {
-            Kind::Slow => format!("GET /slow?ms={SLOW_MS} HTTP/1.1\r\nHost: bench\r\n\r\n"),
-            Kind::KeepAlive => "GET / HTTP/1.1\r\nHost: bench\r\n\r\n".to_owned(),
-            Kind::Fresh => "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".to_owned(),
+        let close = match self.kind {
+            Kind::Fresh => "Connection: close\r\n",
+            _ => "",
+        };
+        let request = match (self.kind, self.post) {
+            (Kind::Slow, _) => format!("GET /slow?ms={SLOW_MS} HTTP/1.1\r\nHost: bench\r\n\r\n"),
+            (_, false) => format!("GET / HTTP/1.1\r\nHost: bench\r\n{close}\r\n"),
+            (_, true) => format!(
+                "POST / HTTP/1.1\r\nHost: bench\r\n{close}\
+                 Content-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: {}\r\n\r\n{FORM}",
+                FORM.len()
+            ),
         };
         let slow = self.kind == Kind::Slow;
         let patience = TIMEOUT + Duration::from_millis(if slow { SLOW_MS } else { 0 });
@@ -219,13 +242,13 @@ impl Client {
             let result = self
                 .request(&mut conn, &mut buf, request.as_bytes(), give_up)
                 .await;
-            let (outcome, pid) = match result {
-                Ok(pid) => (Outcome::Ok, pid),
+            let (outcome, pid, status) = match result {
+                Ok((pid, status)) => (Outcome::Ok, pid, status),
                 Err(Cut::Deadline) if tokio::time::Instant::now() >= self.end => {
                     break; // cut by the end of the run: neither success nor failure
                 }
-                Err(Cut::Deadline) => (Outcome::Timeout, 0),
-                Err(Cut::Failed(o)) => (o, 0),
+                Err(Cut::Deadline) => (Outcome::Timeout, 0, 0),
+                Err(Cut::Failed(o, status)) => (o, 0, status),
             };
             records.push(Record {
                 start_us: (start - self.t0).as_micros() as u64,
@@ -233,6 +256,7 @@ impl Client {
                 kind: self.kind,
                 outcome,
                 pid,
+                status,
             });
             if self.kind == Kind::Fresh {
                 conn = None; // one request per connection, even if the server kept it
@@ -248,19 +272,20 @@ impl Client {
     }
 
     /// One request on `conn` (connecting first if it is `None`); leaves `conn` open if the
-    /// server keeps the connection alive. Returns the answering process's pid.
+    /// server keeps the connection alive. Returns the answering process's pid and the
+    /// status.
     async fn request(
         &self,
         conn: &mut Option<TcpStream>,
         buf: &mut Vec<u8>,
         request: &[u8],
         give_up: tokio::time::Instant,
-    ) -> Result<u32, Cut> {
+    ) -> Result<(u32, u16), Cut> {
         let mut stream = match conn.take() {
             Some(s) => s,
             None => match timeout_at(give_up, TcpStream::connect(self.addr)).await {
                 Err(_) => return Err(Cut::Deadline),
-                Ok(Err(_)) => return Err(Cut::Failed(Outcome::Connect)),
+                Ok(Err(_)) => return Err(Cut::Failed(Outcome::Connect, 0)),
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     s
@@ -268,20 +293,24 @@ impl Client {
             },
         };
         if stream.write_all(request).await.is_err() {
-            return Err(Cut::Failed(Outcome::Write));
+            return Err(Cut::Failed(Outcome::Write, 0));
         }
         buf.clear();
         let response = match timeout_at(give_up, read_response(&mut stream, buf)).await {
             Err(_) => return Err(Cut::Deadline),
-            Ok(r) => r.map_err(Cut::Failed)?,
+            Ok(r) => r.map_err(|o| Cut::Failed(o, 0))?,
         };
         if !(200..300).contains(&response.status) {
-            return Err(Cut::Failed(Outcome::Status));
+            return Err(Cut::Failed(Outcome::Status, response.status));
+        }
+        // A POST's answer is its form echoed: anything else is not the answer it asked for.
+        if self.post && &buf[response.body.clone()] != FORM.as_bytes() {
+            return Err(Cut::Failed(Outcome::Read, response.status));
         }
         if !response.close {
             *conn = Some(stream);
         }
-        Ok(response.pid)
+        Ok((response.pid, response.status))
     }
 }
 
@@ -289,6 +318,8 @@ struct Response {
     status: u16,
     close: bool,
     pid: u32,
+    /// Where the body is in the buffer.
+    body: std::ops::Range<usize>,
 }
 
 /// Reads one response (head and a `Content-Length` body) into `buf`.
@@ -328,7 +359,12 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Resp
             return Err(Outcome::Read);
         }
     }
-    Ok(Response { status, close, pid })
+    Ok(Response {
+        status,
+        close,
+        pid,
+        body: head_len..head_len + length,
+    })
 }
 
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Outcome> {

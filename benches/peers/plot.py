@@ -1,12 +1,13 @@
 """Draws the pictures of BENCHMARKS.md from the records of one `cargo bench --bench peers
 -- --records` run (scripts/bench runs it with the bench venv's matplotlib):
 
-  python plot.py RECORDS_DIR OUTPUT_DIR
+  python plot.py RECORDS_DIR OUTPUT_DIR [PREFIX]
 
 RECORDS_DIR holds what the bench wrote: peers-scenarios.txt (the scenarios, in order),
 and per scenario <name>.reloads.csv (every request of the run with reloads: start_us,
 latency_us, client, outcome, pid) and <name>.reloads.events.csv (every reload: sent_us,
-returned_us, first_new_us, replaced_us). It writes to OUTPUT_DIR:
+returned_us, first_new_us, replaced_us). It writes to OUTPUT_DIR, under names that begin
+with PREFIX (default BENCHMARKS; the takeover's run: BENCHMARKS-takeover):
 
   BENCHMARKS-latency.svg   latency of `/` over time across the reloads, one panel per
                            scenario: p99 and max per 250 ms, keep-alive and fresh
@@ -58,7 +59,7 @@ def us(v):
     return int(v) / 1e6 if v else None
 
 
-def latency(names, records_dir, out):
+def latency(names, records_dir, out, prefix):
     fig, axes = plt.subplots(
         len(names), 1, figsize=(9, 1.55 * len(names) + 0.6), sharex=True, squeeze=False
     )
@@ -106,10 +107,10 @@ def latency(names, records_dir, out):
         "from a new process, shaded: until every serving process was new)"
     )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    fig.savefig(out / "BENCHMARKS-latency.svg")
+    fig.savefig(out / f"{prefix}-latency.svg")
 
 
-def failures(names, records_dir, out):
+def failures(names, records_dir, out, prefix):
     rows = []
     for name in names:
         records = read(records_dir / f"{name}.reloads.csv")
@@ -141,15 +142,16 @@ def failures(names, records_dir, out):
     ax.set_xlim(right=max(left + [1.0]) * 1.15)
     ax.legend(frameon=False, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "BENCHMARKS-failures.svg")
+    fig.savefig(out / f"{prefix}-failures.svg")
 
 
 def main():
     records_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+    prefix = sys.argv[3] if len(sys.argv) > 3 else "BENCHMARKS"
     names = (records_dir / "peers-scenarios.txt").read_text().split()
-    latency(names, records_dir, out)
-    failures(names, records_dir, out)
-    print(f"plot: {out / 'BENCHMARKS-latency.svg'}, {out / 'BENCHMARKS-failures.svg'}")
+    latency(names, records_dir, out, prefix)
+    failures(names, records_dir, out, prefix)
+    print(f"plot: {out / (prefix + '-latency.svg')}, {out / (prefix + '-failures.svg')}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-// tests/recipes/app.js for pm2's cluster mode, unchanged but for where it listens.
+// An app of fd 3 for pm2's cluster mode, unchanged but for where it listens:
+// tests/recipes/app.js, or the file named by APP_JS (benches/peers/app_close.js).
 //
-// The app serves `listen({fd: 3})` (the socket handover or systemd hands it). Under pm2
-// there is no fd 3: pm2's cluster mode shares a port among its workers through Node's
-// cluster module, so each worker must `listen(port)`. This shim turns that one call into
-// `listen(PORT, "127.0.0.1")` and runs the app as it is, so both managers run the same
-// app logic (routes, X-Worker-Pid, drain on SIGTERM).
+// The apps serve `listen({fd: 3})` (the socket handover or systemd hands them). Under
+// pm2 there is no fd 3: pm2's cluster mode shares a port among its workers through
+// Node's cluster module, so each worker must `listen(port)`. This shim turns that one
+// call into `listen(PORT, "127.0.0.1")` and runs the app as it is, so both managers run
+// the same app logic (routes, X-Worker-Pid, what it does on SIGTERM).
 "use strict";
 const http = require("http");
 const path = require("path");
@@ -16,4 +17,4 @@ http.Server.prototype.listen = function (options, ...rest) {
   }
   return listen.call(this, options, ...rest);
 };
-require(path.join(__dirname, "..", "..", "tests", "recipes", "app.js"));
+require(process.env.APP_JS || path.join(__dirname, "..", "..", "tests", "recipes", "app.js"));

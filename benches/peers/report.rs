@@ -122,6 +122,8 @@ pub struct Summary {
     /// Failed requests of the keep-alive clients on `/`, and of the fresh clients.
     pub fast_failed: usize,
     pub fresh_failed: usize,
+    /// Answers 502 (Bad Gateway: nginx could not get the request answered upstream).
+    pub bad_gateway: usize,
     pub fresh: Latency,
     pub fresh_in_windows: Latency,
     /// Successful fresh requests a second.
@@ -174,6 +176,7 @@ impl Run {
         let (mut fast, mut fast_in_windows, mut fast_outside) =
             (Vec::new(), Vec::new(), Vec::new());
         let (mut slow, mut slow_failed, mut fast_failed, mut fresh_failed) = (0, 0, 0, 0);
+        let bad_gateway = (self.records.iter()).filter(|r| r.status == 502).count();
         let (mut fresh, mut fresh_in_windows) = (Vec::new(), Vec::new());
         for r in &self.records {
             failed.add(r.outcome);
@@ -228,6 +231,7 @@ impl Run {
             slow_failed,
             fast_failed,
             fresh_failed,
+            bad_gateway,
             fresh_per_second: fresh.len() as f64 / seconds,
             fresh: Latency::of(fresh),
             fresh_in_windows: Latency::of(fresh_in_windows),
@@ -249,18 +253,19 @@ impl Run {
         }
     }
 
-    /// Every record as CSV: start_us,latency_us,client,outcome,pid.
+    /// Every record as CSV: start_us,latency_us,client,outcome,pid,status.
     pub fn csv(&self) -> String {
-        let mut out = String::from("start_us,latency_us,client,outcome,pid\n");
+        let mut out = String::from("start_us,latency_us,client,outcome,pid,status\n");
         for r in &self.records {
             let _ = writeln!(
                 out,
-                "{},{},{},{:?},{}",
+                "{},{},{},{:?},{},{}",
                 r.start_us,
                 r.latency_us,
                 r.kind.label(),
                 r.outcome,
-                r.pid
+                r.pid,
+                r.status
             );
         }
         out
@@ -295,6 +300,32 @@ pub struct Scenario {
     pub reloading: Summary,
     pub idle: Option<Idle>,
     pub wrk: Option<String>,
+    /// The clients on `/` POSTed a form (else GET).
+    pub post: bool,
+    /// handover's takeover: on or off (None: not handover).
+    pub takeover_on: Option<bool>,
+    /// What `handover status --json` said of the takeover after the reloads.
+    pub takeover: Option<Takeover>,
+}
+
+/// The paired throughput of a handover scenario (`a`) and the server bound directly
+/// (`b`): (keep-alive, fresh) req/s on `/` of each one-second block, in order.
+pub struct Paired {
+    pub name: String,
+    pub direct: String,
+    pub a: Vec<(f64, f64)>,
+    pub b: Vec<(f64, f64)>,
+}
+
+/// The `takeover` of `handover status --json`: connections duplicated from stopping
+/// workers, and how each ended.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Takeover {
+    pub taken: u64,
+    pub answered: u64,
+    pub unused: u64,
+    pub failed: u64,
+    pub held: u64,
 }
 
 pub fn tables(all: &[Scenario]) -> String {

@@ -71,6 +71,8 @@ pub enum Trigger {
     Control(PathBuf),
     /// `kill -HUP PID`: returns at once.
     Hangup(i32),
+    /// `kill -SIG PID` with another signal (Puma's phased restart: `USR1`): returns at once.
+    Signal(i32, libc::c_int, &'static str),
     /// Commands in the container, one after the other (`systemctl restart …`).
     Systemctl(Vec<Vec<String>>),
     /// A command run to its end, with these variables (`pm2 reload app`, `circusctl …`).
@@ -82,6 +84,7 @@ impl Trigger {
         match self {
             Trigger::Control(_) => "handover reload".into(),
             Trigger::Hangup(_) => "kill -HUP <master>".into(),
+            Trigger::Signal(_, _, name) => format!("kill -{name} <master>"),
             Trigger::Systemctl(cmds) => (cmds.iter().map(|c| c.join(" ")))
                 .collect::<Vec<_>>()
                 .join("; "),
@@ -292,6 +295,11 @@ impl Server {
                 unsafe { libc::kill(*pid, libc::SIGHUP) };
                 Ok(())
             }
+            Trigger::Signal(pid, signal, _) => {
+                // SAFETY: kill(2) on a process this bench started.
+                unsafe { libc::kill(*pid, *signal) };
+                Ok(())
+            }
             Trigger::Systemctl(cmds) => {
                 let Guard::Unit { container, .. } = &self.guard else {
                     unreachable!("systemctl triggers belong to units");
@@ -324,6 +332,30 @@ impl Server {
 
     pub fn describe_trigger(&self) -> String {
         self.trigger.describe()
+    }
+
+    /// The takeover's counts from `handover status --json` (None: not handover, or no
+    /// answer).
+    pub fn takeover(&self) -> Option<crate::report::Takeover> {
+        let Trigger::Control(path) = &self.trigger else {
+            return None;
+        };
+        let out = Command::new(&self.handover)
+            .args(["status", "--json", "--control"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let t = status.get("takeover")?;
+        let n = |k: &str| t.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        Some(crate::report::Takeover {
+            taken: n("taken"),
+            answered: n("answered"),
+            unused: n("unused"),
+            failed: n("failed"),
+            held: n("held"),
+        })
     }
 }
 
@@ -399,6 +431,21 @@ impl Local {
     /// A server on a 127.0.0.1:0 listener of the bench's, at fd 3 with LISTEN_FDS=1.
     pub fn spawn(name: &str, paths: &Paths, argv: &[String]) -> Local {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Local::spawn_on(name, paths, argv, listener)
+    }
+
+    /// The same on a listener with TCP_NODELAY, which accepted connections inherit (as
+    /// `handover run --listen` sets it): servers that never set it themselves (`uvicorn
+    /// --fd`) then answer as they do under handover.
+    pub fn spawn_nodelay(name: &str, paths: &Paths, argv: &[String]) -> Local {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        socket2::SockRef::from(&listener)
+            .set_tcp_nodelay(true)
+            .expect("TCP_NODELAY on the listener");
+        Local::spawn_on(name, paths, argv, listener)
+    }
+
+    fn spawn_on(name: &str, paths: &Paths, argv: &[String], listener: TcpListener) -> Local {
         let addr = listener.local_addr().expect("local addr");
         // LISTEN_PID must be the server's own pid: the shell exports its pid, then execs.
         let sh = ["/bin/sh", "-c", r#"export LISTEN_PID=$$; exec "$0" "$@""#];

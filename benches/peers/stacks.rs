@@ -19,12 +19,34 @@
 //! scenarios themselves: node-direct (2 × `node app.js` on one socket, no manager) and
 //! gunicorn-uvicorn-direct (gunicorn + UvicornWorker alone).
 //!
+//! The takeover's run (issue 19, [`TAKEOVER`], `--only takeover`): the servers that close
+//! their idle keep-alive connections when told to stop, under handover with the takeover
+//! (its default) and with `--takeover off` (the `-takeover-off` scenarios: the behaviour
+//! before it), beside their peers, in one run:
+//!
+//! | scenario | server | reload |
+//! | --- | --- | --- |
+//! | handover-uvicorn-plain[-takeover-off] | as above[, `--takeover off`] | `handover reload` |
+//! | handover-node-close[-takeover-off] | `handover run … -w 2 -- node app_close.js` (`server.close()` + `closeIdleConnections()` on SIGTERM) | `handover reload` |
+//! | pm2-cluster-close | `pm2 start pm2_app.js -i 2` running app_close.js | `pm2 reload app` |
+//! | nginx-handover-uvicorn-takeover-off | nginx → handover-uvicorn-plain-takeover-off | `handover reload` |
+//! | nginx-post-handover-uvicorn[-takeover-off] | nginx → handover + plain uvicorn (post_app.py), the clients on `/` POSTing a form | `handover reload` |
+//! | nginx-post-uvicorn-workers | nginx → `uvicorn --workers 2` (post_app.py), POSTing | SIGHUP to uvicorn |
+//! | puma-phased | `puma -w 2 --bind tcp://127.0.0.1:P config.ru` (Debian's Puma 5.6) | `kill -USR1` (phased restart) |
+//! | handover-puma[-takeover-off] | `handover run --listen … -w 1 -- puma -w 2 --bind tcp://…` (the same address) | `handover reload` |
+//!
+//! with their baselines, steady only: uvicorn-direct (2 × `uvicorn --fd 3` on one socket
+//! with TCP_NODELAY, as handover's, no manager), node-close-direct (2 × `node
+//! app_close.js`), nginx-uvicorn-direct and nginx-post-uvicorn-direct (nginx → the
+//! former, GET and POST).
+//!
 //! handover runs with its defaults (`--listen`, which sets TCP_NODELAY; `auto`
 //! readiness; no wrapper around uvicorn). The peers run with theirs, with one exception,
 //! so that the same app logic runs everywhere: pm2 stops a worker with SIGINT, which
 //! app.js does not drain on, so its daemon gets `PM2_KILL_SIGNAL=SIGTERM` (pm2's own
 //! setting for that signal).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -47,22 +69,78 @@ pub const TODAY: [&str; 12] = [
     "nginx-gunicorn-uvicorn",
 ];
 
+/// The takeover's run: each stack with the takeover off, on (handover's default), and its
+/// peers, after the baseline it is measured against.
+pub const TAKEOVER: [&str; 19] = [
+    "uvicorn-direct",
+    "handover-uvicorn-plain-takeover-off",
+    "handover-uvicorn-plain",
+    "uvicorn-workers",
+    "node-close-direct",
+    "handover-node-close-takeover-off",
+    "handover-node-close",
+    "pm2-cluster-close",
+    "nginx-uvicorn-direct",
+    "nginx-handover-uvicorn-takeover-off",
+    "nginx-handover-uvicorn",
+    "nginx-uvicorn-workers",
+    "nginx-post-uvicorn-direct",
+    "nginx-post-handover-uvicorn-takeover-off",
+    "nginx-post-handover-uvicorn",
+    "nginx-post-uvicorn-workers",
+    "puma-phased",
+    "handover-puma-takeover-off",
+    "handover-puma",
+];
+
+/// A scenario's suffix for handover with `--takeover off`.
+const TAKEOVER_OFF: &str = "-takeover-off";
+
+/// Is `name` a scenario of [`TODAY`] or [`TAKEOVER`]?
+pub fn known(name: &str) -> bool {
+    TODAY.contains(&name) || TAKEOVER.contains(&name)
+}
+
+/// Do the clients on `/` POST a form (nginx never resends a failed POST)?
+pub fn post(name: &str) -> bool {
+    name.starts_with("nginx-post-")
+}
+
+/// handover's takeover in scenario `name`: on (its default) or off; None: not handover.
+pub fn takeover(name: &str) -> Option<bool> {
+    name.contains("handover")
+        .then(|| !name.ends_with(TAKEOVER_OFF))
+}
+
 /// Baselines: measured steady only, never reloaded.
 pub fn steady_only(name: &str) -> bool {
     name.ends_with("-direct")
 }
 
-/// The same server bound directly, whose throughput a scenario's is compared with.
-pub fn direct(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "uvicorn-workers" | "handover-uvicorn-plain" | "circus" => "uvicorn-workers",
-        "pm2-cluster" | "handover-node" | "node-direct" => "node-direct",
-        "gunicorn-hup-noload" | "handover-gunicorn-noload" => "gunicorn-hup-noload",
-        "nginx-handover-uvicorn" => "handover-uvicorn-plain",
-        "nginx-uvicorn-workers" => "uvicorn-workers",
-        "nginx-gunicorn-uvicorn" | "gunicorn-uvicorn-direct" => "gunicorn-uvicorn-direct",
+/// The same server bound directly, whose throughput a scenario's is compared with: the
+/// first of its candidates that is among the scenarios `run` (else the first).
+pub fn direct(name: &str, run: &[String]) -> Option<&'static str> {
+    let candidates: &[&'static str] = match name.strip_suffix(TAKEOVER_OFF).unwrap_or(name) {
+        "uvicorn-workers" | "circus" => &["uvicorn-workers"],
+        "handover-uvicorn-plain" | "uvicorn-direct" => &["uvicorn-direct", "uvicorn-workers"],
+        "pm2-cluster" | "handover-node" | "node-direct" => &["node-direct"],
+        "pm2-cluster-close" | "handover-node-close" | "node-close-direct" => {
+            &["node-close-direct", "node-direct"]
+        }
+        "gunicorn-hup-noload" | "handover-gunicorn-noload" => &["gunicorn-hup-noload"],
+        "nginx-handover-uvicorn" | "nginx-uvicorn-direct" => {
+            &["nginx-uvicorn-direct", "handover-uvicorn-plain"]
+        }
+        "nginx-uvicorn-workers" => &["nginx-uvicorn-direct", "uvicorn-workers"],
+        "nginx-gunicorn-uvicorn" | "gunicorn-uvicorn-direct" => &["gunicorn-uvicorn-direct"],
+        "nginx-post-handover-uvicorn"
+        | "nginx-post-uvicorn-workers"
+        | "nginx-post-uvicorn-direct" => &["nginx-post-uvicorn-direct"],
+        "puma-phased" | "handover-puma" => &["puma-phased"],
         _ => return None,
-    })
+    };
+    let ran = |c: &&&str| run.iter().any(|r| r == **c);
+    candidates.iter().find(ran).or(candidates.first()).copied()
 }
 
 /// Starts scenario `name` (None: not one of today's); returns it and what its manager is.
@@ -70,21 +148,54 @@ pub fn start(name: &str, p: &Paths) -> Option<Result<(Server, &'static str), Str
     build(name, name, p)
 }
 
+/// The same, its logs and sockets named `name.again` (the scenario's own stay as they are).
+pub fn start_again(name: &str, p: &Paths) -> Option<Result<(Server, &'static str), String>> {
+    build(name, &format!("{name}.again"), p)
+}
+
 /// Starts server `kind` with its logs and sockets named after `name`.
 fn build(kind: &str, name: &str, p: &Paths) -> Option<Result<(Server, &'static str), String>> {
-    let front = |backend: &str| nginx(name, p, build(backend, &format!("{name}.backend"), p)?);
+    // `-takeover-off`: the same, with handover's takeover off (nginx's backend too).
+    let (kind, off) = match kind.strip_suffix(TAKEOVER_OFF) {
+        Some(k) => (k, TAKEOVER_OFF),
+        None => (kind, ""),
+    };
+    let flags: &[&str] = match off {
+        "" => &[],
+        _ => &["--takeover", "off"],
+    };
+    let front = |backend: &str| {
+        let backend = build(&format!("{backend}{off}"), &format!("{name}.backend"), p)?;
+        nginx(name, p, backend)
+    };
+    let handover = |workers: usize, cmd: &[String], env: &[(&str, &str)]| {
+        handover(name, p, free_addr(), workers, cmd, env, flags)
+    };
     Some(Ok(match kind {
         "uvicorn-workers" => (uvicorn_workers(name, p), "uvicorn (main process)"),
+        "uvicorn-direct" => (uvicorn_direct(name, p), "none (2 uvicorn processes)"),
         "handover-uvicorn-plain" => {
-            let cmd = uvicorn(p, &["--fd", "3"]);
-            (handover(name, p, 2, &cmd, &[]), "handover")
+            let cmd = uvicorn(name, p, &["--fd", "3"]);
+            (handover(2, &cmd, &[]), "handover")
         }
         "circus" => return Some(circus(name, p).map(|s| (s, "circusd"))),
-        "node-direct" => (node_direct(name, p), "none (2 node processes)"),
-        "pm2-cluster" => return Some(pm2(name, p).map(|s| (s, "pm2 daemon (God)"))),
+        "node-direct" => (node_direct(name, p, &app_js(p)), "none (2 node processes)"),
+        "node-close-direct" => (
+            node_direct(name, p, &app_close_js(p)),
+            "none (2 node processes)",
+        ),
+        "pm2-cluster" => return Some(pm2(name, p, None).map(|s| (s, "pm2 daemon (God)"))),
+        "pm2-cluster-close" => {
+            let pm2 = pm2(name, p, Some(&app_close_js(p)));
+            return Some(pm2.map(|s| (s, "pm2 daemon (God)")));
+        }
         "handover-node" => {
             let cmd = [s("/usr/bin/node"), app_js(p)];
-            (handover(name, p, 2, &cmd, &[]), "handover")
+            (handover(2, &cmd, &[]), "handover")
+        }
+        "handover-node-close" => {
+            let cmd = [s("/usr/bin/node"), app_close_js(p)];
+            (handover(2, &cmd, &[]), "handover")
         }
         "gunicorn-hup-noload" => {
             let g = gunicorn(name, p, &["app:app"], &[IMPORT_DELAY]);
@@ -92,13 +203,23 @@ fn build(kind: &str, name: &str, p: &Paths) -> Option<Result<(Server, &'static s
         }
         "handover-gunicorn-noload" => {
             let cmd = gunicorn_argv(name, p, None, &["app:app"]);
-            let server = handover(name, p, 1, &cmd, &[IMPORT_DELAY]);
+            let server = handover(1, &cmd, &[IMPORT_DELAY]);
             (server, "handover (a gunicorn master runs under it)")
         }
         "gunicorn-uvicorn-direct" => (gunicorn_uvicorn(name, p), "gunicorn master"),
-        "nginx-handover-uvicorn" => return front("handover-uvicorn-plain"),
-        "nginx-uvicorn-workers" => return front("uvicorn-workers"),
+        "nginx-handover-uvicorn" | "nginx-post-handover-uvicorn" => {
+            return front("handover-uvicorn-plain");
+        }
+        "nginx-uvicorn-workers" | "nginx-post-uvicorn-workers" => return front("uvicorn-workers"),
+        "nginx-uvicorn-direct" | "nginx-post-uvicorn-direct" => return front("uvicorn-direct"),
         "nginx-gunicorn-uvicorn" => return front("gunicorn-uvicorn-direct"),
+        "puma-phased" => (puma_phased(name, p), "Puma master"),
+        "handover-puma" => {
+            let addr = free_addr();
+            let cmd = puma_argv(p, addr);
+            let server = self::handover(name, p, addr, 1, &cmd, &[], flags);
+            (server, "handover (a Puma master runs under it)")
+        }
         _ => return None,
     }))
 }
@@ -115,27 +236,46 @@ fn app_js(p: &Paths) -> String {
     p.recipes.join("app.js").display().to_string()
 }
 
-/// `uvicorn ARGS --app-dir tests/recipes app:asgi`.
-fn uvicorn(p: &Paths, args: &[&str]) -> Vec<String> {
-    let dir = p.recipes.display().to_string();
-    let tail = ["--app-dir", &dir, "app:asgi"];
+/// benches/peers/app_close.js: `server.close()` + `closeIdleConnections()` on SIGTERM.
+fn app_close_js(p: &Paths) -> String {
+    p.peers.join("app_close.js").display().to_string()
+}
+
+/// `uvicorn ARGS --app-dir tests/recipes app:asgi`; in the POST scenarios
+/// `--app-dir benches/peers post_app:asgi` (the same app, a POST echoed).
+fn uvicorn(name: &str, p: &Paths, args: &[&str]) -> Vec<String> {
+    let (dir, app) = match post(name) {
+        true => (p.peers.display().to_string(), "post_app:asgi"),
+        false => (p.recipes.display().to_string(), "app:asgi"),
+    };
+    let tail = ["--app-dir", &dir, app];
     let head = std::iter::once(p.venv_bin("uvicorn"));
     head.chain(args.iter().chain(&tail).map(|a| s(a))).collect()
 }
 
-/// `handover run --listen 127.0.0.1:P --workers N --control … -- CMD`: as a user runs it.
-fn handover(name: &str, p: &Paths, workers: usize, cmd: &[String], env: &[(&str, &str)]) -> Server {
-    let addr = free_addr();
+/// `handover run --listen ADDR --workers N --control … FLAGS -- CMD`: as a user runs it.
+fn handover(
+    name: &str,
+    p: &Paths,
+    addr: SocketAddr,
+    workers: usize,
+    cmd: &[String],
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> Server {
     let control = p.logs.join(format!("{name}.control.sock"));
     let _ = std::fs::remove_file(&control);
     let mut argv = vec![p.handover.display().to_string(), s("run")];
     argv.extend([s("--listen"), addr.to_string()]);
     argv.extend([s("--workers"), workers.to_string()]);
-    argv.extend([s("--control"), control.display().to_string(), s("--")]);
+    argv.extend([s("--control"), control.display().to_string()]);
+    argv.extend(flags.iter().map(|f| s(f)));
+    argv.push(s("--"));
     argv.extend(cmd.iter().cloned());
     let local = Local::spawn_bound(name, p, &argv, addr, env);
-    // A gunicorn master per handover worker: it and its 2 workers serve.
-    let per_worker = if cmd[0].ends_with("gunicorn") { 3 } else { 1 };
+    // A gunicorn or Puma master per handover worker: it and its 2 workers serve.
+    let clustered = ["gunicorn", "puma"].iter().any(|c| cmd[0].ends_with(c));
+    let per_worker = if clustered { 3 } else { 1 };
     server(
         local,
         None,
@@ -168,7 +308,7 @@ fn server(
 fn uvicorn_workers(name: &str, p: &Paths) -> Server {
     let addr = free_addr();
     let port = addr.port().to_string();
-    let argv = uvicorn(p, &["--workers", "2", "--port", &port]);
+    let argv = uvicorn(name, p, &["--workers", "2", "--port", &port]);
     let local = Local::spawn_bound(name, p, &argv, addr, &[]);
     let pid = local.pid();
     // Its workers are multiprocessing children (`… spawn_main(…)`); a resource tracker
@@ -205,9 +345,8 @@ fn gunicorn_uvicorn(name: &str, p: &Paths) -> Server {
     gunicorn(name, p, &worker, &[])
 }
 
-/// Two `node app.js` on one socket of the bench's, and nothing else: Node's floor.
-fn node_direct(name: &str, p: &Paths) -> Server {
-    let app = app_js(p);
+/// Two `node APP` on one socket of the bench's, and nothing else: Node's floor.
+fn node_direct(name: &str, p: &Paths, app: &str) -> Server {
     let twice = format!("/usr/bin/node {app} & exec /usr/bin/node {app}");
     let local = Local::spawn(name, p, &[s("/bin/sh"), s("-c"), twice]);
     let pid = local.pid();
@@ -217,11 +356,51 @@ fn node_direct(name: &str, p: &Paths) -> Server {
     srv
 }
 
+/// Two `uvicorn --fd 3` on one socket of the bench's with TCP_NODELAY (as handover's
+/// `--listen` sets it), and nothing else: what handover + plain uvicorn is measured
+/// against.
+fn uvicorn_direct(name: &str, p: &Paths) -> Server {
+    let one = uvicorn(name, p, &["--fd", "3"]).join(" ");
+    let twice = format!("{one} & exec {one}");
+    let local = Local::spawn_nodelay(name, p, &[s("/bin/sh"), s("-c"), twice]);
+    let pid = local.pid();
+    // As with node_direct: the exec'd uvicorn is the root, the other its child.
+    let mut srv = server(local, None, 1, Trigger::Hangup(pid), p);
+    srv.manager = pid;
+    srv
+}
+
+/// `puma -w 2 --bind tcp://ADDR benches/peers/config.ru` (Debian's Puma 5.6, cluster mode,
+/// its defaults otherwise).
+fn puma_argv(p: &Paths, addr: SocketAddr) -> Vec<String> {
+    let config = p.peers.join("config.ru").display().to_string();
+    let bind = format!("tcp://{addr}");
+    vec![
+        s("/usr/bin/puma"),
+        s("-w"),
+        s("2"),
+        s("--bind"),
+        bind,
+        config,
+    ]
+}
+
+/// Puma in cluster mode binding its own port, reloaded by its phased restart (`kill
+/// -USR1` to the master: the workers are replaced one at a time, the master stays).
+fn puma_phased(name: &str, p: &Paths) -> Server {
+    let addr = free_addr();
+    let local = Local::spawn_bound(name, p, &puma_argv(p, addr), addr, &[]);
+    let pid = local.pid();
+    let usr1 = Trigger::Signal(pid, libc::SIGUSR1, "USR1");
+    // The workers' title: `puma: cluster worker 0: <master pid> [dir]`.
+    server(local, Some("cluster worker"), 2, usr1, p)
+}
+
 /// circusd with a socket and a watcher of 2 `uvicorn --fd`, as circus's docs show.
 fn circus(name: &str, p: &Paths) -> Result<Server, String> {
     let addr = free_addr();
     let ipc = |what: &str| format!("ipc://{}", p.logs.join(format!("{name}.{what}")).display());
-    let cmd = uvicorn(p, &["--fd", "$(circus.sockets.web)"]).join(" ");
+    let cmd = uvicorn(name, p, &["--fd", "$(circus.sockets.web)"]).join(" ");
     let ini = format!(
         "[circus]\nendpoint = {}\npubsub_endpoint = {}\nstatsd = false\n\n\
          [watcher:web]\ncmd = {cmd}\nuse_sockets = True\nnumprocesses = 2\n\
@@ -243,8 +422,8 @@ fn circus(name: &str, p: &Paths) -> Result<Server, String> {
 }
 
 /// pm2's cluster mode: a daemon of its own (PM2_HOME under the logs) forks 2 workers
-/// that share the port through Node's cluster module.
-fn pm2(name: &str, p: &Paths) -> Result<Server, String> {
+/// that share the port through Node's cluster module; they run `app` (default app.js).
+fn pm2(name: &str, p: &Paths, app_file: Option<&str>) -> Result<Server, String> {
     let addr = free_addr();
     let home = p.logs.join("pm2-home");
     let _ = std::fs::remove_dir_all(&home);
@@ -264,6 +443,7 @@ fn pm2(name: &str, p: &Paths) -> Result<Server, String> {
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("PORT", addr.port().to_string())
         .env("PM2_KILL_SIGNAL", "SIGTERM")
+        .envs(app_file.map(|a| ("APP_JS", a)))
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
