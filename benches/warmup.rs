@@ -197,6 +197,7 @@ fn run_scenario(s: &Setup<'_>, kind: &Kind) -> Result<Outcomes, String> {
         fresh: 0,
         rate: None,
         fresh_rate: None,
+        post: false,
     };
     let load = load::Load::start(addr, shape, length);
     let end_us = length.as_micros() as u64;
