@@ -155,7 +155,7 @@ impl Takeover {
             pids: self.tree(root),
             seen: HashSet::new(),
         };
-        let first = batch.grab();
+        let first = batch.grab(&grab::sockets_of(&batch.pids));
         tokio::spawn(watch::watch(batch, first, params));
     }
 
@@ -256,10 +256,10 @@ struct Batch {
 impl Batch {
     /// Duplicates what the tree accepted since the last look (all of it, the first
     /// time), as far as the cap allows.
-    fn grab(&mut self) -> Vec<(grab::Held, Claim)> {
+    fn grab(&mut self, found: &[grab::SocketFd]) -> Vec<(grab::Held, Claim)> {
         let s = &self.shared;
         let room = s.cap.saturating_sub(s.held.load(Ordering::Relaxed));
-        let grabbed = grab::grab(&self.pids, &self.listeners, room, &mut self.seen);
+        let grabbed = grab::grab(found, &self.listeners, room, &mut self.seen);
         if grabbed.missed > 0 && !s.capped.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "takeover: {} connections of a stopping worker left to it: {} are held \

@@ -20,6 +20,9 @@ use crate::readiness::accepted::{serves, tcp_listeners};
 pub struct Listeners {
     tcp: Vec<SocketAddr>,
     unix: Vec<PathBuf>,
+    /// The held sockets' inodes: while a stopping tree still has one open, it may still
+    /// accept.
+    pub(super) inodes: HashSet<u64>,
 }
 
 /// Where a held connection's request is sent: a fresh connection to the same listener.
@@ -57,9 +60,15 @@ impl Listeners {
             .filter(|s| s.r#type().is_ok_and(|t| t == socket2::Type::STREAM))
             .filter_map(|s| s.local_addr().ok()?.as_pathname().map(PathBuf::from))
             .collect();
+        let inodes = fds
+            .iter()
+            .filter_map(|fd| nix::sys::stat::fstat(fd).ok())
+            .map(|st| st.st_ino)
+            .collect();
         Listeners {
             tcp: tcp_listeners(fds),
             unix,
+            inodes,
         }
     }
 
@@ -84,55 +93,68 @@ impl Listeners {
     }
 }
 
-/// Duplicates the connections accepted from `listeners` that the processes `pids` hold,
-/// at most `room` of them, but for the sockets in `seen` (every socket looked at is added
-/// to it, so a later grab finds only what the tree accepted since).
+/// One socket fd of a process of the tree: (pid, fd, the socket's inode).
+pub(super) type SocketFd = (i32, i32, u64);
+
+/// The socket fds the processes `pids` have open now (a readlink per fd).
+pub(super) fn sockets_of(pids: &[i32]) -> Vec<SocketFd> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let fd = entry.file_name().to_str().and_then(|n| n.parse().ok());
+            if let (Some(fd), Some(inode)) = (fd, socket_inode(&entry.path())) {
+                out.push((pid, fd, inode));
+            }
+        }
+    }
+    out
+}
+
+/// Duplicates the connections accepted from `listeners` among `found`, at most `room` of
+/// them, but for the sockets in `seen` (every socket looked at is added to it, so a
+/// later grab takes only what the tree accepted since).
 pub(super) fn grab(
-    pids: &[i32],
+    found: &[SocketFd],
     listeners: &Listeners,
     room: usize,
     seen: &mut HashSet<u64>,
 ) -> Grabbed {
     let mut out = Grabbed::default();
-    for &pid in pids {
-        let (Ok(dir), Ok(pidfd)) = (
-            std::fs::read_dir(format!("/proc/{pid}/fd")),
-            pidfd_open(pid),
-        ) else {
+    let mut pidfd: Option<(i32, OwnedFd)> = None;
+    for &(pid, fd, inode) in found {
+        if listeners.inodes.contains(&inode) || !seen.insert(inode) {
+            continue;
+        }
+        if pidfd.as_ref().is_none_or(|(p, _)| *p != pid) {
+            pidfd = pidfd_open(pid).ok().map(|f| (pid, f));
+        }
+        let Some((_, pfd)) = &pidfd else {
             continue;
         };
-        for entry in dir.flatten() {
-            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            let Some(inode) = socket_inode(&entry.path()) else {
-                continue;
-            };
-            if !seen.insert(inode) {
-                continue;
-            }
-            let Ok(dup) = pidfd_getfd(&pidfd, fd) else {
-                continue;
-            };
-            // The fd may have been closed and reused since its link was read: the
-            // duplicate's own inode is what counts.
-            if nix::sys::stat::fstat(&dup).map(|st| st.st_ino) != Ok(inode) {
-                continue;
-            }
-            let Some(upstream) = listeners.upstream(&socket2::SockRef::from(&dup)) else {
-                continue;
-            };
-            if out.held.len() >= room {
-                out.missed += 1;
-                continue;
-            }
-            out.held.push(Held {
-                mark: super::tcp::mark(&dup),
-                fd: dup,
-                inode,
-                upstream,
-            });
+        let Ok(dup) = pidfd_getfd(pfd, fd) else {
+            continue;
+        };
+        // The fd may have been closed and reused since its link was read: the
+        // duplicate's own inode is what counts.
+        if nix::sys::stat::fstat(&dup).map(|st| st.st_ino) != Ok(inode) {
+            continue;
         }
+        let Some(upstream) = listeners.upstream(&socket2::SockRef::from(&dup)) else {
+            continue;
+        };
+        if out.held.len() >= room {
+            out.missed += 1;
+            continue;
+        }
+        out.held.push(Held {
+            mark: super::tcp::mark(&dup),
+            fd: dup,
+            inode,
+            upstream,
+        });
     }
     out
 }
@@ -169,7 +191,7 @@ mod tests {
         let (accepted_unix, _) = unix.accept().unwrap();
 
         let me = std::process::id() as i32;
-        let got = grab(&[me], &listeners, 100, &mut HashSet::new());
+        let got = grab(&sockets_of(&[me]), &listeners, 100, &mut HashSet::new());
         let inode = |fd: BorrowedFd<'_>| {
             use std::os::fd::AsRawFd;
             socket_inode(std::path::Path::new(&format!(
@@ -196,12 +218,12 @@ mod tests {
         assert_eq!(got.missed, 0);
 
         let mut seen = HashSet::new();
-        let capped = grab(&[me], &listeners, 1, &mut seen);
+        let capped = grab(&sockets_of(&[me]), &listeners, 1, &mut seen);
         assert_eq!((capped.held.len(), capped.missed), (1, 1));
         // What was looked at once is not taken again; a connection accepted since is.
         let _c4 = std::net::TcpStream::connect(held.local_addr().unwrap()).unwrap();
         let (later, _) = held.accept().unwrap();
-        let again = grab(&[me], &listeners, 100, &mut seen);
+        let again = grab(&sockets_of(&[me]), &listeners, 100, &mut seen);
         let inodes: Vec<u64> = again.held.iter().map(|h| h.inode).collect();
         assert_eq!(inodes, [inode(later.as_fd())]);
     }

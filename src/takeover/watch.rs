@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::grab::{Held, socket_inode};
+use super::grab::{Held, sockets_of};
 use super::{Batch, Claim, Params, relay};
 
 /// How often a batch's tree is looked at while it still holds some of the connections.
@@ -42,11 +42,15 @@ pub(super) async fn watch(mut batch: Batch, mut waiting: Vec<(Held, Claim)>, par
     let start = Instant::now();
     let give_up = start + params.bound + MARGIN;
     loop {
-        let early = start.elapsed() < NEW_WINDOW;
-        if early {
-            waiting.extend(batch.grab());
+        let found = sockets_of(&batch.pids);
+        let open: HashSet<u64> = found.iter().map(|(_, _, inode)| *inode).collect();
+        // It may still accept while it has a held socket open (for at most NEW_WINDOW:
+        // a worker that keeps fd 3 to its exit would be looked at until then).
+        let accepting =
+            start.elapsed() < NEW_WINDOW && batch.listeners.inodes.iter().any(|l| open.contains(l));
+        if accepting {
+            waiting.extend(batch.grab(&found));
         }
-        let open = open_inodes(&batch.pids);
         let (kept, released): (Vec<_>, Vec<_>) = waiting
             .into_iter()
             .partition(|(held, _)| open.contains(&held.inode));
@@ -54,7 +58,7 @@ pub(super) async fn watch(mut batch: Batch, mut waiting: Vec<(Held, Claim)>, par
             tokio::spawn(relay::serve(held, claim, params));
         }
         waiting = kept;
-        if (waiting.is_empty() && !early) || Instant::now() >= give_up {
+        if (waiting.is_empty() && !accepting) || Instant::now() >= give_up {
             // Dropping what is left closes the duplicates (the worker's own fds, where
             // some process still has them, keep the connections open) and counts them
             // unused.
@@ -69,15 +73,6 @@ pub(super) async fn watch(mut batch: Batch, mut waiting: Vec<(Held, Claim)>, par
     }
 }
 
-/// The socket inodes the processes `pids` have open now.
-fn open_inodes(pids: &[i32]) -> HashSet<u64> {
-    pids.iter()
-        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
-        .flat_map(|dir| dir.flatten())
-        .filter_map(|entry| socket_inode(&entry.path()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,11 +81,11 @@ mod tests {
     #[test]
     fn a_socket_this_process_has_open_is_seen_and_a_closed_one_is_not() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let link = format!("/proc/self/fd/{}", listener.as_raw_fd());
-        let inode = socket_inode(std::path::Path::new(&link)).unwrap();
+        let fd = listener.as_raw_fd();
         let me = std::process::id() as i32;
-        assert!(open_inodes(&[me]).contains(&inode));
+        let found = sockets_of(&[me]);
+        let (_, _, inode) = *found.iter().find(|(p, f, _)| (*p, *f) == (me, fd)).unwrap();
         drop(listener);
-        assert!(!open_inodes(&[me]).contains(&inode));
+        assert!(!sockets_of(&[me]).iter().any(|(_, _, i)| *i == inode));
     }
 }
