@@ -41,7 +41,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::load::{Load, Mix, Sample, Tally};
-use common::{HANDOVER, Manager, wait_for};
+use common::{HANDOVER, Manager, need, wait_for};
 
 const SEC: Duration = Duration::from_secs(1);
 const RELOADS: usize = 5;
@@ -66,23 +66,6 @@ const MIX: Mix = Mix {
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `path` if it exists; else None after saying so loudly (a failure under CI=true).
-fn need(path: PathBuf, what: &str) -> Option<String> {
-    if path.exists() {
-        return Some(path.display().to_string());
-    }
-    let msg = format!(
-        "SKIPPED: {what} not found at {}: run scripts/recipe-deps",
-        path.display()
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{msg} (CI=true: the recipes must run)"
-    );
-    eprintln!("{msg}");
-    None
 }
 
 fn venv_bin(name: &str) -> Option<String> {

@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{HANDOVER, is_dead, pass_as_fd3, wait_for};
+use common::{HANDOVER, is_dead, need, pass_as_fd3, wait_for};
 
 const SEC: Duration = Duration::from_secs(1);
 /// The default `--takeover-hold`.
@@ -70,23 +70,6 @@ const SLACK: Duration = Duration::from_secs(2);
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `path` if it exists; else None after saying so loudly (a failure under CI=true).
-fn need(path: PathBuf, what: &str) -> Option<String> {
-    if path.exists() {
-        return Some(path.display().to_string());
-    }
-    let msg = format!(
-        "SKIPPED: {what} not found at {}: run scripts/recipe-deps",
-        path.display()
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{msg} (CI=true: the takeover tests must run)"
-    );
-    eprintln!("{msg}");
-    None
 }
 
 fn uvicorn() -> Option<String> {

@@ -1,5 +1,5 @@
 // An app of fd 3 for pm2's cluster mode, unchanged but for where it listens:
-// tests/recipes/app.js, or the file named by APP_JS (benches/peers/app_close.js).
+// tests/recipes/app.js, or the file named by APP_JS (tests/recipes/app_close.js).
 //
 // The apps serve `listen({fd: 3})` (the socket handover or systemd hands them). Under
 // pm2 there is no fd 3: pm2's cluster mode shares a port among its workers through

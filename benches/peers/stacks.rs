@@ -236,9 +236,9 @@ fn app_js(p: &Paths) -> String {
     p.recipes.join("app.js").display().to_string()
 }
 
-/// benches/peers/app_close.js: `server.close()` + `closeIdleConnections()` on SIGTERM.
+/// tests/recipes/app_close.js: `server.close()` + `closeIdleConnections()` on SIGTERM.
 fn app_close_js(p: &Paths) -> String {
-    p.peers.join("app_close.js").display().to_string()
+    p.recipes.join("app_close.js").display().to_string()
 }
 
 /// `uvicorn ARGS --app-dir tests/recipes app:asgi`; in the POST scenarios

@@ -353,3 +353,21 @@ pub fn script(dir: &Path, name: &str, body: &str) -> String {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     path.display().to_string()
 }
+
+/// `path` if it exists; else None after saying so loudly ("SKIPPED"): a dependency that
+/// `scripts/recipe-deps` installs. Under CI=true a missing one fails the test.
+pub fn need(path: std::path::PathBuf, what: &str) -> Option<String> {
+    if path.exists() {
+        return Some(path.display().to_string());
+    }
+    let msg = format!(
+        "SKIPPED: {what} not found at {}: run scripts/recipe-deps",
+        path.display()
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{msg} (CI=true: this test must run)"
+    );
+    eprintln!("{msg}");
+    None
+}
