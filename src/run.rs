@@ -90,6 +90,7 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         control: h.control.map(|(fd, path)| (upgrade::adopt_fd(fd), path)),
         pending: h.pending,
         log_pipes: h.log_pipes,
+        takeover: h.takeover,
     };
     supervise(
         machine,

@@ -189,6 +189,15 @@ impl Takeover {
         }
     }
 
+    /// Counts on from an earlier image's (an in-place upgrade: nothing is held across it).
+    pub fn carry_on(&self, earlier: Totals) {
+        let s = &self.shared;
+        s.taken.fetch_add(earlier.taken, Ordering::Relaxed);
+        s.answered.fetch_add(earlier.answered, Ordering::Relaxed);
+        s.unused.fetch_add(earlier.unused, Ordering::Relaxed);
+        s.failed.fetch_add(earlier.failed, Ordering::Relaxed);
+    }
+
     /// Connections held now.
     pub fn held(&self) -> usize {
         self.shared.held.load(Ordering::Relaxed)

@@ -87,6 +87,10 @@ pub struct Handoff {
     /// workers never write into a pipe nobody reads. (Absent before log_prefix existed.)
     #[serde(default)]
     pub log_pipes: Vec<LogPipe>,
+    /// What the takeover did so far (its counters; what it held was settled before the
+    /// exec). (Absent before the takeover existed.)
+    #[serde(default)]
+    pub takeover: crate::takeover::Totals,
 }
 
 /// One worker pipe a copier reads: its fd, where its lines go (1 or 2), their prefix.
@@ -452,6 +456,7 @@ mod tests {
             pending: vec![Carried::Reload, Carried::Scale(-1), Carried::ScaleTo(3)],
             worker_nofile: Some(1024),
             log_pipes: vec![],
+            takeover: Default::default(),
         };
         let json = encode(&h).expect("encode");
         let v3 = decode(&json).expect("v3");

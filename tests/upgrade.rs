@@ -132,3 +132,59 @@ fn an_incompatible_binary_fails_the_upgrade_and_the_old_image_keeps_running() {
         "speaks handoff version \"999\"",
     );
 }
+
+/// One request on a kept-alive connection, its whole answer read (by Content-Length).
+fn keep_alive_get(conn: &mut std::net::TcpStream) {
+    use std::io::{Read, Write};
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    conn.set_read_timeout(Some(5 * SEC)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).expect("read the answer");
+        assert!(n > 0, "closed before the answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if got.len() >= end + 4 + length {
+            return;
+        }
+    }
+}
+
+fn takeover_taken(m: &Manager) -> Option<(u64, u64)> {
+    let json = common::upgrade::status_json(m)?;
+    let t = &json["takeover"];
+    Some((t["taken"].as_u64()?, t["held"].as_u64()?))
+}
+
+#[test]
+fn the_takeover_counts_survive_an_upgrade() {
+    let (m, bin) = start_from_copy();
+    m.wait_ready(3);
+    // A kept-alive connection: the reload's drain takes it over.
+    let mut conn = std::net::TcpStream::connect(m.addr).expect("connect");
+    keep_alive_get(&mut conn);
+    let out = m.ctl(&["reload"]);
+    assert!(out.status.success(), "reload: {}", text(&out));
+    let taken = wait_for(15 * SEC, "the connection taken over and settled", || {
+        takeover_taken(&m).filter(|&(taken, held)| taken >= 1 && held == 0)
+    });
+    let staged = bin.with_extension("new");
+    std::fs::copy(HANDOVER, &staged).expect("stage");
+    std::fs::rename(&staged, &bin).expect("replace");
+    let out = m.ctl(&["upgrade"]);
+    assert!(out.status.success(), "upgrade: {}", text(&out));
+    wait_for(15 * SEC, "the upgraded manager", || {
+        (upgrades(&m)? == 1).then_some(())
+    });
+    assert_eq!(takeover_taken(&m), Some(taken), "counts after the upgrade");
+}

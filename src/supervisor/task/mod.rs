@@ -68,6 +68,8 @@ pub struct Resume {
     pub pending: Vec<self_upgrade::Carried>,
     /// The workers' output pipes the old image was copying (log_prefix).
     pub log_pipes: Vec<self_upgrade::LogPipe>,
+    /// The takeover's counters so far.
+    pub takeover: takeover::Totals,
 }
 
 /// The signals the manager handles, one stream each.
@@ -274,6 +276,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         None => queue.push_back(Event::Start),
         Some(r) => {
             task.upgrades = r.upgrades;
+            task.takeover.carry_on(r.takeover);
             task.outputs.adopt(r.log_pipes);
             let now = Instant::now();
             task.last_reload = r.last_reload.map(|info| {

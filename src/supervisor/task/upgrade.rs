@@ -265,6 +265,7 @@ impl Task<'_> {
             pending,
             worker_nofile: crate::fdlimit::limits().map(|l| l.worker_soft),
             log_pipes: self.outputs.handoff(),
+            takeover: self.takeover.totals(),
         })
     }
 }
