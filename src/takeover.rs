@@ -100,6 +100,11 @@ struct Shared {
     cap: usize,
     /// The manager stops: no more relays (the serving generation is draining too).
     closing: AtomicBool,
+    /// Stopping trees that may still accept (`Accepting`), and its fall to 0: a relay
+    /// waits for that, or the relay's connection could land on a stopping worker, which
+    /// would close it unanswered.
+    accepting: AtomicUsize,
+    quiet: tokio::sync::Notify,
     /// The open ledger of each generation that let connections go (one log line each).
     ledgers: Mutex<HashMap<u64, Weak<Ledger>>>,
     /// Said once: the cap was reached.
@@ -128,6 +133,8 @@ impl Takeover {
                 held: AtomicUsize::new(0),
                 cap: cap.min(MAX_HELD),
                 closing: AtomicBool::new(false),
+                accepting: AtomicUsize::new(0),
+                quiet: tokio::sync::Notify::new(),
                 ledgers: Mutex::new(HashMap::new()),
                 capped: AtomicBool::new(false),
             }),
@@ -155,8 +162,9 @@ impl Takeover {
             pids: self.tree(root),
             seen: HashSet::new(),
         };
+        let accepting = Accepting::new(&self.shared);
         let first = batch.grab(&grab::sockets_of(&batch.pids));
-        tokio::spawn(watch::watch(batch, first, params));
+        tokio::spawn(watch::watch(batch, first, accepting, params));
     }
 
     /// The tree of `root`, from a process table read at most once per `TABLE_FOR` (a
@@ -248,6 +256,25 @@ impl Totals {
                 n => format!(", {n} held now"),
             }
         )
+    }
+}
+
+/// A stopping tree that may still accept (it holds a held socket, early in its stop):
+/// counted in `Shared::accepting` until dropped.
+struct Accepting(Arc<Shared>);
+
+impl Accepting {
+    fn new(shared: &Arc<Shared>) -> Accepting {
+        shared.accepting.fetch_add(1, Ordering::SeqCst);
+        Accepting(Arc::clone(shared))
+    }
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        if self.0.accepting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.quiet.notify_waiters();
+        }
     }
 }
 
@@ -365,6 +392,20 @@ impl Claim {
 
     fn closing(&self) -> bool {
         self.shared.closing.load(Ordering::Relaxed)
+    }
+
+    /// Until no stopping tree may still accept (at most `limit`).
+    async fn until_quiet(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let quiet = self.shared.quiet.notified();
+            if self.shared.accepting.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, quiet).await.is_err() {
+                return;
+            }
+        }
     }
 
     fn fin_sent(&self) {

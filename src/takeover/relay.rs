@@ -111,6 +111,9 @@ where
     if claim.closing() {
         return Ok(());
     }
+    // Not while a stopping worker may still take the relay's connection (and close it
+    // unanswered as it goes): a few milliseconds, at most the window it is watched in.
+    claim.until_quiet(super::watch::NEW_WINDOW).await;
     claim.outcome = Outcome::Failed;
     let early = buf.split_off(head.len);
     // The whole request, when it is all here already: what a second try sends.

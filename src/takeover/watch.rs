@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::grab::{Held, sockets_of};
-use super::{Batch, Claim, Params, relay};
+use super::{Accepting, Batch, Claim, Params, relay};
 
 /// How often a batch's tree is looked at while it still holds some of the connections.
 const EVERY: Duration = Duration::from_millis(20);
@@ -26,7 +26,7 @@ const EVERY: Duration = Duration::from_millis(20);
 /// and how often meanwhile: every millisecond over the first `FIRST` (uvicorn's 100 ms
 /// tick and then some), every 5 after. What it accepts and closes unread between two
 /// looks is lost: the looks can only make that window small.
-const NEW_WINDOW: Duration = Duration::from_millis(500);
+pub(super) const NEW_WINDOW: Duration = Duration::from_millis(500);
 const FIRST: Duration = Duration::from_millis(150);
 const FIRST_EVERY: Duration = Duration::from_millis(1);
 const NEW_EVERY: Duration = Duration::from_millis(5);
@@ -38,7 +38,13 @@ const MARGIN: Duration = Duration::from_secs(1);
 /// Watches the connections taken from the batch's tree (`waiting`, and what it accepts
 /// in its first moments) and hands each to a relay the moment none of the tree's
 /// processes has it open any more.
-pub(super) async fn watch(mut batch: Batch, mut waiting: Vec<(Held, Claim)>, params: Params) {
+pub(super) async fn watch(
+    mut batch: Batch,
+    mut waiting: Vec<(Held, Claim)>,
+    accepting: Accepting,
+    params: Params,
+) {
+    let mut accepting = Some(accepting);
     let start = Instant::now();
     let give_up = start + params.bound + MARGIN;
     loop {
@@ -46,9 +52,12 @@ pub(super) async fn watch(mut batch: Batch, mut waiting: Vec<(Held, Claim)>, par
         let open: HashSet<u64> = found.iter().map(|(_, _, inode)| *inode).collect();
         // It may still accept while it has a held socket open (for at most NEW_WINDOW:
         // a worker that keeps fd 3 to its exit would be looked at until then).
-        let accepting =
-            start.elapsed() < NEW_WINDOW && batch.listeners.inodes.iter().any(|l| open.contains(l));
-        if accepting {
+        if start.elapsed() >= NEW_WINDOW || !batch.listeners.inodes.iter().any(|l| open.contains(l))
+        {
+            // No more: relays waiting for it may go (the drop says so).
+            accepting = None;
+        }
+        if accepting.is_some() {
             waiting.extend(batch.grab(&found));
         }
         let (kept, released): (Vec<_>, Vec<_>) = waiting
@@ -58,7 +67,7 @@ pub(super) async fn watch(mut batch: Batch, mut waiting: Vec<(Held, Claim)>, par
             tokio::spawn(relay::serve(held, claim, params));
         }
         waiting = kept;
-        if (waiting.is_empty() && !accepting) || Instant::now() >= give_up {
+        if (waiting.is_empty() && accepting.is_none()) || Instant::now() >= give_up {
             // Dropping what is left closes the duplicates (the worker's own fds, where
             // some process still has them, keep the connections open) and counts them
             // unused.
