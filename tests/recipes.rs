@@ -34,14 +34,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::load::{Load, Mix, Sample, Tally};
-use common::{HANDOVER, Manager, need, wait_for};
+use common::{HANDOVER, Manager, need, nodelay_listener, wait_for};
 
 const SEC: Duration = Duration::from_secs(1);
 const RELOADS: usize = 5;
@@ -168,24 +166,6 @@ struct Event {
     /// The first failures: when each was sent after the event's start, how long it took,
     /// the client's kind.
     failures: Vec<String>,
-}
-
-/// The listener a `.socket` unit with `NoDelay=yes` would hand over.
-fn nodelay_listener() -> TcpListener {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int.
-    let r = unsafe {
-        libc::setsockopt(
-            l.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "TCP_NODELAY: {}", std::io::Error::last_os_error());
-    l
 }
 
 /// Waits until the clients have finished `n` more requests: the time a stop needs to

@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{HANDOVER, is_dead, need, pass_as_fd3, wait_for};
+use common::{HANDOVER, is_dead, need, nodelay_listener, pass_as_fd3, wait_for};
 
 const SEC: Duration = Duration::from_secs(1);
 /// The default `--takeover-hold`.
@@ -430,24 +430,6 @@ impl Drop for Handover {
             eprintln!("--- handover log ---\n{}", self.log());
         }
     }
-}
-
-/// The listener a `.socket` unit with `NoDelay=yes` would hand over.
-fn nodelay_listener() -> TcpListener {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int.
-    let r = unsafe {
-        libc::setsockopt(
-            l.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "TCP_NODELAY: {}", io::Error::last_os_error());
-    l
 }
 
 // ---------------------------------------------------------------------------------------

@@ -371,3 +371,21 @@ pub fn need(path: std::path::PathBuf, what: &str) -> Option<String> {
     eprintln!("{msg}");
     None
 }
+
+/// The listener a `.socket` unit with `NoDelay=yes` would hand over.
+pub fn nodelay_listener() -> TcpListener {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int.
+    let r = unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "TCP_NODELAY: {}", std::io::Error::last_os_error());
+    l
+}
