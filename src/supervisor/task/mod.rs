@@ -43,7 +43,7 @@ use crate::takeover::{self, Takeover};
 use crate::upgrade as self_upgrade;
 use intake::{MEMORY_EVERY, read_notifications, sample_memory};
 use readiness::PROBE_EVERY;
-use reap::{reap, send_signal, strays};
+use reap::{emptied_groups, reap, send_signal, strays};
 
 /// Everything the task needs, prepared by `run`.
 pub struct Context<'a> {
@@ -299,49 +299,57 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     loop {
         // While an upgrade is checked, reloads and scaling wait for it; a stop cancels it.
         task.hold_during_upgrade(&mut queue);
-        while let Some(event) = queue.pop_front() {
-            let mut answers = Vec::new();
-            let actions = machine.step(event, Instant::now());
-            for note in machine.take_notes() {
-                note.log();
-            }
-            task.reload_phase = machine.reload_phase();
-            if machine.is_stopping() {
-                // The serving generation drains too: released connections are closed.
-                task.takeover.close();
-            }
-            for action in actions {
-                if let Action::Exit(_) = action {
-                    // Nothing of any generation may outlive the manager: what re-parented
-                    // to it is stopped first (the machine exits once that is gone too).
-                    let strays = strays(&machine);
-                    if !strays.is_empty() {
-                        queue.extend(strays);
-                        continue;
+        loop {
+            while let Some(event) = queue.pop_front() {
+                let mut answers = Vec::new();
+                let actions = machine.step(event, Instant::now());
+                for note in machine.take_notes() {
+                    note.log();
+                }
+                task.reload_phase = machine.reload_phase();
+                if machine.is_stopping() {
+                    // The serving generation drains too: released connections are closed.
+                    task.takeover.close();
+                }
+                for action in actions {
+                    if let Action::Exit(_) = action {
+                        // Nothing of any generation may outlive the manager: what re-parented
+                        // to it is stopped first (the machine exits once that is gone too).
+                        let strays = strays(&machine);
+                        if !strays.is_empty() {
+                            queue.extend(strays);
+                            continue;
+                        }
+                    }
+                    if let Some(code) = task.execute(action, &mut answers, &machine) {
+                        // A relay still in flight is let finish, briefly (the manager's exit
+                        // would cut it); nothing new is relayed once stopping.
+                        task.takeover.settle(takeover::EXIT_SETTLE).await;
+                        task.cgroups.remove_all();
+                        task.systemd.settle();
+                        task.publish_metrics(&machine, true);
+                        task.waiters.fail_all("the manager stopped");
+                        task.outputs.finish().await;
+                        if let Some(reason) = task.start_failure.take() {
+                            anyhow::bail!("the first generation failed: {reason}");
+                        }
+                        flush_replies().await;
+                        return Ok(code);
                     }
                 }
-                if let Some(code) = task.execute(action, &mut answers, &machine) {
-                    // A relay still in flight is let finish, briefly (the manager's exit
-                    // would cut it); nothing new is relayed once stopping.
-                    task.takeover.settle(takeover::EXIT_SETTLE).await;
-                    task.cgroups.remove_all();
-                    task.systemd.settle();
-                    task.publish_metrics(&machine, true);
-                    task.waiters.fail_all("the manager stopped");
-                    task.outputs.finish().await;
-                    if let Some(reason) = task.start_failure.take() {
-                        anyhow::bail!("the first generation failed: {reason}");
-                    }
-                    flush_replies().await;
-                    return Ok(code);
+                // Answers (spawned pids, loaded config) go back in first, in order, so the
+                // state machine knows them before it hears of anything else.
+                for e in answers.into_iter().rev() {
+                    queue.push_front(e);
                 }
+                task.cgroups.sync(&machine);
             }
-            // Answers (spawned pids, loaded config) go back in first, in order, so the
-            // state machine knows them before it hears of anything else.
-            for e in answers.into_iter().rev() {
-                queue.push_front(e);
+            // A drained worker's group may have emptied in the very reap that told of its
+            // leader's exit; nothing later would tell of it.
+            queue.extend(emptied_groups(&machine));
+            if queue.is_empty() {
+                break;
             }
-            task.cgroups.sync(&machine);
         }
         if task.cgroups.removing() != removals.is_some() {
             removals = task

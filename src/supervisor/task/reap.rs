@@ -113,14 +113,20 @@ pub fn reap(m: &Machine, queue: &mut VecDeque<Event>) {
 
 /// Emptied groups of drained workers, and processes that re-parented to handover.
 pub fn groups_and_strays(m: &Machine, queue: &mut VecDeque<Event>) {
-    for (_, _, w) in m.workers() {
-        if let (true, Some(pgid)) = (w.remnant, w.pid)
-            && killpg(Pid::from_raw(pgid), None) == Err(nix::errno::Errno::ESRCH)
-        {
-            queue.push_back(Event::GroupGone { pgid });
-        }
-    }
+    queue.extend(emptied_groups(m));
     queue.extend(strays(m));
+}
+
+/// The process groups of drained workers (remnants) that have no member left. Also asked
+/// after the machine took in a batch of exits: a group whose last members were reaped in
+/// the same batch as its leader was not a remnant yet when that batch was reaped, and no
+/// later exit would tell of it.
+pub fn emptied_groups(m: &Machine) -> Vec<Event> {
+    m.workers()
+        .filter_map(|(_, _, w)| w.remnant.then_some(w.pid?))
+        .filter(|pgid| killpg(Pid::from_raw(*pgid), None) == Err(nix::errno::Errno::ESRCH))
+        .map(|pgid| Event::GroupGone { pgid })
+        .collect()
 }
 
 /// Live children of handover that are not workers, nor in a worker's process group (that
