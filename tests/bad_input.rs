@@ -29,15 +29,31 @@ fn run(args: &[&str], env: &[(&str, &str)], fd3: Option<&std::fs::File>) -> Outp
     if let Some(f) = fd3 {
         common::pass_as_fd3(&mut c, f.as_raw_fd());
     }
-    let mut child = c
+    let child = c
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    // Killed if the test fails before it exits: no manager outlives its test.
+    let mut child = KillOnDrop(Some(child));
     wait_for(Duration::from_secs(10), "handover to give up", || {
-        child.try_wait().ok().flatten()
+        child.0.as_mut()?.try_wait().ok().flatten()
     });
+    // Set just above and taken only here.
+    let child = child.0.take().expect("the child");
     child.wait_with_output().expect("output")
+}
+
+/// A child SIGKILLed when dropped, unless taken out first.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// Asserts a failed run whose last stderr line is the error, containing every `needle`.
