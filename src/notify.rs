@@ -179,11 +179,12 @@ impl Systemd {
         }
     }
 
-    /// Hands `fd` to systemd's fd store under `name` (FDSTORE=1, the fd as SCM_RIGHTS).
-    /// Without FileDescriptorStoreMax= in the unit systemd just drops it.
-    pub fn store_fd(&self, fd: std::os::fd::BorrowedFd<'_>, name: &str) {
+    /// Hands `fd` to systemd's fd store under `name` (FDSTORE=1, the fd as SCM_RIGHTS);
+    /// true when it was sent. Without FileDescriptorStoreMax= in the unit systemd just
+    /// drops it (which handover cannot tell).
+    pub fn store_fd(&self, fd: std::os::fd::BorrowedFd<'_>, name: &str) -> bool {
         let Some((socket, addr)) = &self.target else {
-            return;
+            return false;
         };
         let message = format!("FDSTORE=1\nFDNAME={name}\n");
         let iov = [io::IoSlice::new(message.as_bytes())];
@@ -195,7 +196,7 @@ impl Systemd {
         ) {
             (Some(p), _) => UnixAddr::new(p),
             (None, Some(name)) => UnixAddr::new_abstract(name),
-            (None, None) => return,
+            (None, None) => return false,
         };
         let sent = to.and_then(|to| {
             nix::sys::socket::sendmsg(
@@ -207,8 +208,14 @@ impl Systemd {
             )
         });
         match sent {
-            Ok(_) => tracing::info!("socket kept in systemd's fd store as {name}"),
-            Err(e) => tracing::warn!("cannot store a socket in systemd's fd store: {e}"),
+            Ok(_) => {
+                tracing::info!("socket kept in systemd's fd store as {name}");
+                true
+            }
+            Err(e) => {
+                tracing::warn!("cannot store a socket in systemd's fd store: {e}");
+                false
+            }
         }
     }
 }
