@@ -251,3 +251,85 @@ fn a_relative_command_is_looked_up_in_the_working_directory() {
     );
     assert_error(&out, &["first generation failed", "exit status 7"]);
 }
+
+#[test]
+fn zero_or_absurd_durations_are_refused_in_flags_the_config_file_and_control_requests() {
+    // Flags: clap's one error line names the flag and the value; nothing starts.
+    for (flag, value, why) in [
+        ("--max-lifetime", "0s", "at least 1s"),
+        ("--watchdog", "0s", "at least 1s"),
+        ("--watchdog", "10ms", "at least 1s"),
+        ("--ready-timeout", "0", "at least 1s"),
+        ("--graceful-timeout", "0s", "above 0"),
+        ("--reload-timeout", "0s", "at least 1s"),
+        ("--probation", "0ms", "above 0"),
+        ("--max-lifetime", "9999999h", "at most a year"),
+    ] {
+        let out = run(
+            &with_cmd(&[&LISTEN[..], &[flag, value]].concat(), &["true"]),
+            &[],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert_first_line(&out, &[flag, &format!("`{value}`"), why]);
+    }
+    for args in [
+        &["reload", "--timeout", "0s"][..],
+        &["pause", "--timeout", "0s"],
+        &["upgrade", "--timeout", "0s"],
+    ] {
+        let out = run(args, &[], None);
+        assert_first_line(&out, &["--timeout", "`0s`", "above 0"]);
+    }
+    // The config file: one line naming the file, the line and the field (check and run).
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("handover.toml");
+    let c = config.display().to_string();
+    for field in [
+        "max_lifetime",
+        "watchdog",
+        "ready_timeout",
+        "graceful_timeout",
+        "probation",
+        "reload_timeout",
+    ] {
+        std::fs::write(&config, format!("command = \"true\"\n{field} = \"0s\"\n")).expect("write");
+        for head in [
+            &["check", "--config", &c][..],
+            &["run", "--config", &c, "--listen", "127.0.0.1:0"],
+        ] {
+            let out = run(head, &[], None);
+            assert_error(&out, &[&format!("{c}:2: {field}: `0s` is too short")]);
+        }
+    }
+    // A control request: a reload that would load such a file is refused, and the serving
+    // generation is left alone (no restart storm).
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("handover.toml");
+    let valid = format!("command = \"{HANDOVER}\"\nargs = [\"demo-worker\"]\nworkers = 1\n");
+    std::fs::write(&config, &valid).expect("write");
+    let c = config.display().to_string();
+    let m = common::Manager::start_in(dir, &["--config", &c], &[]);
+    let workers = m.wait_ready(1);
+    std::fs::write(&config, format!("{valid}max_lifetime = \"0s\"\n")).expect("write");
+    let out = m.ctl(&["reload"]);
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("{c}:4: max_lifetime: `0s` is too short")),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(m.children(), workers, "{}", m.log());
+    // A pause for 0 ms, sent as a raw request, is refused by the manager itself.
+    let mut s = std::os::unix::net::UnixStream::connect(m.control_path()).expect("connect");
+    std::io::Write::write_all(&mut s, b"{\"v\":1,\"cmd\":\"pause\",\"max_ms\":0}\n").expect("send");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).expect("answer");
+    assert!(
+        answer.contains("\"ok\":false") && answer.contains("above 0"),
+        "{answer}"
+    );
+    assert_eq!(m.children(), workers, "{}", m.log());
+}
