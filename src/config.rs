@@ -57,6 +57,14 @@ pub enum ConfigError {
         probation: std::time::Duration,
         reload_timeout: std::time::Duration,
     },
+    #[error(
+        "ready = delay:{} is not shorter than ready_timeout {}: every worker would time out before the delay takes it for ready; shorten the delay or raise ready_timeout",
+        show_duration(*delay), show_duration(*ready_timeout)
+    )]
+    DelayTooLong {
+        delay: std::time::Duration,
+        ready_timeout: std::time::Duration,
+    },
 }
 
 impl RunConfig {
@@ -154,11 +162,20 @@ impl RunConfig {
         Ok(config)
     }
 
-    /// What a reload is asked to do must be possible: no more canaries than workers, and
-    /// a probation window shorter than the time a reload may take (the only fixed part of
-    /// a reload; starting workers takes what it takes, up to ready_timeout per batch).
+    /// What a reload is asked to do must be possible: no more canaries than workers, a
+    /// `delay:` readiness that ends before the ready timeout, and a probation window
+    /// shorter than the time a reload may take (the only fixed part of a reload; starting
+    /// workers takes what it takes, up to ready_timeout per batch).
     fn check_reload(&self) -> Result<(), ConfigError> {
         let s = &self.settings;
+        if let Readiness::Delay(delay) = s.readiness
+            && delay >= s.ready_timeout
+        {
+            return Err(ConfigError::DelayTooLong {
+                delay,
+                ready_timeout: s.ready_timeout,
+            });
+        }
         if s.canary > s.workers {
             return Err(ConfigError::CanaryTooMany {
                 canary: s.canary,

@@ -333,3 +333,45 @@ fn zero_or_absurd_durations_are_refused_in_flags_the_config_file_and_control_req
     );
     assert_eq!(m.children(), workers, "{}", m.log());
 }
+
+#[test]
+fn a_ready_delay_not_below_the_ready_timeout_is_refused_in_check_run_config_and_reload() {
+    let want = "ready = delay:3s is not shorter than ready_timeout 1s";
+    for head in [&["check"][..], &LISTEN[..]] {
+        let args = [head, &["--ready", "delay:3s", "--ready-timeout", "1s"]].concat();
+        let out = run(&with_cmd(&args, &["true"]), &[], None);
+        assert_error(&out, &[want, "shorten the delay or raise ready_timeout"]);
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("handover.toml");
+    let c = config.display().to_string();
+    std::fs::write(
+        &config,
+        "command = \"true\"\nready = \"delay:3s\"\nready_timeout = \"1s\"\n",
+    )
+    .expect("write");
+    for head in [
+        &["check", "--config", &c][..],
+        &["run", "--config", &c, "--listen", "127.0.0.1:0"],
+    ] {
+        assert_error(&run(head, &[], None), &[want]);
+    }
+    // A reload to such a file is refused; the serving generation stays.
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("handover.toml");
+    let valid = format!("command = \"{HANDOVER}\"\nargs = [\"demo-worker\"]\nworkers = 1\n");
+    std::fs::write(&config, &valid).expect("write");
+    let c = config.display().to_string();
+    let m = common::Manager::start_in(dir, &["--config", &c], &[]);
+    let workers = m.wait_ready(1);
+    std::fs::write(
+        &config,
+        format!("{valid}ready = \"delay:3s\"\nready_timeout = \"1s\"\n"),
+    )
+    .expect("write");
+    let out = m.ctl(&["reload"]);
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && said.contains(want), "{said}");
+    assert_eq!(m.children(), workers, "{}", m.log());
+}
