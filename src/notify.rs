@@ -220,6 +220,29 @@ impl Systemd {
     }
 }
 
+/// A WATCHDOG_USEC that is not a positive number of microseconds (0, garbage) is no
+/// watchdog: systemd never sets one, a wrapper or a shell may. It is dropped from the
+/// manager's environment (with WATCHDOG_PID) with one warning, before anything reads it,
+/// so that no interval is ever built from it. Call before any thread is started.
+pub fn drop_bad_watchdog() {
+    let Some(value) = std::env::var_os("WATCHDOG_USEC") else {
+        return;
+    };
+    let usec = value.to_str().and_then(|v| v.parse::<u64>().ok());
+    if usec.is_some_and(|n| n > 0) {
+        return;
+    }
+    tracing::warn!(
+        "WATCHDOG_USEC={value:?} is not a positive number of microseconds: no watchdog for systemd (unset it, or set WatchdogSec= in the unit)"
+    );
+    // SAFETY: called at the start of `run`, on the main thread, before the runtime or
+    // any other thread exists: nothing reads the environment concurrently.
+    unsafe {
+        std::env::remove_var("WATCHDOG_USEC");
+        std::env::remove_var("WATCHDOG_PID");
+    }
+}
+
 /// CLOCK_MONOTONIC in microseconds, as MONOTONIC_USEC wants it.
 pub fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {

@@ -15,6 +15,7 @@ use crate::upgrade;
 
 /// Runs the manager until it stops; returns the process exit code.
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
+    crate::notify::drop_bad_watchdog();
     if let Some(handoff) = upgrade::take_from_env()? {
         return resume(args, handoff);
     }

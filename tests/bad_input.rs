@@ -375,3 +375,34 @@ fn a_ready_delay_not_below_the_ready_timeout_is_refused_in_check_run_config_and_
     assert!(!out.status.success() && said.contains(want), "{said}");
     assert_eq!(m.children(), workers, "{}", m.log());
 }
+
+#[test]
+fn a_watchdog_usec_of_zero_or_garbage_is_no_watchdog_with_one_warning() {
+    for value in ["0", "soon"] {
+        let env = [("WATCHDOG_USEC", value)];
+        let opts = ["--workers", "1"];
+        let dir = tempfile::tempdir().expect("dir");
+        let mut m =
+            common::Manager::start_with_env(dir, HANDOVER, &env, &opts, &[HANDOVER, "demo-worker"]);
+        m.wait_ready(1);
+        let (status, _) = common::get(m.addr, "/").expect("serves");
+        assert_eq!(status, 200);
+        let log = m.log();
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WATCHDOG_USEC"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{log}");
+        assert!(
+            warned[0].contains("WARN") && warned[0].contains("no watchdog"),
+            "{log}"
+        );
+        m.signal(libc::SIGTERM);
+        assert_eq!(
+            m.wait_exit(Duration::from_secs(20)).code(),
+            Some(0),
+            "{}",
+            m.log()
+        );
+    }
+}
