@@ -43,6 +43,10 @@ pub enum ConfigError {
     Release(#[from] ReleaseError),
     #[error("environment variable `{0}`: the name may not contain `=` or NUL")]
     BadEnv(String),
+    #[error(
+        "environment variable `{0}`: handover manages it for each worker{1}; leave it out of --env, --env-file and the config's env"
+    )]
+    ReservedEnv(String, &'static str),
     #[error(transparent)]
     File(#[from] crate::config_file::ConfigFileError),
     #[error(
@@ -97,14 +101,20 @@ impl RunConfig {
             add(crate::config_file::read_env_file(f)?);
         }
         env.extend(args.env.iter().cloned());
-        // The worker watchdog: workers read it as systemd's (sd_watchdog_enabled()).
-        if let Some(d) = args.watchdog.or(file.watchdog) {
-            env.push(("WATCHDOG_USEC".into(), d.as_micros().to_string().into()));
-        }
         for (k, _) in &env {
             if k.as_bytes().contains(&b'=') || k.as_bytes().contains(&0) || k.is_empty() {
                 return Err(ConfigError::BadEnv(k.to_string_lossy().into_owned()));
             }
+            if let Some(how) = crate::spawn::reserved(k) {
+                return Err(ConfigError::ReservedEnv(
+                    k.to_string_lossy().into_owned(),
+                    how,
+                ));
+            }
+        }
+        // The worker watchdog: workers read it as systemd's (sd_watchdog_enabled()).
+        if let Some(d) = args.watchdog.or(file.watchdog) {
+            env.push(("WATCHDOG_USEC".into(), d.as_micros().to_string().into()));
         }
         let listen = if args.listen.is_empty() {
             file.listen.clone().unwrap_or_default()
