@@ -69,7 +69,10 @@ const RESERVED: [(&str, &str); 7] = [
     ("NOTIFY_SOCKET", " (handover's notify socket)"),
     ("HANDOVER_GENERATION", " (the worker's generation)"),
     ("WATCHDOG_USEC", " (from --watchdog / watchdog)"),
-    ("WATCHDOG_PID", " (unset: a worker's watchdog is handover's)"),
+    (
+        "WATCHDOG_PID",
+        " (unset: a worker's watchdog is handover's)",
+    ),
 ];
 
 /// What handover puts in `name` for each worker, if it is one of the variables it sets.

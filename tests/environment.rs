@@ -192,7 +192,9 @@ fn reserved_variables_are_the_managers_once_each_and_refused_from_the_user() {
             assert!(!out.status.success(), "{name} accepted: {err}");
             assert_eq!(err.lines().count(), 1, "{err}");
             assert!(
-                err.contains(&format!("environment variable `{name}`: handover manages it")),
+                err.contains(&format!(
+                    "environment variable `{name}`: handover manages it"
+                )),
                 "{err}"
             );
         }
