@@ -264,15 +264,21 @@ pub struct StatusArgs {
 pub struct UpgradeArgs {
     #[command(flatten)]
     pub control: ControlArgs,
-    /// Upgrade every manager found at /run/*/handover.sock (what the packages run). Only
-    /// real managers are contacted: no symlinks, no directory others can write to, the
-    /// socket owned by root or its directory's owner, the listening process a handover
-    /// binary (under systemd: a unit's main process).
+    /// Upgrade every running manager (what the packages run): those at
+    /// /run/*/handover.sock and every `handover run` process, at the control socket it
+    /// names (--control, HANDOVER_CONTROL or RUNTIME_DIRECTORY); one without a control
+    /// socket is named with why it is skipped. Only real managers are contacted: no
+    /// symlinks, no directory others can write to, the socket owned by root or its
+    /// directory's owner, the listening process a handover binary (under systemd: a
+    /// unit's main process).
     #[arg(long, conflicts_with = "control")]
     pub all: bool,
     /// Where `--all` looks instead of /run (for tests).
     #[arg(long, hide = true, default_value = "/run", value_name = "DIR")]
     pub search_root: PathBuf,
+    /// Where `--all` looks for processes instead of /proc (for tests).
+    #[arg(long, hide = true, default_value = "/proc", value_name = "DIR")]
+    pub search_proc: PathBuf,
     /// Give up waiting for the new image after this long.
     #[arg(long, default_value = "30s", value_parser = parse_wait, value_name = "DURATION")]
     pub timeout: Duration,
