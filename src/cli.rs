@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::demo_worker::DemoWorkerArgs;
 use crate::sockets::ListenSpec;
 use crate::units::{
-    MAX_WORKERS, Readiness, StopTo, Warmup, parse_duration, parse_hold, parse_signal, parse_size,
-    parse_switch,
+    MAX_WORKERS, Readiness, StopTo, Warmup, parse_duration, parse_graceful_timeout, parse_hold,
+    parse_max_lifetime, parse_probation, parse_ready_timeout, parse_reload_timeout, parse_signal,
+    parse_size, parse_switch, parse_wait, parse_watchdog,
 };
 
 /// Zero-downtime restarts for any server under systemd.
@@ -101,8 +102,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE")]
     pub ready: Option<Readiness>,
 
-    /// A worker not ready after this long fails (and a reload rolls back) [default: 60s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    /// A worker not ready after this long fails (and a reload rolls back); at least 1s
+    /// [default: 60s].
+    #[arg(long, value_parser = parse_ready_timeout, value_name = "DURATION")]
     pub ready_timeout: Option<Duration>,
 
     /// Signal that asks an old worker to drain and exit [default: SIGTERM].
@@ -122,7 +124,7 @@ pub struct RunArgs {
     pub warmup: Option<Warmup>,
 
     /// How long a draining worker may take before it is killed with SIGKILL [default: 30s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_graceful_timeout, value_name = "DURATION")]
     pub graceful_timeout: Option<Duration>,
 
     /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat
@@ -133,7 +135,7 @@ pub struct RunArgs {
     /// Probation: once a reload's new workers are ready, the old generation keeps serving
     /// beside them this long; a new worker that exits meanwhile rolls the reload back.
     /// `handover reload` returns after the window [default: none].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_probation, value_name = "DURATION")]
     pub probation: Option<Duration>,
 
     /// Canary: a reload starts K new workers first; once they are ready (and have served
@@ -145,12 +147,12 @@ pub struct RunArgs {
     /// The time a reload may take: keep it below the unit's TimeoutStartSec (which bounds
     /// `systemctl reload`) and pass the same to `handover reload --timeout`; a probation
     /// that cannot fit in it is refused [default: 80s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_reload_timeout, value_name = "DURATION")]
     pub reload_timeout: Option<Duration>,
 
     /// Replace a worker older than this (plus up to 10 % jitter), its successor ready
-    /// before it stops.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    /// before it stops; at least 1s.
+    #[arg(long, value_parser = parse_max_lifetime, value_name = "DURATION")]
     pub max_lifetime: Option<Duration>,
 
     /// Replace a worker whose resident memory exceeds this (e.g. 512M), successor first.
@@ -158,8 +160,8 @@ pub struct RunArgs {
     pub max_memory: Option<u64>,
 
     /// Worker watchdog: workers get WATCHDOG_USEC and must send WATCHDOG=1 at least this
-    /// often; a silent one is replaced, successor first.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    /// often (at least 1s); a silent one is replaced, successor first.
+    #[arg(long, value_parser = parse_watchdog, value_name = "DURATION")]
     pub watchdog: Option<Duration>,
 
     /// Set an environment variable for the workers (KEY=VALUE). Repeatable.
@@ -232,7 +234,7 @@ pub struct ReloadArgs {
     #[arg(long)]
     pub no_wait: bool,
     /// Give up waiting after this long (below systemd's default TimeoutStartSec of 90s).
-    #[arg(long, default_value = "80s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "80s", value_parser = parse_wait, value_name = "DURATION")]
     pub timeout: Duration,
 }
 
@@ -245,7 +247,7 @@ pub struct PauseArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub max_pause: Duration,
     /// Give up waiting for the workers to stop after this long.
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "60s", value_parser = parse_wait, value_name = "DURATION")]
     pub timeout: Duration,
 }
 
@@ -262,17 +264,23 @@ pub struct StatusArgs {
 pub struct UpgradeArgs {
     #[command(flatten)]
     pub control: ControlArgs,
-    /// Upgrade every manager found at /run/*/handover.sock (what the packages run). Only
-    /// real managers are contacted: no symlinks, no directory others can write to, the
-    /// socket owned by root or its directory's owner, the listening process a handover
-    /// binary (under systemd: a unit's main process).
+    /// Upgrade every running manager (what the packages run): those at
+    /// /run/*/handover.sock and every `handover run` process, at the control socket it
+    /// names (--control, HANDOVER_CONTROL or RUNTIME_DIRECTORY); one without a control
+    /// socket is named with why it is skipped. Only real managers are contacted: no
+    /// symlinks, no directory others can write to, the socket owned by root or its
+    /// directory's owner, the listening process a handover binary (under systemd: a
+    /// unit's main process).
     #[arg(long, conflicts_with = "control")]
     pub all: bool,
     /// Where `--all` looks instead of /run (for tests).
     #[arg(long, hide = true, default_value = "/run", value_name = "DIR")]
     pub search_root: PathBuf,
+    /// Where `--all` looks for processes instead of /proc (for tests).
+    #[arg(long, hide = true, default_value = "/proc", value_name = "DIR")]
+    pub search_proc: PathBuf,
     /// Give up waiting for the new image after this long.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = parse_wait, value_name = "DURATION")]
     pub timeout: Duration,
 }
 

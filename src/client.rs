@@ -197,9 +197,10 @@ pub fn upgrade(args: &UpgradeArgs) -> anyhow::Result<i32> {
         let connect = || connect(&args.control);
         return upgrade_one(&connect, args.timeout, STATUS_DEADLINE);
     }
-    // Each unit's RuntimeDirectory holds its manager's control socket; only real
-    // managers are trusted (managers.rs). What is skipped is a warning, not a failure.
-    let (found, skipped) = managers::find(&args.search_root);
+    // Each unit's RuntimeDirectory holds its manager's control socket, and every
+    // manager process names its own; only real managers are trusted (managers.rs). What
+    // is skipped is a warning, not a failure.
+    let (found, skipped) = managers::find(&args.search_root, &args.search_proc);
     for why in skipped {
         eprintln!("handover: warning: {}", clean(&why));
     }

@@ -43,6 +43,10 @@ pub enum ConfigError {
     Release(#[from] ReleaseError),
     #[error("environment variable `{0}`: the name may not contain `=` or NUL")]
     BadEnv(String),
+    #[error(
+        "environment variable `{0}`: handover manages it for each worker{1}; leave it out of --env, --env-file and the config's env"
+    )]
+    ReservedEnv(String, &'static str),
     #[error(transparent)]
     File(#[from] crate::config_file::ConfigFileError),
     #[error(
@@ -56,6 +60,14 @@ pub enum ConfigError {
     ProbationTooLong {
         probation: std::time::Duration,
         reload_timeout: std::time::Duration,
+    },
+    #[error(
+        "ready = delay:{} is not shorter than ready_timeout {}: every worker would time out before the delay takes it for ready; shorten the delay or raise ready_timeout",
+        show_duration(*delay), show_duration(*ready_timeout)
+    )]
+    DelayTooLong {
+        delay: std::time::Duration,
+        ready_timeout: std::time::Duration,
     },
 }
 
@@ -89,14 +101,20 @@ impl RunConfig {
             add(crate::config_file::read_env_file(f)?);
         }
         env.extend(args.env.iter().cloned());
-        // The worker watchdog: workers read it as systemd's (sd_watchdog_enabled()).
-        if let Some(d) = args.watchdog.or(file.watchdog) {
-            env.push(("WATCHDOG_USEC".into(), d.as_micros().to_string().into()));
-        }
         for (k, _) in &env {
             if k.as_bytes().contains(&b'=') || k.as_bytes().contains(&0) || k.is_empty() {
                 return Err(ConfigError::BadEnv(k.to_string_lossy().into_owned()));
             }
+            if let Some(how) = crate::spawn::reserved(k) {
+                return Err(ConfigError::ReservedEnv(
+                    k.to_string_lossy().into_owned(),
+                    how,
+                ));
+            }
+        }
+        // The worker watchdog: workers read it as systemd's (sd_watchdog_enabled()).
+        if let Some(d) = args.watchdog.or(file.watchdog) {
+            env.push(("WATCHDOG_USEC".into(), d.as_micros().to_string().into()));
         }
         let listen = if args.listen.is_empty() {
             file.listen.clone().unwrap_or_default()
@@ -154,11 +172,20 @@ impl RunConfig {
         Ok(config)
     }
 
-    /// What a reload is asked to do must be possible: no more canaries than workers, and
-    /// a probation window shorter than the time a reload may take (the only fixed part of
-    /// a reload; starting workers takes what it takes, up to ready_timeout per batch).
+    /// What a reload is asked to do must be possible: no more canaries than workers, a
+    /// `delay:` readiness that ends before the ready timeout, and a probation window
+    /// shorter than the time a reload may take (the only fixed part of a reload; starting
+    /// workers takes what it takes, up to ready_timeout per batch).
     fn check_reload(&self) -> Result<(), ConfigError> {
         let s = &self.settings;
+        if let Readiness::Delay(delay) = s.readiness
+            && delay >= s.ready_timeout
+        {
+            return Err(ConfigError::DelayTooLong {
+                delay,
+                ready_timeout: s.ready_timeout,
+            });
+        }
         if s.canary > s.workers {
             return Err(ConfigError::CanaryTooMany {
                 canary: s.canary,

@@ -29,7 +29,8 @@
 //! ```
 //!
 //! Every field is optional; unknown fields are errors. Durations and signals may also be
-//! bare numbers (seconds, signal numbers). The env file has `KEY=VALUE` lines, `#`
+//! bare numbers (seconds, signal numbers). A duration is above 0 and at most a year;
+//! ready_timeout, reload_timeout, max_lifetime and watchdog at least 1s (`units`). The env file has `KEY=VALUE` lines, `#`
 //! comments and blank lines, an optional `export ` prefix and optional matching single or
 //! double quotes around the value; a key is `[A-Za-z_][A-Za-z0-9_]*`.
 
@@ -45,7 +46,9 @@ use toml::{Spanned, Value};
 
 use crate::sockets::ListenSpec;
 use crate::units::{
-    Readiness, StopTo, Warmup, parse_duration, parse_hold, parse_signal, parse_size, parse_switch,
+    Readiness, StopTo, Warmup, parse_graceful_timeout, parse_hold, parse_max_lifetime,
+    parse_probation, parse_ready_timeout, parse_reload_timeout, parse_signal, parse_size,
+    parse_switch, parse_watchdog,
 };
 
 /// The settings a config file may give; `None` (or an empty `env`) means not given.
@@ -354,15 +357,15 @@ field!(args: [String], string);
 field!(workers: u32, |v| number(v, 1, 4096, "a whole number from 1 to 4096"));
 field!(listen: [ListenSpec], |v| parsed(v, ListenSpec::from_str));
 field!(ready: Readiness, |v| parsed(v, Readiness::from_str));
-field!(ready_timeout: Duration, |v| parsed(v, parse_duration));
+field!(ready_timeout: Duration, |v| parsed(v, parse_ready_timeout));
 field!(stop_signal: Signal, |v| parsed(v, parse_signal));
 field!(stop_to: StopTo, |v| parsed(v, StopTo::from_str));
 field!(warmup: Warmup, |v| parsed(v, Warmup::from_str));
-field!(graceful_timeout: Duration, |v| parsed(v, parse_duration));
+field!(graceful_timeout: Duration, |v| parsed(v, parse_graceful_timeout));
 field!(batch: u32, |v| number(v, 0, 4096, "a whole number from 0 (all at once) to 4096"));
-field!(max_lifetime: Duration, |v| parsed(v, parse_duration));
+field!(max_lifetime: Duration, |v| parsed(v, parse_max_lifetime));
 field!(max_memory: u64, |v| parsed(v, parse_size));
-field!(watchdog: Duration, |v| parsed(v, parse_duration));
+field!(watchdog: Duration, |v| parsed(v, parse_watchdog));
 field!(chdir: PathBuf, |v| string(v).map(PathBuf::from));
 field!(log_prefix: bool, |v| match v {
     Value::Boolean(b) => Ok(*b),
@@ -373,9 +376,9 @@ field!(takeover: bool, |v| match v {
     _ => parsed(v, parse_switch),
 });
 field!(takeover_hold: Duration, |v| parsed(v, parse_hold));
-field!(probation: Duration, |v| parsed(v, parse_duration));
+field!(probation: Duration, |v| parsed(v, parse_probation));
 field!(canary: u32, |v| number(v, 1, 4096, "a whole number of canary workers from 1 to workers, or leave it out"));
-field!(reload_timeout: Duration, |v| parsed(v, parse_duration));
+field!(reload_timeout: Duration, |v| parsed(v, parse_reload_timeout));
 field!(pid_file: PathBuf, |v| string(v).map(PathBuf::from));
 field!(metrics_file: PathBuf, |v| string(v).map(PathBuf::from));
 field!(env_file: PathBuf, |v| string(v).map(PathBuf::from));

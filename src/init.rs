@@ -226,7 +226,12 @@ pub fn render(args: &InitArgs, handover: &Path) -> anyhow::Result<Vec<(PathBuf, 
         .split_first()
         .context("no worker command: give it after `--`, e.g. `handover init myapp --listen 0.0.0.0:8000 -- /srv/myapp/bin/server`")?;
     let (units_dir, config_dir) = match &args.dir {
-        Some(d) => (d.clone(), d.join(name)),
+        // Absolute: the config path goes into ExecStart=, which systemd runs from /.
+        Some(d) => {
+            let d = std::path::absolute(d)
+                .with_context(|| format!("cannot make --dir {} absolute", d.display()))?;
+            (d.clone(), d.join(name))
+        }
         None => (
             PathBuf::from("/etc/systemd/system"),
             Path::new("/etc").join(name),
@@ -273,6 +278,25 @@ fn utf8(s: &std::ffi::OsStr) -> anyhow::Result<&str> {
     })
 }
 
+/// Why `init` does not write `path`, a symlink.
+fn link_refusal(path: &Path) -> String {
+    let target = std::fs::read_link(path).unwrap_or_default();
+    let shown = path.display();
+    if target == Path::new("/dev/null") {
+        let unit = path.file_name().unwrap_or_default().to_string_lossy();
+        format!(
+            "{shown} is a symlink to /dev/null: the unit is masked; `systemctl unmask {unit}` \
+             first, then run init again (it does not write through a link, even with --force)"
+        )
+    } else {
+        format!(
+            "{shown} is a symlink to {}: not writing through it, even with --force; remove \
+             the link first if {shown} should be a file of its own",
+            target.display()
+        )
+    }
+}
+
 fn listen_line(spec: &ListenSpec) -> anyhow::Result<String> {
     Ok(match &spec.kind {
         SpecKind::Tcp { addr, .. } => format!("ListenStream={addr}\n"),
@@ -292,13 +316,18 @@ fn listen_line(spec: &ListenSpec) -> anyhow::Result<String> {
 pub fn run(args: &InitArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/handover"));
     let files = render(args, &exe)?;
-    if !args.force
-        && let Some((p, _)) = files.iter().find(|(p, _)| p.exists())
-    {
-        bail!(
-            "{} exists: not overwriting it (use --force to replace it)",
-            p.display()
-        );
+    // A link is never written through, even with --force: it is someone's decision (a
+    // masked unit, an alias, a unit linked from elsewhere), and the write would land on
+    // its target (/dev/null says `wrote` and leaves the unit masked).
+    for (p, _) in &files {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => bail!(link_refusal(p)),
+            Ok(_) if !args.force => bail!(
+                "{} exists: not overwriting it (use --force to replace it)",
+                p.display()
+            ),
+            _ => {}
+        }
     }
     for (path, text) in &files {
         if let Some(dir) = path.parent() {
@@ -409,6 +438,57 @@ mod tests {
         let socket = std::fs::read_to_string(dir.path().join("web.socket")).unwrap();
         has(&socket, "ListenStream=0.0.0.0:9000\n");
         assert!(!socket.contains("NoDelay"), "{socket}");
+    }
+
+    #[test]
+    fn a_relative_dir_gives_absolute_paths_in_the_units() {
+        let files = init("web --dir rel/dir --listen 0.0.0.0:1 -- /x");
+        let cwd = std::env::current_dir().unwrap();
+        for (path, _) in &files {
+            assert!(path.starts_with(cwd.join("rel/dir")), "{}", path.display());
+        }
+        let want = format!(
+            "run --config {}\n",
+            cwd.join("rel/dir/web/handover.toml").display()
+        );
+        has(file(&files, "web.service"), &want);
+    }
+
+    #[test]
+    fn links_are_not_written_through_even_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let words = |extra: &[&str]| {
+            let mut v = vec!["web", "--dir", d];
+            v.extend(extra);
+            v.extend(["--listen", "0.0.0.0:1", "--", "/x"]);
+            args(&v)
+        };
+        // A masked unit: web.service -> /dev/null.
+        std::os::unix::fs::symlink("/dev/null", dir.path().join("web.service")).unwrap();
+        let e = run(&words(&["--force"])).unwrap_err().to_string();
+        has(
+            &e,
+            &format!("{d}/web.service is a symlink to /dev/null: the unit is masked"),
+        );
+        has(&e, "systemctl unmask web.service");
+        assert!(!dir.path().join("web.socket").exists(), "nothing written");
+        std::fs::remove_file(dir.path().join("web.service")).unwrap();
+        // A link elsewhere (an alias, a linked unit), even dangling: its target is left alone.
+        let elsewhere = dir.path().join("elsewhere.socket");
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("web.socket")).unwrap();
+        for extra in [&["--force"][..], &[]] {
+            let e = run(&words(extra)).unwrap_err().to_string();
+            has(
+                &e,
+                &format!("{d}/web.socket is a symlink to {}", elsewhere.display()),
+            );
+            has(&e, "remove the link first");
+            assert!(!elsewhere.exists(), "written through the link");
+        }
+        std::fs::write(&elsewhere, "mine\n").unwrap();
+        run(&words(&["--force"])).unwrap_err();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "mine\n");
     }
 
     #[test]

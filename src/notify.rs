@@ -179,11 +179,12 @@ impl Systemd {
         }
     }
 
-    /// Hands `fd` to systemd's fd store under `name` (FDSTORE=1, the fd as SCM_RIGHTS).
-    /// Without FileDescriptorStoreMax= in the unit systemd just drops it.
-    pub fn store_fd(&self, fd: std::os::fd::BorrowedFd<'_>, name: &str) {
+    /// Hands `fd` to systemd's fd store under `name` (FDSTORE=1, the fd as SCM_RIGHTS);
+    /// true when it was sent. Without FileDescriptorStoreMax= in the unit systemd just
+    /// drops it (which handover cannot tell).
+    pub fn store_fd(&self, fd: std::os::fd::BorrowedFd<'_>, name: &str) -> bool {
         let Some((socket, addr)) = &self.target else {
-            return;
+            return false;
         };
         let message = format!("FDSTORE=1\nFDNAME={name}\n");
         let iov = [io::IoSlice::new(message.as_bytes())];
@@ -195,7 +196,7 @@ impl Systemd {
         ) {
             (Some(p), _) => UnixAddr::new(p),
             (None, Some(name)) => UnixAddr::new_abstract(name),
-            (None, None) => return,
+            (None, None) => return false,
         };
         let sent = to.and_then(|to| {
             nix::sys::socket::sendmsg(
@@ -207,9 +208,38 @@ impl Systemd {
             )
         });
         match sent {
-            Ok(_) => tracing::info!("socket kept in systemd's fd store as {name}"),
-            Err(e) => tracing::warn!("cannot store a socket in systemd's fd store: {e}"),
+            Ok(_) => {
+                tracing::info!("socket kept in systemd's fd store as {name}");
+                true
+            }
+            Err(e) => {
+                tracing::warn!("cannot store a socket in systemd's fd store: {e}");
+                false
+            }
         }
+    }
+}
+
+/// A WATCHDOG_USEC that is not a positive number of microseconds (0, garbage) is no
+/// watchdog: systemd never sets one, a wrapper or a shell may. It is dropped from the
+/// manager's environment (with WATCHDOG_PID) with one warning, before anything reads it,
+/// so that no interval is ever built from it. Call before any thread is started.
+pub fn drop_bad_watchdog() {
+    let Some(value) = std::env::var_os("WATCHDOG_USEC") else {
+        return;
+    };
+    let usec = value.to_str().and_then(|v| v.parse::<u64>().ok());
+    if usec.is_some_and(|n| n > 0) {
+        return;
+    }
+    tracing::warn!(
+        "WATCHDOG_USEC={value:?} is not a positive number of microseconds: no watchdog for systemd (unset it, or set WatchdogSec= in the unit)"
+    );
+    // SAFETY: called at the start of `run`, on the main thread, before the runtime or
+    // any other thread exists: nothing reads the environment concurrently.
+    unsafe {
+        std::env::remove_var("WATCHDOG_USEC");
+        std::env::remove_var("WATCHDOG_PID");
     }
 }
 

@@ -1,7 +1,8 @@
 //! `--pid-file PATH`: the manager's pid for the workflows that start with
-//! `kill -HUP $(cat app.pid)`. Written atomically (a temp file renamed into place) once
-//! the sockets are held; an in-place upgrade keeps the pid, so the file stays as it is;
-//! removed at exit, but only while it still names this process. A file naming a live
+//! `kill -HUP $(cat app.pid)`. Written atomically (a temp file renamed into place, mode
+//! 0644 as gunicorn's, so other users can read it) once the sockets are held; an
+//! in-place upgrade keeps the pid, so the file stays as it is; removed at exit, but
+//! only while it still names this process. A file naming a live
 //! handover refuses the start (two managers for one app is a mistake); a stale one (no
 //! such process, or another program reused the pid) is replaced.
 
@@ -48,6 +49,11 @@ impl PidFile {
             _ => Path::new("."),
         };
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write)?;
+        // 0644 like gunicorn's (the temp file is 0600): anyone may read the pid.
+        use std::os::unix::fs::PermissionsExt;
+        (tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644)))
+        .map_err(write)?;
         writeln!(tmp, "{}", std::process::id()).map_err(write)?;
         tmp.persist(path).map_err(|e| write(e.error))?;
         Ok(PidFile {
@@ -101,6 +107,11 @@ mod tests {
         let path = dir.path().join("app.pid");
         let f = PidFile::create(&path).unwrap();
         assert_eq!(read(&path), Some(std::process::id() as i32));
+        // Readable by all, as gunicorn's: another user's `kill -HUP $(cat app.pid)`.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o644);
         drop(f);
         assert!(!path.exists(), "removed at exit");
 

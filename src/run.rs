@@ -2,8 +2,6 @@
 //! create the workers' notify socket, and hand everything to the supervisor task on a
 //! single-threaded runtime.
 
-use std::os::fd::AsFd;
-
 use anyhow::Context as _;
 
 use clap::Parser as _;
@@ -17,23 +15,19 @@ use crate::upgrade;
 
 /// Runs the manager until it stops; returns the process exit code.
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
+    crate::notify::drop_bad_watchdog();
     if let Some(handoff) = upgrade::take_from_env()? {
         return resume(args, handoff);
     }
     crate::fdlimit::raise(None);
     let config = RunConfig::load(args)?;
     // Take the fds before anything else can open (and so be confused with) fd 3, 4, ….
-    let collected = sockets::collect(&ListenEnv::from_process(), &config.listen)?;
-    let held = collected.sockets;
+    let mut collected = sockets::collect(&ListenEnv::from_process(), &config.listen)?;
     // Sockets handover bound itself go to systemd's fd store (when the unit has one), so
     // that a crashed manager's successor gets the very same sockets back.
     let systemd = Systemd::from_env();
-    for (i, name) in &collected.to_store {
-        systemd.store_fd(held[*i].fd.as_fd(), name);
-    }
-    for name in &collected.stale {
-        systemd.remove_stored(name);
-    }
+    collected.hand_to_store(&systemd);
+    let held = collected.sockets;
     for s in &held {
         tracing::info!(name = %s.name, "listening on {}", s.address);
     }

@@ -4,7 +4,11 @@
 //! Sockets live here for the manager's whole life and are never closed while it runs:
 //! that is what lets a new generation start while the old one still serves. Every fd is
 //! CLOEXEC in the manager; only the spawner clears it, in the child, on fds 3, 4, ….
-//! A unix socket path is unlinked at exit only if handover created it.
+//! A unix socket path is unlinked at exit only if handover created it and did not hand
+//! the socket to systemd's fd store: the store gives that very socket to the next start
+//! (after a crash or a failed start), whose clients find it by the path.
+
+mod bound_file;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -152,7 +156,8 @@ pub struct HeldSocket {
     pub name: String,
     /// Human-readable address, for logs and status.
     pub address: String,
-    /// A unix socket file handover created and so must remove at exit.
+    /// A unix socket file handover created and so must remove at exit (none once the
+    /// socket went to systemd's fd store: the next start gets it back, path and all).
     unlink: Option<PathBuf>,
     /// Whether the takeover holds what stopping workers let go of this socket.
     pub takeover: bool,
@@ -445,8 +450,56 @@ pub struct Collected {
     /// Sockets bound now (indexes into `sockets`) with their store names: to push to the
     /// fd store, so they survive a crash of the manager.
     pub to_store: Vec<(usize, String)>,
-    /// Stored sockets no spec asks for any more: to drop from the store.
+    /// Stored sockets no spec asks for any more, or that were replaced: to drop from the
+    /// store.
     pub stale: Vec<String>,
+}
+
+impl Collected {
+    /// Drops the stale sockets from systemd's fd store, then pushes the ones bound now
+    /// (in this order: a replaced socket has the same name as its successor). A unix
+    /// socket handed to the store keeps its path at exit.
+    pub fn hand_to_store(&mut self, systemd: &crate::notify::Systemd) {
+        for name in &self.stale {
+            systemd.remove_stored(name);
+        }
+        for (i, name) in &self.to_store {
+            let socket = &mut self.sockets[*i];
+            if systemd.store_fd(socket.fd.as_fd(), name) {
+                socket.unlink = None;
+            }
+        }
+    }
+}
+
+/// Why clients connecting to `path` would not reach the stored socket `s`, if they
+/// would not: the path is gone, or is another file (a socket bound there since).
+fn unreachable_at(path: &std::path::Path, s: &HeldSocket) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("its path {shown} is gone"));
+        }
+        Err(e) => return Some(format!("its path {shown} cannot be looked at: {e}")),
+    };
+    if !meta.file_type().is_socket() {
+        return Some(format!("its path {shown} is not a socket any more"));
+    }
+    match bound_file::of(s.fd.as_fd()) {
+        Ok(Some((dev, ino))) => {
+            let same = u64::from(ino) == meta.ino() & u64::from(u32::MAX)
+                && bound_file::same_device(dev, meta.dev());
+            (!same).then(|| format!("its path {shown} now names another socket"))
+        }
+        Ok(None) => Some(format!("it is not bound to {shown}")),
+        // The kernel cannot say (no unix_diag): a socket file there is taken as its own.
+        Err(e) => {
+            tracing::debug!("cannot tell which file the stored socket is bound to: {e}");
+            None
+        }
+    }
 }
 
 /// Gathers the sockets for a run. A `--listen` socket that systemd hands back from its fd
@@ -457,15 +510,33 @@ pub fn collect(env: &ListenEnv, specs: &[ListenSpec]) -> Result<Collected, Socke
         .into_iter()
         .partition(|s| s.name.starts_with(STORE_PREFIX));
     let mut to_store = Vec::new();
+    let mut stale = Vec::new();
     for spec in specs {
         let name = store_name(spec);
+        let unreachable = |s: &HeldSocket| match &spec.kind {
+            SpecKind::Unix { path, .. } => unreachable_at(path, s),
+            _ => None,
+        };
+        if let Some(i) = stored.iter().position(|s| s.name == name)
+            && let Some(why) = unreachable(&stored[i])
+        {
+            // Clients cannot reach the stored socket: a fresh one replaces it, in the
+            // store too (removed first: the names are the same).
+            tracing::warn!(
+                "the socket kept in systemd's fd store for {}: {why}; bound anew",
+                spec_text(spec)
+            );
+            stale.push(stored.swap_remove(i).name.clone());
+        }
         let socket = match stored.iter().position(|s| s.name == name) {
             Some(i) => {
                 let mut s = stored.swap_remove(i);
                 s.name = spec.name.clone().unwrap_or_else(|| "listen".to_owned());
                 s.takeover = spec.takeover;
                 match &spec.kind {
-                    SpecKind::Unix { path, .. } => s.unlink = Some(path.clone()),
+                    // Its path stays at exit: the store keeps the socket for the next
+                    // start. A path that no longer leads to it is bound anew (below).
+                    SpecKind::Unix { .. } => {}
                     // The spec may have changed since the socket was bound; accepted
                     // connections inherit the listener's setting, so it applies at once.
                     // It can fail only on a non-TCP fd, which the store name rules out.
@@ -486,7 +557,7 @@ pub fn collect(env: &ListenEnv, specs: &[ListenSpec]) -> Result<Collected, Socke
     if sockets.is_empty() {
         return Err(SocketError::None);
     }
-    let stale = stored.iter().map(|s| s.name.clone()).collect();
+    stale.extend(stored.iter().map(|s| s.name.clone()));
     Ok(Collected {
         sockets,
         to_store,

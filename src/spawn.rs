@@ -59,6 +59,30 @@ const STRIPPED: [&str; 6] = [
     "WATCHDOG_PID",
 ];
 
+/// The variables handover itself sets for each worker, with what they carry: a user's
+/// value for one (`--env`, an env file) is refused by `config`, and `build_env` drops
+/// any other copy, so that a worker sees each once, handover's.
+const RESERVED: [(&str, &str); 7] = [
+    ("LISTEN_FDS", " (the number of sockets)"),
+    ("LISTEN_PID", " (the worker's own pid)"),
+    ("LISTEN_FDNAMES", " (the sockets' names)"),
+    ("NOTIFY_SOCKET", " (handover's notify socket)"),
+    ("HANDOVER_GENERATION", " (the worker's generation)"),
+    ("WATCHDOG_USEC", " (from --watchdog / watchdog)"),
+    (
+        "WATCHDOG_PID",
+        " (unset: a worker's watchdog is handover's)",
+    ),
+];
+
+/// What handover puts in `name` for each worker, if it is one of the variables it sets.
+pub fn reserved(name: &OsStr) -> Option<&'static str> {
+    RESERVED
+        .iter()
+        .find(|(n, _)| OsStr::new(n) == name)
+        .map(|(_, what)| *what)
+}
+
 fn cstring(b: &[u8]) -> CString {
     // Paths, arguments and environment from the OS or from validated flags cannot hold
     // NUL bytes (config rejects NUL in --env keys; argv cannot carry one), so this filters
@@ -76,17 +100,24 @@ fn env_entry(k: &OsStr, v: &OsStr) -> CString {
 /// Builds the worker environment: the manager's own (minus the variables above), the
 /// configured extras, then the socket-activation variables and HANDOVER_GENERATION.
 /// With `own_stream`, JOURNAL_STREAM is left out: the child sets it to its own stream.
+/// Each name is there once: what handover sets replaces any other copy (an inherited
+/// HANDOVER_GENERATION, a release pinned before such a copy was refused).
 fn build_env(
     w: &WorkerEnv<'_>,
     release: &Release,
     generation: u64,
     own_stream: bool,
 ) -> Vec<CString> {
+    // Set below (or by the child), so no copy of them is kept from elsewhere.
+    let ours = |k: &OsStr| {
+        (own_stream && k == "JOURNAL_STREAM") || (reserved(k).is_some() && k != "WATCHDOG_USEC")
+    };
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !STRIPPED.iter().any(|s| k == OsStr::new(s)))
-        .filter(|(k, _)| !(own_stream && k == "JOURNAL_STREAM"))
+        .filter(|(k, _)| !ours(k))
         .collect();
-    for (k, v) in &release.env {
+    // The release's own: the configured extras and WATCHDOG_USEC (from --watchdog).
+    for (k, v) in release.env.iter().filter(|(k, _)| !ours(k)) {
         env.retain(|(ek, _)| ek != k);
         env.push((k.clone(), v.clone()));
     }

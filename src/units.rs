@@ -173,6 +173,81 @@ pub fn parse_hold(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The longest duration any setting takes: beyond it a value is a slip of the unit.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration at least `min` (a zero one is refused whatever `min`) and at most
+/// MAX_DURATION; `what` says what a shorter one would do, or what to do instead.
+fn bounded(s: &str, min: Duration, what: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() || d < min {
+        let floor = match min {
+            m if m <= Duration::from_millis(1) => "above 0".to_owned(),
+            m => format!("at least {}", show_duration(m)),
+        };
+        return Err(format!("`{s}` is too short: use {floor} ({what})"));
+    }
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{s}` is too long: use at most a year (e.g. 30s, 2m, 24h)"
+        ));
+    }
+    Ok(d)
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// `ready_timeout`: a worker that is not ready by then fails.
+pub fn parse_ready_timeout(s: &str) -> Result<Duration, String> {
+    bounded(
+        s,
+        SECOND,
+        "a worker not ready by then fails: every start would",
+    )
+}
+
+/// `graceful_timeout`: how long a stopping worker may drain before SIGKILL.
+pub fn parse_graceful_timeout(s: &str) -> Result<Duration, String> {
+    bounded(
+        s,
+        Duration::ZERO,
+        "a stopping worker gets this long to finish its requests",
+    )
+}
+
+/// `max_lifetime`: workers older than this are replaced.
+pub fn parse_max_lifetime(s: &str) -> Result<Duration, String> {
+    bounded(
+        s,
+        SECOND,
+        "workers replaced sooner restart in a loop; leave it out to keep workers at any age",
+    )
+}
+
+/// `watchdog`: workers must send WATCHDOG=1 at least this often.
+pub fn parse_watchdog(s: &str) -> Result<Duration, String> {
+    bounded(
+        s,
+        SECOND,
+        "workers silent for longer are replaced: sooner restarts them in a loop; leave it out for no watchdog",
+    )
+}
+
+/// `probation`: how long new workers serve beside the old generation.
+pub fn parse_probation(s: &str) -> Result<Duration, String> {
+    bounded(s, Duration::ZERO, "leave it out for no probation")
+}
+
+/// `reload_timeout`: the time a reload may take.
+pub fn parse_reload_timeout(s: &str) -> Result<Duration, String> {
+    bounded(s, SECOND, "every reload would fail")
+}
+
+/// A client's `--timeout`: how long it waits for the manager.
+pub fn parse_wait(s: &str) -> Result<Duration, String> {
+    bounded(s, Duration::ZERO, "it gives up waiting after this long")
+}
+
 /// `on` or `off` (also true/false, yes/no, 1/0).
 pub fn parse_switch(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
@@ -279,6 +354,36 @@ mod tests {
         );
         assert!(parse_duration("3 s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn setting_durations_are_above_zero_and_at_most_a_year() {
+        for parse in [
+            parse_ready_timeout,
+            parse_graceful_timeout,
+            parse_max_lifetime,
+            parse_watchdog,
+            parse_probation,
+            parse_reload_timeout,
+            parse_wait,
+        ] {
+            assert_eq!(parse("1s"), Ok(Duration::from_secs(1)));
+            assert_eq!(parse("8760h"), Ok(MAX_DURATION));
+            for bad in ["0", "0s", "0ms"] {
+                let e = parse(bad).unwrap_err();
+                assert!(e.starts_with(&format!("`{bad}` is too short: use ")), "{e}");
+            }
+            let e = parse("8761h").unwrap_err();
+            assert!(e.contains("at most a year"), "{e}");
+            assert!(parse("soon").unwrap_err().contains("not a duration"));
+        }
+        for parse in [parse_max_lifetime, parse_watchdog, parse_ready_timeout] {
+            let e = parse("999ms").unwrap_err();
+            assert!(e.contains("use at least 1s ("), "{e}");
+        }
+        assert_eq!(parse_graceful_timeout("1ms"), Ok(Duration::from_millis(1)));
+        let e = parse_watchdog("0s").unwrap_err();
+        assert!(e.contains("leave it out for no watchdog"), "{e}");
     }
 
     #[test]

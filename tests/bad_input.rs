@@ -267,3 +267,158 @@ fn a_relative_command_is_looked_up_in_the_working_directory() {
     );
     assert_error(&out, &["first generation failed", "exit status 7"]);
 }
+
+#[test]
+fn zero_or_absurd_durations_are_refused_in_flags_the_config_file_and_control_requests() {
+    // Flags: clap's one error line names the flag and the value; nothing starts.
+    for (flag, value, why) in [
+        ("--max-lifetime", "0s", "at least 1s"),
+        ("--watchdog", "0s", "at least 1s"),
+        ("--watchdog", "10ms", "at least 1s"),
+        ("--ready-timeout", "0", "at least 1s"),
+        ("--graceful-timeout", "0s", "above 0"),
+        ("--reload-timeout", "0s", "at least 1s"),
+        ("--probation", "0ms", "above 0"),
+        ("--max-lifetime", "9999999h", "at most a year"),
+    ] {
+        let out = run(
+            &with_cmd(&[&LISTEN[..], &[flag, value]].concat(), &["true"]),
+            &[],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert_first_line(&out, &[flag, &format!("`{value}`"), why]);
+    }
+    for args in [
+        &["reload", "--timeout", "0s"][..],
+        &["pause", "--timeout", "0s"],
+        &["upgrade", "--timeout", "0s"],
+    ] {
+        let out = run(args, &[], None);
+        assert_first_line(&out, &["--timeout", "`0s`", "above 0"]);
+    }
+    // The config file: one line naming the file, the line and the field (check and run).
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("handover.toml");
+    let c = config.display().to_string();
+    for field in [
+        "max_lifetime",
+        "watchdog",
+        "ready_timeout",
+        "graceful_timeout",
+        "probation",
+        "reload_timeout",
+    ] {
+        std::fs::write(&config, format!("command = \"true\"\n{field} = \"0s\"\n")).expect("write");
+        for head in [
+            &["check", "--config", &c][..],
+            &["run", "--config", &c, "--listen", "127.0.0.1:0"],
+        ] {
+            let out = run(head, &[], None);
+            assert_error(&out, &[&format!("{c}:2: {field}: `0s` is too short")]);
+        }
+    }
+    // A control request: a reload that would load such a file is refused, and the serving
+    // generation is left alone (no restart storm).
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("handover.toml");
+    let valid = format!("command = \"{HANDOVER}\"\nargs = [\"demo-worker\"]\nworkers = 1\n");
+    std::fs::write(&config, &valid).expect("write");
+    let c = config.display().to_string();
+    let m = common::Manager::start_in(dir, &["--config", &c], &[]);
+    let workers = m.wait_ready(1);
+    std::fs::write(&config, format!("{valid}max_lifetime = \"0s\"\n")).expect("write");
+    let out = m.ctl(&["reload"]);
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("{c}:4: max_lifetime: `0s` is too short")),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(m.children(), workers, "{}", m.log());
+    // A pause for 0 ms, sent as a raw request, is refused by the manager itself.
+    let mut s = std::os::unix::net::UnixStream::connect(m.control_path()).expect("connect");
+    std::io::Write::write_all(&mut s, b"{\"v\":1,\"cmd\":\"pause\",\"max_ms\":0}\n").expect("send");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).expect("answer");
+    assert!(
+        answer.contains("\"ok\":false") && answer.contains("above 0"),
+        "{answer}"
+    );
+    assert_eq!(m.children(), workers, "{}", m.log());
+}
+
+#[test]
+fn a_ready_delay_not_below_the_ready_timeout_is_refused_in_check_run_config_and_reload() {
+    let want = "ready = delay:3s is not shorter than ready_timeout 1s";
+    for head in [&["check"][..], &LISTEN[..]] {
+        let args = [head, &["--ready", "delay:3s", "--ready-timeout", "1s"]].concat();
+        let out = run(&with_cmd(&args, &["true"]), &[], None);
+        assert_error(&out, &[want, "shorten the delay or raise ready_timeout"]);
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("handover.toml");
+    let c = config.display().to_string();
+    std::fs::write(
+        &config,
+        "command = \"true\"\nready = \"delay:3s\"\nready_timeout = \"1s\"\n",
+    )
+    .expect("write");
+    for head in [
+        &["check", "--config", &c][..],
+        &["run", "--config", &c, "--listen", "127.0.0.1:0"],
+    ] {
+        assert_error(&run(head, &[], None), &[want]);
+    }
+    // A reload to such a file is refused; the serving generation stays.
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("handover.toml");
+    let valid = format!("command = \"{HANDOVER}\"\nargs = [\"demo-worker\"]\nworkers = 1\n");
+    std::fs::write(&config, &valid).expect("write");
+    let c = config.display().to_string();
+    let m = common::Manager::start_in(dir, &["--config", &c], &[]);
+    let workers = m.wait_ready(1);
+    std::fs::write(
+        &config,
+        format!("{valid}ready = \"delay:3s\"\nready_timeout = \"1s\"\n"),
+    )
+    .expect("write");
+    let out = m.ctl(&["reload"]);
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && said.contains(want), "{said}");
+    assert_eq!(m.children(), workers, "{}", m.log());
+}
+
+#[test]
+fn a_watchdog_usec_of_zero_or_garbage_is_no_watchdog_with_one_warning() {
+    for value in ["0", "soon"] {
+        let env = [("WATCHDOG_USEC", value)];
+        let opts = ["--workers", "1"];
+        let dir = tempfile::tempdir().expect("dir");
+        let mut m =
+            common::Manager::start_with_env(dir, HANDOVER, &env, &opts, &[HANDOVER, "demo-worker"]);
+        m.wait_ready(1);
+        let (status, _) = common::get(m.addr, "/").expect("serves");
+        assert_eq!(status, 200);
+        let log = m.log();
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WATCHDOG_USEC"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{log}");
+        assert!(
+            warned[0].contains("WARN") && warned[0].contains("no watchdog"),
+            "{log}"
+        );
+        m.signal(libc::SIGTERM);
+        assert_eq!(
+            m.wait_exit(Duration::from_secs(20)).code(),
+            Some(0),
+            "{}",
+            m.log()
+        );
+    }
+}

@@ -132,3 +132,71 @@ fn ttin_adds_and_ttou_removes_a_worker() {
     m.signal(libc::SIGTTIN);
     count(2);
 }
+
+#[test]
+fn reserved_variables_are_the_managers_once_each_and_refused_from_the_user() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().display();
+    let names =
+        "LISTEN_FDS|LISTEN_PID|LISTEN_FDNAMES|NOTIFY_SOCKET|HANDOVER_GENERATION|WATCHDOG_USEC";
+    let worker = script(
+        dir.path(),
+        "worker.sh",
+        &format!(
+            "tr '\\0' '\\n' < /proc/$$/environ | grep -E '^({names})=' | sort > {d}/env.$$\n\
+             exec {HANDOVER} demo-worker"
+        ),
+    );
+    // A manager started from another one's worker inherits its HANDOVER_GENERATION.
+    let inherited = [("HANDOVER_GENERATION", "77")];
+    let opts = ["--workers", "1", "--watchdog", "30s"];
+    let m = Manager::start_with_env(dir, HANDOVER, &inherited, &opts, &[&worker]);
+    let pid = m.wait_ready(1)[0];
+    let env = std::fs::read_to_string(m.path(&format!("env.{pid}"))).expect("env file");
+    let lines: Vec<&str> = env.lines().collect();
+    assert_eq!(lines.len(), 6, "each once:\n{env}");
+    assert_eq!(lines[0], "HANDOVER_GENERATION=1", "{env}");
+    assert_eq!(lines[3], format!("LISTEN_PID={pid}"), "{env}");
+    assert!(
+        lines[4].starts_with("NOTIFY_SOCKET=/")
+            && lines[4].ends_with("/notify.sock")
+            && !lines[4].contains("systemd-notify"),
+        "handover's own: {env}"
+    );
+    assert_eq!(lines[5], "WATCHDOG_USEC=30000000", "{env}");
+    drop(m);
+    // The user's copy of one of them is refused, in one line, from every source.
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("vars");
+    let f = file.display().to_string();
+    for name in [
+        "NOTIFY_SOCKET",
+        "HANDOVER_GENERATION",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    ] {
+        std::fs::write(&file, format!("{name}=1\n")).expect("write");
+        let pair = format!("{name}=1");
+        for how in [&["-e", &pair][..], &["--env-file", &f]] {
+            let out = Command::new(HANDOVER)
+                .arg("check")
+                .args(how)
+                .args(["--", "true"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("check");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{name} accepted: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.contains(&format!(
+                    "environment variable `{name}`: handover manages it"
+                )),
+                "{err}"
+            );
+        }
+    }
+}

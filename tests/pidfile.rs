@@ -29,6 +29,13 @@ fn the_pid_file_names_the_manager_survives_an_upgrade_and_goes_at_exit() {
         m.pid().to_string(),
         "the stale file was replaced"
     );
+    // Readable by all (0644, as gunicorn's): other users' `kill -HUP $(cat app.pid)`.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&pid_file)
+            .expect("pid file")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o644);
 
     // A second manager for the same pid file is refused, in one line.
     let out = Command::new(HANDOVER)

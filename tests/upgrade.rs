@@ -188,3 +188,61 @@ fn the_takeover_counts_survive_an_upgrade() {
     });
     assert_eq!(takeover_taken(&m), Some(taken), "counts after the upgrade");
 }
+
+#[test]
+fn upgrade_all_finds_a_manager_on_any_control_path_and_names_those_it_skips() {
+    use std::process::{Command, Stdio};
+    // The harness's manager listens for control on DIR/control.sock: not /run/*/handover.sock.
+    let (m, bin) = start_from_copy();
+    let workers = m.wait_ready(3);
+    let staged = bin.with_extension("new");
+    std::fs::copy(HANDOVER, &staged).expect("stage");
+    std::fs::rename(&staged, &bin).expect("replace");
+    // A manager with no control socket at all (outside systemd, without --control).
+    let mut bare = Command::new(HANDOVER)
+        .args(["run", "--listen", "127.0.0.1:0", "--workers", "1", "--"])
+        .args([HANDOVER, "demo-worker"])
+        .env_remove("HANDOVER_CONTROL")
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("LISTEN_FDS")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a bare manager");
+    let bare_pid = bare.id() as i32;
+    wait_for(10 * SEC, "the bare manager's worker", || {
+        let children =
+            std::fs::read_to_string(format!("/proc/{bare_pid}/task/{bare_pid}/children"))
+                .unwrap_or_default();
+        (!children.trim().is_empty()).then_some(())
+    });
+    // Stand-ins for /run (empty) and /proc (only these processes: the two managers, a
+    // worker, this test), so that the managers of tests running beside it are left alone.
+    let run = tempfile::tempdir().expect("run");
+    let proc = tempfile::tempdir().expect("proc");
+    for pid in [m.pid(), bare_pid, workers[0], std::process::id() as i32] {
+        std::os::unix::fs::symlink(format!("/proc/{pid}"), proc.path().join(pid.to_string()))
+            .expect("link");
+    }
+    let out = Command::new(HANDOVER)
+        .args(["upgrade", "--all", "--search-root"])
+        .arg(run.path())
+        .arg("--search-proc")
+        .arg(proc.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("upgrade --all");
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(bare_pid, libc::SIGTERM) };
+    let _ = bare.wait();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(all.matches("upgraded in place").count(), 1, "{all}");
+    assert_eq!(upgrades(&m), Some(1));
+    let skipped =
+        format!("handover: warning: skipped the manager pid {bare_pid}: it has no control socket");
+    assert!(all.lines().any(|l| l.starts_with(&skipped)), "{all}");
+    assert_eq!(all.lines().count(), 2, "{all}");
+}

@@ -180,10 +180,15 @@ fn upgrade_all_trusts_only_real_managers_and_prints_no_control_characters() {
     let planted = plant(&lock.join("handover.sock"), stop.clone());
     let impostor = plant(&fake.join("handover.sock"), stop.clone());
 
+    // No processes (upgrade_all_finds_a_manager_on_any_control_path…, tests/upgrade.rs,
+    // has them): the managers of tests running beside this one are left alone.
+    let no_procs = tempfile::tempdir().expect("proc");
     let started = Instant::now();
     let out = Command::new(HANDOVER)
         .args(["upgrade", "--all", "--search-root"])
         .arg(root.path())
+        .arg("--search-proc")
+        .arg(no_procs.path())
         .stdin(Stdio::null())
         .output()
         .expect("upgrade --all");

@@ -1,17 +1,26 @@
-//! `handover upgrade --all` (run as root by the packages' postinst / %post): finds the
-//! managers' control sockets at `/run/*/handover.sock` and trusts only real ones. Under
-//! /run a local user can plant a socket where root will look (`/run/lock` is
-//! world-writable on Debian), so every candidate must pass, in order:
+//! `handover upgrade --all` (run as root by the packages' postinst / %post): finds every
+//! running manager's control socket, and trusts only real ones. Two ways, so that none is
+//! left out: the sockets at `/run/*/handover.sock` (a unit's RuntimeDirectory), and every
+//! process that runs `handover run` or `handover demo` (`/proc/PID/exe`, its argv), its
+//! control socket found as the manager itself finds it (`--control`, else
+//! HANDOVER_CONTROL, else `$RUNTIME_DIRECTORY/handover.sock`, from its own argv and
+//! environment). A manager reached both ways is upgraded once; a manager without a
+//! control socket is named with why it is skipped.
+//!
+//! Under /run a local user can plant a socket where root will look (`/run/lock` is
+//! world-writable on Debian), and a local user's own process can name any path, so every
+//! candidate must pass, in order:
 //!
 //! 1. its directory is opened without following a symlink and is writable by its owner
 //!    alone (not `/run/lock`, mode 1777);
 //! 2. the socket file is looked at without following a symlink, is a socket, and is owned
 //!    by root or by the directory's owner (a unit's RuntimeDirectory is its user's);
-//! 3. it is connected through that opened directory (`/proc/self/fd/N/handover.sock`, so
-//!    no path component is resolved again), within a short deadline;
+//! 3. it is connected through that opened directory (`/proc/self/fd/N/NAME`, so no path
+//!    component is resolved again), within a short deadline;
 //! 4. its peer (SO_PEERCRED: the process that listens) runs as root or as the socket's
 //!    owner, is a handover binary (`/proc/PID/exe`, " (deleted)" after a package
-//!    upgrade), and — when systemd runs — is the MainPID of the unit its cgroup names.
+//!    upgrade) — the very process whose argv named it, when found that way — and, when
+//!    systemd runs, is the MainPID of the unit its cgroup names.
 //!
 //! A candidate that fails is skipped with a warning (a planted socket must not fail the
 //! package upgrade either); whatever a manager answers is printed without control
@@ -35,13 +44,23 @@ pub struct Candidate {
     /// For messages: `/run/NAME/handover.sock`.
     pub path: PathBuf,
     dir: OwnedFd,
+    /// The socket's file name in `dir`.
+    name: String,
     owner: u32,
+    /// The socket file's (device, inode): one manager found both ways is one candidate.
+    id: (u64, u64),
+    /// The manager whose argv named this socket, if found that way: the peer must be it.
+    pid: Option<i32>,
 }
 
-/// Every `ROOT/*/handover.sock`: the candidates, and the skipped with why.
-pub fn find(root: &Path) -> (Vec<Candidate>, Vec<String>) {
-    let (mut found, mut skipped) = (Vec::new(), Vec::new());
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(root)
+/// Every manager's control socket: `RUN/*/handover.sock`, then those named by the
+/// managers among the processes of `proc` (/proc). The candidates, and the skipped with
+/// why.
+pub fn find(run: &Path, proc: &Path) -> (Vec<Candidate>, Vec<String>) {
+    let (mut found, mut skipped) = (Vec::<Candidate>::new(), Vec::new());
+    // Paths already reported on (found or skipped), so that each is said once.
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(run)
         .into_iter()
         .flatten()
         .flatten()
@@ -50,21 +69,143 @@ pub fn find(root: &Path) -> (Vec<Candidate>, Vec<String>) {
     entries.sort();
     for dir in entries {
         let path = dir.join("handover.sock");
-        match candidate(&dir, &path) {
+        match candidate(&dir, "handover.sock", None) {
             Ok(Some(c)) => found.push(c),
-            Ok(None) => {}
+            Ok(None) => continue,
             Err(why) => skipped.push(format!("skipped {}: {why}", path.display())),
+        }
+        seen.push(path);
+    }
+    for (pid, control) in managers(proc) {
+        let path = match control {
+            Ok(p) => p,
+            Err(why) => {
+                skipped.push(format!("skipped the manager pid {pid}: {why}"));
+                continue;
+            }
+        };
+        if seen.contains(&path) {
+            continue;
+        }
+        seen.push(path.clone());
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            skipped.push(format!(
+                "skipped the manager pid {pid}: its control socket {} is not a file path",
+                path.display()
+            ));
+            continue;
+        };
+        let name = name.to_string_lossy();
+        match candidate(dir, &name, Some(pid)) {
+            Ok(Some(c)) if found.iter().any(|f| f.id == c.id) => {}
+            Ok(Some(c)) => found.push(c),
+            Ok(None) => skipped.push(format!(
+                "skipped the manager pid {pid}: its control socket {} does not exist",
+                path.display()
+            )),
+            Err(why) => skipped.push(format!(
+                "skipped the manager pid {pid} ({}): {why}",
+                path.display()
+            )),
         }
     }
     (found, skipped)
 }
 
-/// Checks 1 and 2; `Ok(None)`: nothing that looks like a control socket there.
-fn candidate(dir: &Path, path: &Path) -> Result<Option<Candidate>, String> {
+/// The managers among the processes of `proc`, in pid order: each pid that runs a
+/// handover binary as `handover run` or `handover demo`, with its control socket or why
+/// it has none to be found.
+fn managers(proc: &Path) -> Vec<(i32, Result<PathBuf, String>)> {
+    let mut pids: Vec<i32> = std::fs::read_dir(proc)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort();
+    let mut out = Vec::new();
+    for pid in pids {
+        let at = proc.join(pid.to_string());
+        let Ok(exe) = std::fs::read_link(at.join("exe")) else {
+            continue;
+        };
+        if !is_handover_path(&exe) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(at.join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if !matches!(argv.get(1), Some(&b"run") | Some(&b"demo")) {
+            continue;
+        }
+        let environ = std::fs::read(at.join("environ"));
+        let control = control_path(&argv, environ.as_deref().map_err(|e| e.to_string())).map(|p| {
+            match p.is_relative() {
+                // Relative to the manager's working directory.
+                true => std::fs::read_link(at.join("cwd"))
+                    .unwrap_or_default()
+                    .join(p),
+                false => p,
+            }
+        });
+        out.push((pid, control));
+    }
+    out
+}
+
+/// A manager's control socket as it finds it itself (`control::socket_path`): its
+/// `--control` (before `--`), else its HANDOVER_CONTROL, else its first RUNTIME_DIRECTORY.
+fn control_path(argv: &[&[u8]], environ: Result<&[u8], String>) -> Result<PathBuf, String> {
+    let path = |b: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(b));
+    let mut words = argv.iter().skip(2);
+    while let Some(w) = words.next() {
+        match *w {
+            b"--" => break,
+            b"--control" => {
+                if let Some(p) = words.next() {
+                    return Ok(path(p));
+                }
+            }
+            _ => {
+                if let Some(p) = w.strip_prefix(b"--control=") {
+                    return Ok(path(p));
+                }
+            }
+        }
+    }
+    let environ = environ.map_err(|e| {
+        format!("cannot read its environment for its control socket ({e}): run as root")
+    })?;
+    let var = |name: &[u8]| {
+        environ.split(|b| *b == 0).find_map(|kv| {
+            kv.strip_prefix(name)?
+                .strip_prefix(b"=")
+                .filter(|v| !v.is_empty())
+        })
+    };
+    if let Some(p) = var(b"HANDOVER_CONTROL") {
+        return Ok(path(p));
+    }
+    if let Some(dirs) = var(b"RUNTIME_DIRECTORY") {
+        let first = dirs.split(|b| *b == b':').next().unwrap_or_default();
+        return Ok(path(first).join("handover.sock"));
+    }
+    Err(
+        "it has no control socket (no --control, HANDOVER_CONTROL or RUNTIME_DIRECTORY) \
+         to ask: restart it to run the new binary"
+            .to_owned(),
+    )
+}
+
+/// Checks 1 and 2 for the socket `name` in `dir`; `Ok(None)`: no file there (or a
+/// symlinked directory without one). `pid`: the manager that named it.
+fn candidate(dir: &Path, name: &str, pid: Option<i32>) -> Result<Option<Candidate>, String> {
+    let path = dir.join(name);
     let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
     if meta.file_type().is_symlink() {
         // Only worth a warning if it leads to a socket.
-        return match std::fs::metadata(path) {
+        return match std::fs::metadata(&path) {
             Ok(_) => Err(format!("{} is a symlink", dir.display())),
             Err(_) => Ok(None),
         };
@@ -81,7 +222,7 @@ fn candidate(dir: &Path, path: &Path) -> Result<Option<Candidate>, String> {
         Err(e) => return Err(format!("cannot open {}: {e}", dir.display())),
     };
     let dmeta = opened.metadata().map_err(|e| e.to_string())?;
-    let sock = match stat_nofollow(&opened, "handover.sock") {
+    let sock = match stat_nofollow(&opened, name) {
         Some(st) => st,
         None => return Ok(None),
     };
@@ -106,9 +247,12 @@ fn candidate(dir: &Path, path: &Path) -> Result<Option<Candidate>, String> {
         ));
     }
     Ok(Some(Candidate {
-        path: path.to_owned(),
+        path,
         dir: opened.into(),
+        name: name.to_owned(),
         owner: sock.st_uid,
+        id: (sock.st_dev, sock.st_ino),
+        pid,
     }))
 }
 
@@ -132,7 +276,7 @@ fn stat_nofollow(dir: &std::fs::File, name: &str) -> Option<libc::stat> {
 impl Candidate {
     /// Checks 3 and 4: a connection to a real handover manager, or why not.
     pub fn connect(&self) -> Result<UnixStream, String> {
-        let through = format!("/proc/self/fd/{}/handover.sock", self.dir.as_raw_fd());
+        let through = format!("/proc/self/fd/{}/{}", self.dir.as_raw_fd(), self.name);
         let addr = socket2::SockAddr::unix(&through).map_err(|e| e.to_string())?;
         let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
             .map_err(|e| e.to_string())?;
@@ -152,6 +296,13 @@ impl Candidate {
         if !is_handover(pid) {
             return Err(format!("its peer (pid {pid}) is not a handover manager"));
         }
+        if let Some(manager) = self.pid
+            && manager != pid
+        {
+            return Err(format!(
+                "its peer (pid {pid}) is not the manager that names it (pid {manager})"
+            ));
+        }
         if Path::new("/run/systemd/system").is_dir() {
             check_main_pid(pid)?;
         }
@@ -161,9 +312,11 @@ impl Candidate {
 
 /// Whether `/proc/PID/exe` is a handover binary (also once replaced by a package upgrade).
 fn is_handover(pid: i32) -> bool {
-    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| is_handover_path(&exe))
+}
+
+/// Whether `exe` (a `/proc/PID/exe` link's target) is a handover binary.
+fn is_handover_path(exe: &Path) -> bool {
     let text = exe.as_os_str().as_bytes();
     let text = text.strip_suffix(b" (deleted)").unwrap_or(text);
     Path::new(std::ffi::OsStr::from_bytes(text))
@@ -194,4 +347,36 @@ fn check_main_pid(pid: i32) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<&[u8]> {
+        s.split(' ').map(str::as_bytes).collect()
+    }
+
+    #[test]
+    fn a_managers_control_socket_is_found_as_it_finds_it_itself() {
+        let env = b"A=1\0HANDOVER_CONTROL=/srv/a.sock\0RUNTIME_DIRECTORY=/run/app:/run/x\0";
+        let found = |argv: &str, env: &[u8]| control_path(&words(argv), Ok(env));
+        let run = "handover run -w 2";
+        assert_eq!(
+            found("handover run --control /x/c.sock", env),
+            Ok("/x/c.sock".into())
+        );
+        assert_eq!(
+            found("handover demo --control=rel.sock", b""),
+            Ok("rel.sock".into())
+        );
+        assert_eq!(found(run, env), Ok("/srv/a.sock".into()));
+        let runtime = b"HANDOVER_CONTROL=\0RUNTIME_DIRECTORY=/run/app:/run/x\0";
+        assert_eq!(found(run, runtime), Ok("/run/app/handover.sock".into()));
+        // After `--`, `--control` is the worker's.
+        let none = found("handover run -- server --control /w.sock", b"A=1\0").unwrap_err();
+        assert!(none.starts_with("it has no control socket"), "{none}");
+        let hidden = control_path(&words(run), Err("Permission denied".into())).unwrap_err();
+        assert!(hidden.contains("run as root"), "{hidden}");
+    }
 }

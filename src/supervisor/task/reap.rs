@@ -151,6 +151,7 @@ pub fn strays(m: &Machine) -> Vec<Event> {
 fn generation_of(pid: i32) -> Option<u64> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     env.split(|b| *b == 0)
+        .rev() // handover's copy is the last one (workers of older images had two)
         .find_map(|kv| kv.strip_prefix(b"HANDOVER_GENERATION="))
         .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
 }
