@@ -14,7 +14,8 @@
 //! while children come and go):
 //!
 //! 1. a thread in `accept`/`accept4` whose fd (first argument, in `/proc/PID/task/TID/syscall`)
-//!    links to `socket:[INODE]` of a held socket;
+//!    links to `socket:[INODE]` of a held socket, or in `recvfrom`/`recvmsg`/`read` on
+//!    one (a datagram server: UDP has no accept, a plain one blocks in its read);
 //! 2. a thread in `poll`/`ppoll` or `select`/`pselect6` whose fd set (read from
 //!    `/proc/PID/mem`) asks for input on such an fd, or on an epoll fd as in 3;
 //! 3. a thread in `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on an epoll fd whose
@@ -79,6 +80,8 @@ pub fn socket_ids(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<SocketId>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum How {
     Accept,
+    /// Blocked in a read (`recvfrom`, `recvmsg`, `read`) of a held datagram socket.
+    Recv,
     Poll,
     Select,
     /// `epoll_wait` on the epoll fd `epfd`, whose set watches the socket.
@@ -104,6 +107,7 @@ impl fmt::Display for Waiting {
         let Waiting { pid, tid, fd, how } = self;
         match how {
             How::Accept => write!(f, "pid {pid} (thread {tid}) is in accept on fd {fd}"),
+            How::Recv => write!(f, "pid {pid} (thread {tid}) is in recv on fd {fd}"),
             How::Poll => write!(f, "pid {pid} (thread {tid}) polls fd {fd}"),
             How::Select => write!(f, "pid {pid} (thread {tid}) selects on fd {fd}"),
             How::Serving => write!(

@@ -2,7 +2,9 @@
 //! `/proc/PID/task/TID/syscall` for the call and its arguments, `/proc/PID/mem` for the
 //! fd sets of poll and select, `/proc/PID/fdinfo/N` for what an epoll set watches.
 //! System call numbers are the target's own (libc's `SYS_*`): poll, select and
-//! epoll_wait exist only on x86_64; ppoll, pselect6 and epoll_pwait everywhere.
+//! epoll_wait exist only on x86_64; ppoll, pselect6 and epoll_pwait everywhere. A read
+//! (`recvfrom`, `recvmsg`, `read`, …) blocked on a held socket is how a plain datagram
+//! server waits: a UDP socket has no accept.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -52,6 +54,11 @@ pub(super) fn waiting(
     let found = match call {
         Call::Accept => match arg_fd(0) {
             Some(fd) if fds.sockets.contains(&fd) => Some(waiting(fd, How::Accept)),
+            _ => None,
+        },
+        // Only a datagram socket can block a read: on a listener it fails at once.
+        Call::Recv => match arg_fd(0) {
+            Some(fd) if fds.sockets.contains(&fd) => Some(waiting(fd, How::Recv)),
             _ => None,
         },
         Call::EpollWait => match arg_fd(0) {
@@ -149,6 +156,8 @@ fn parse_syscall(line: &str) -> Option<(i64, [u64; 6])> {
 #[derive(Clone, Copy)]
 enum Call {
     Accept,
+    /// recv*, read: a datagram server (UDP, unix datagram) blocked for its next message.
+    Recv,
     Poll,
     Select,
     EpollWait,
@@ -165,6 +174,8 @@ impl Call {
         }
         match nr {
             libc::SYS_accept | libc::SYS_accept4 => Some(Call::Accept),
+            libc::SYS_recvfrom | libc::SYS_recvmsg | libc::SYS_recvmmsg => Some(Call::Recv),
+            libc::SYS_read | libc::SYS_readv => Some(Call::Recv),
             libc::SYS_ppoll => Some(Call::Poll),
             libc::SYS_pselect6 => Some(Call::Select),
             libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 => Some(Call::EpollWait),
