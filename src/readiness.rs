@@ -8,10 +8,9 @@
 //! forked after an early `READY=1`) and, unlike a connect probe, it is about *that*
 //! worker: a connect to the shared socket is answered by the old generation too.
 //!
-//! Evidence, per process of the tree (the root and every descendant, found by a scan of
-//! `/proc/*/stat`: `/proc/PID/task/*/children` would be cheaper, but it needs
-//! CONFIG_PROC_CHILDREN, which kernels lack, and the kernel documents it as unreliable
-//! while children come and go):
+//! Evidence, per process of the tree (the root and every descendant, found from the
+//! tree's own children lists, so that a probe costs what the tree costs, not what the
+//! host runs: see `tree`):
 //!
 //! 1. a thread in `accept`/`accept4` whose fd (first argument, in `/proc/PID/task/TID/syscall`)
 //!    links to `socket:[INODE]` of a held socket, or in `recvfrom`/`recvmsg`/`read` on
@@ -45,6 +44,7 @@ use std::path::{Path, PathBuf};
 pub(crate) mod accepted;
 mod pool;
 mod thread;
+mod tree;
 
 pub use accepted::{Served, tcp_listeners};
 pub use pool::{Memory, PoolGap};
@@ -147,6 +147,13 @@ pub enum ProbeError {
          for readiness; use --ready notify"
     )]
     TooMany { root: i32 },
+    #[error(
+        "no process of the tree of pid {root} holds a held socket any more: it closed the \
+         inherited sockets (fd 3, …) and listens elsewhere, if at all; make it serve them \
+         (Puma: a --bind matching the socket's address; uvicorn: --fd 3; others: read \
+         LISTEN_FDS)"
+    )]
+    LetGo { root: i32 },
     #[error("{} does not exist on this kernel: use --ready notify", path.display())]
     Unsupported { path: PathBuf },
 }
@@ -154,13 +161,11 @@ pub enum ProbeError {
 /// Which thread of the tree rooted at `root` (itself and all its descendants) is waiting
 /// for connections on one of `sockets`, if any. `Ok(None)` also when `root` has exited.
 pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, ProbeError> {
-    let table = process_table(root)?;
     let mut memory = Memory::once();
-    waiting_in_tree(root, &table, sockets, &Served::default(), &mut memory)
+    waiting_in_tree(root, sockets, &Served::default(), &mut memory)
 }
 
-/// `waiting_on` for several roots with one scan of /proc (the manager probes every
-/// pending worker at once).
+/// `waiting_on` for several roots (the manager probes every pending worker at once).
 /// `served`: the held TCP listeners and the connections accepted from them (`Served::now`);
 /// a process holding one serves even when it is not caught waiting. `memory`: what
 /// earlier probes of these roots saw (see `pool`).
@@ -171,43 +176,20 @@ pub fn waiting_on_each(
     memory: &mut Memory,
 ) -> Vec<(i32, Result<Option<Waiting>, ProbeError>)> {
     memory.forget_others(roots);
-    let Some(first) = roots.first() else {
-        return Vec::new();
-    };
-    match process_table(*first) {
-        Err(e) => {
-            let shown = e.to_string();
-            let mut out = vec![(*first, Err(e))];
-            out.extend(roots[1..].iter().map(|r| {
-                let cause = io::Error::other(shown.clone());
-                let path = PathBuf::from("/proc");
-                (
-                    *r,
-                    Err(ProbeError::Unreadable {
-                        root: *r,
-                        path,
-                        cause,
-                    }),
-                )
-            }));
-            out
-        }
-        Ok(table) => roots
-            .iter()
-            .map(|r| (*r, waiting_in_tree(*r, &table, sockets, served, memory)))
-            .collect(),
-    }
+    roots
+        .iter()
+        .map(|r| (*r, waiting_in_tree(*r, sockets, served, memory)))
+        .collect()
 }
 
 fn waiting_in_tree(
     root: i32,
-    table: &[(i32, i32)],
     sockets: &[SocketId],
     served: &Served,
     memory: &mut Memory,
 ) -> Result<Option<Waiting>, ProbeError> {
     let mut seen = Vec::new();
-    for (pid, ppid) in tree(root, table)? {
+    for (pid, ppid) in tree::tree_of(root)? {
         let (holds, waiting) = match process_waiting(pid, sockets, served) {
             Ok(found) => found,
             // A process that is exiting drops its ptrace access (it is no longer
@@ -226,6 +208,13 @@ fn waiting_in_tree(
         });
     }
     let now = std::time::Instant::now();
+    let holds_none = !sockets.is_empty()
+        && !seen.is_empty()
+        && seen.iter().all(|s| !s.holds && s.waiting.is_none())
+        && !exiting(root);
+    if memory.let_go(root, holds_none, now) {
+        return Err(ProbeError::LetGo { root });
+    }
     Ok(pool::pool_ready(
         root,
         &seen,
@@ -248,44 +237,6 @@ fn exiting(pid: i32) -> bool {
         .rsplit_once(") ")
         .and_then(|(_, rest)| rest.split(' ').nth(6)?.parse::<u64>().ok());
     matches!(state, Some('Z' | 'X' | 'x')) || flags.is_some_and(|f| f & 0x4 != 0)
-}
-
-/// (pid, parent pid) of every process, from one scan of `/proc/*/stat`; `root` names the
-/// probe an error is about.
-fn process_table(root: i32) -> Result<Vec<(i32, i32)>, ProbeError> {
-    let proc = Path::new("/proc");
-    let unreadable = |cause| ProbeError::Unreadable {
-        root,
-        path: proc.into(),
-        cause,
-    };
-    let table = crate::procs::try_processes().map_err(unreadable)?;
-    Ok(table.iter().map(|p| (p.pid, p.ppid)).collect())
-}
-
-/// `root` and its descendants, per `table`, as (pid, parent pid).
-fn tree(root: i32, table: &[(i32, i32)]) -> Result<Vec<(i32, i32)>, ProbeError> {
-    let Some(&top) = table.iter().find(|(pid, _)| *pid == root) else {
-        // SAFETY: kill with signal 0 only checks that the pid exists.
-        let alive = unsafe { libc::kill(root, 0) } == 0
-            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        return if alive && !Path::new(&format!("/proc/{root}")).exists() {
-            Err(ProbeError::Hidden { root })
-        } else {
-            Ok(Vec::new())
-        };
-    };
-    let mut tree = vec![top];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i].0;
-        tree.extend(table.iter().filter(|p| p.1 == parent));
-        if tree.len() > MAX_PROCESSES {
-            return Err(ProbeError::TooMany { root });
-        }
-        i += 1;
-    }
-    Ok(tree)
 }
 
 /// Why a process could not be looked at.

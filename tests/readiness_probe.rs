@@ -402,3 +402,41 @@ fn a_udp_server_on_listen_udp_gets_ready_under_auto() {
     let n = client.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"echo:hi");
 }
+
+/// Puma's shape without a matching `--bind`: the server closes the inherited socket and
+/// serves a port of its own. No process of the tree holds a held socket any more, so the
+/// probe says so (issue 20: the worker waited out the whole ready timeout).
+const LETS_GO: &str = "import os, socket\nos.close(3)\n\
+                       o = socket.create_server(('127.0.0.1', 0))\nprint('closed', flush=True)\n\
+                       while True:\n    o.accept()[0].close()";
+
+#[test]
+fn a_tree_that_closed_the_held_socket_is_an_error_saying_so() {
+    let mut t = Tree::python(LETS_GO);
+    assert_eq!(t.line(), "closed");
+    let e = waiting_on(t.pid(), &t.ids).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "no process of the tree of pid {} holds a held socket",
+            t.pid()
+        )) && e.contains("--bind")
+            && e.contains("--fd 3")
+            && e.contains("LISTEN_FDS"),
+        "{e}"
+    );
+}
+
+/// End to end: the worker fails at once (not after the 60 s ready timeout) with that line.
+#[test]
+fn a_worker_that_closed_the_held_socket_fails_at_once() {
+    let mut m = common::Manager::start(&["--workers", "1"], &["python3", "-c", LETS_GO]);
+    let start = Instant::now();
+    let status = m.wait_exit(Duration::from_secs(20));
+    let log = m.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("the first generation failed") && log.contains("holds a held socket any more"),
+        "{log}"
+    );
+    eprintln!("failed after {:?}", start.elapsed());
+}

@@ -44,6 +44,8 @@ pub(super) struct Seen {
 pub struct Memory {
     trees: HashMap<i32, Tree>,
     gaps: HashMap<i32, PoolGap>,
+    /// Since when no process of the tree has held a held socket (`let_go`).
+    let_go: HashMap<i32, Instant>,
     /// `SETTLE`, or zero for a single look (`once`), which has no history to wait on.
     settle: Duration,
 }
@@ -53,6 +55,7 @@ impl Default for Memory {
         Memory {
             trees: HashMap::new(),
             gaps: HashMap::new(),
+            let_go: HashMap::new(),
             settle: SETTLE,
         }
     }
@@ -90,6 +93,20 @@ impl Memory {
     pub fn forget_others(&mut self, roots: &[i32]) {
         self.trees.retain(|root, _| roots.contains(root));
         self.gaps.retain(|root, _| roots.contains(root));
+        self.let_go.retain(|root, _| roots.contains(root));
+    }
+
+    /// Whether the tree of `root` has let go of every held socket for good: `holds_none`
+    /// at this probe, and at every probe for `SETTLE` (at once for a single look). A
+    /// socket on its way to another process of the tree (fd passing) is held by nobody
+    /// for a moment; a process that closed it for a port of its own stays so.
+    pub(super) fn let_go(&mut self, root: i32, holds_none: bool, now: Instant) -> bool {
+        if !holds_none {
+            self.let_go.remove(&root);
+            return false;
+        }
+        let since = *self.let_go.entry(root).or_insert(now);
+        now.duration_since(since) >= self.settle
     }
 
     /// Why the tree of `root` was not ready at the last probe, if only its pool kept it.
