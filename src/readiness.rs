@@ -42,6 +42,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 pub(crate) mod accepted;
+mod cluster;
 mod pool;
 mod thread;
 mod tree;
@@ -90,6 +91,11 @@ pub enum How {
     },
     /// Not waiting, but holding (at `fd`) a connection it accepted from a held socket.
     Serving,
+    /// A Node cluster worker idle in its event loop (`epoll_wait` on `epfd`), whose set
+    /// watches its IPC channel `fd` to the primary, which accepts for it (`cluster`).
+    Idle {
+        epfd: RawFd,
+    },
 }
 
 /// The first thread of the tree found waiting for connections on a held socket.
@@ -113,6 +119,11 @@ impl fmt::Display for Waiting {
             How::Serving => write!(
                 f,
                 "pid {pid} holds fd {fd}, a connection accepted from a held socket"
+            ),
+            How::Idle { epfd } => write!(
+                f,
+                "cluster worker pid {pid} is in epoll_wait on fd {epfd}, which watches its \
+                 channel fd {fd}"
             ),
             How::Epoll { epfd } => write!(
                 f,
@@ -190,27 +201,24 @@ fn waiting_in_tree(
 ) -> Result<Option<Waiting>, ProbeError> {
     let mut seen = Vec::new();
     for (pid, ppid) in tree::tree_of(root)? {
-        let (holds, waiting) = match process_waiting(pid, sockets, served) {
+        let found = match look(pid, ppid, root, sockets, served) {
             Ok(found) => found,
             // A process that is exiting drops its ptrace access (it is no longer
             // dumpable) before it is gone: not waiting, not an error.
-            Err(Failed::Read(_, _)) if exiting(pid) => (false, None),
+            Err(Failed::Read(_, _)) if exiting(pid) => pool::Seen::nothing(pid, ppid),
             Err(Failed::Read(path, cause)) => {
                 return Err(ProbeError::Unreadable { root, path, cause });
             }
             Err(Failed::Unsupported(path)) => return Err(ProbeError::Unsupported { path }),
         };
-        seen.push(pool::Seen {
-            pid,
-            ppid,
-            holds,
-            waiting,
-        });
+        seen.push(found);
     }
     let now = std::time::Instant::now();
     let holds_none = !sockets.is_empty()
         && !seen.is_empty()
-        && seen.iter().all(|s| !s.holds && s.waiting.is_none())
+        && seen
+            .iter()
+            .all(|s| !s.holds && (s.waiting.is_none() || s.cluster))
         && !exiting(root);
     if memory.let_go(root, holds_none, now) {
         return Err(ProbeError::LetGo { root });
@@ -222,6 +230,37 @@ fn waiting_in_tree(
         pool::same_program,
         now,
     ))
+}
+
+/// What one probe sees of process `pid` (parent `ppid`) of the tree of `root`: whether
+/// it holds a held socket, waits on one, and, for a child of the root that holds none,
+/// whether it is a Node cluster worker and idle in its event loop (`cluster`).
+fn look(
+    pid: i32,
+    ppid: i32,
+    root: i32,
+    sockets: &[SocketId],
+    served: &Served,
+) -> Result<pool::Seen, Failed> {
+    let (holds, mut waiting) = process_waiting(pid, sockets, served)?;
+    let mut cluster = false;
+    if !holds
+        && ppid == root
+        && pid != root
+        && let Some(channel) = cluster::channel(pid)?
+    {
+        cluster = true;
+        if waiting.is_none() {
+            waiting = cluster::idle(pid, channel)?;
+        }
+    }
+    Ok(pool::Seen {
+        pid,
+        ppid,
+        holds,
+        waiting,
+        cluster,
+    })
 }
 
 /// Whether `pid` is gone, a zombie, or on its way out (state Z, X, or its exit begun).

@@ -16,6 +16,11 @@
 //! serves before the next exists. So a complete pool counts only once its youngest
 //! member has been in the tree for `SETTLE` (a tree whose root itself waits, a single
 //! process, has no pool and no settling).
+//!
+//! A root that waits itself and has Node cluster workers (`cluster`: it accepts and
+//! hands them the connections) is ready once each of them has been seen idle in its
+//! event loop too, settled the same way; a cluster worker's own wait never makes the
+//! tree ready.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -33,8 +38,23 @@ pub(super) struct Seen {
     pub ppid: i32,
     /// It holds one of the held sockets.
     pub holds: bool,
-    /// Waiting or serving now.
+    /// Waiting or serving now (for a cluster worker: idle in its event loop, or serving).
     pub waiting: Option<Waiting>,
+    /// A Node cluster worker, child of the root (`cluster`): the root accepts for it.
+    pub cluster: bool,
+}
+
+impl Seen {
+    /// A process that holds nothing and waits on nothing (one on its way out).
+    pub fn nothing(pid: i32, ppid: i32) -> Seen {
+        Seen {
+            pid,
+            ppid,
+            holds: false,
+            waiting: None,
+            cluster: false,
+        }
+    }
 }
 
 /// Per worker (the root of its tree): the processes of its tree seen waiting or serving
@@ -147,9 +167,19 @@ pub(super) fn pool_ready(
             .collect()
     };
     let mut gap = None;
-    for s in seen.iter().filter(|s| tree.waited.contains_key(&s.pid)) {
-        // A root that waits itself is one process: no pool, nothing to settle.
-        let members = if s.pid == root { vec![s.pid] } else { pool(s) };
+    // A cluster worker's wait is not the tree's: only the root accepts for it.
+    let waited = |s: &&Seen| tree.waited.contains_key(&s.pid) && !s.cluster;
+    for s in seen.iter().filter(waited) {
+        // A root that waits itself has no pool, but its cluster workers, if any, must
+        // all have been seen idle too (and have stopped being forked: settle).
+        let cluster = || seen.iter().filter(|o| o.cluster && o.ppid == root);
+        let members = if s.pid == root {
+            std::iter::once(root)
+                .chain(cluster().map(|o| o.pid))
+                .collect()
+        } else {
+            pool(s)
+        };
         let missing: Vec<i32> = members
             .iter()
             .copied()
@@ -157,8 +187,8 @@ pub(super) fn pool_ready(
             .collect();
         let Some(&first) = missing.first() else {
             let youngest = members.iter().filter_map(|p| tree.found.get(p)).max();
-            let settled =
-                s.pid == root || youngest.is_none_or(|t| now.duration_since(*t) >= memory.settle);
+            let alone = s.pid == root && members.len() == 1;
+            let settled = alone || youngest.is_none_or(|t| now.duration_since(*t) >= memory.settle);
             if !settled {
                 continue; // complete, but another member may still be forked
             }
@@ -200,6 +230,7 @@ mod tests {
                 fd: 3,
                 how: How::Accept,
             }),
+            cluster: false,
         }
     }
 
@@ -225,6 +256,37 @@ mod tests {
         assert_eq!(pool_ready(10, &grown, &mut memory, ALL, ms(200)), None);
         let ready = pool_ready(10, &grown, &mut memory, ALL, ms(100) + SETTLE);
         assert!(matches!(ready.map(|w| w.pid), Some(11 | 12)), "{ready:?}");
+    }
+
+    #[test]
+    fn a_waiting_root_with_cluster_workers_is_ready_once_each_of_them_idles() {
+        let mut memory = Memory::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let worker = |pid, idle| Seen {
+            cluster: true,
+            ..seen(pid, 10, false, idle)
+        };
+        // A cluster worker idles, the primary does not accept yet: not ready.
+        let early = [
+            seen(10, 1, true, false),
+            worker(11, true),
+            worker(12, false),
+        ];
+        assert_eq!(pool_ready(10, &early, &mut memory, ALL, ms(0)), None);
+        // The primary accepts; 12 still imports.
+        let one = [seen(10, 1, true, true), worker(11, true), worker(12, false)];
+        assert_eq!(pool_ready(10, &one, &mut memory, ALL, ms(500)), None);
+        assert_eq!(memory.gap(10).map(|g| g.unseen), Some(12));
+        let both = [seen(10, 1, true, true), worker(11, true), worker(12, true)];
+        assert_eq!(
+            pool_ready(10, &both, &mut memory, ALL, ms(3000)).map(|w| w.pid),
+            Some(10)
+        );
+        // Forked a moment ago: it may not be the last.
+        let mut fresh = Memory::default();
+        assert_eq!(pool_ready(10, &both, &mut fresh, ALL, ms(0)), None);
+        assert!(pool_ready(10, &both, &mut fresh, ALL, ms(0) + SETTLE).is_some());
     }
 
     #[test]

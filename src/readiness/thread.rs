@@ -142,7 +142,7 @@ fn read_syscall(path: &Path) -> Result<String, Failed> {
 
 /// `/proc/PID/task/TID/syscall`: the number (decimal) and six arguments (hex), or None
 /// when the thread is running or not in a call.
-fn parse_syscall(line: &str) -> Option<(i64, [u64; 6])> {
+pub(super) fn parse_syscall(line: &str) -> Option<(i64, [u64; 6])> {
     let mut words = line.split_ascii_whitespace();
     let nr: i64 = words.next()?.parse().ok()?;
     let mut args = [0; 6];
@@ -154,7 +154,7 @@ fn parse_syscall(line: &str) -> Option<(i64, [u64; 6])> {
 
 /// The blocking calls that can wait for a connection.
 #[derive(Clone, Copy)]
-enum Call {
+pub(super) enum Call {
     Accept,
     /// recv*, read: a datagram server (UDP, unix datagram) blocked for its next message.
     Recv,
@@ -164,7 +164,7 @@ enum Call {
 }
 
 impl Call {
-    fn of(nr: i64) -> Option<Call> {
+    pub(super) fn of(nr: i64) -> Option<Call> {
         #[cfg(target_arch = "x86_64")]
         match nr {
             libc::SYS_poll => return Some(Call::Poll),
@@ -215,14 +215,14 @@ fn epoll_watches(pid: i32, epfd: RawFd, sockets: &[SocketId]) -> Result<Option<R
 
 /// One watched file of an epoll set, from fdinfo.
 #[derive(Debug, PartialEq)]
-struct Tfd {
-    fd: RawFd,
-    events: u32,
-    socket: SocketId,
+pub(super) struct Tfd {
+    pub fd: RawFd,
+    pub events: u32,
+    pub socket: SocketId,
 }
 
 /// `tfd:        3 events:       19 data: 3 pos:0 ino:5c4b sdev:9` (events, ino, sdev hex).
-fn parse_tfd(line: &str) -> Option<Tfd> {
+pub(super) fn parse_tfd(line: &str) -> Option<Tfd> {
     let rest = line.strip_prefix("tfd:")?;
     let mut words = rest.split_ascii_whitespace();
     let fd = words.next().and_then(|w| w.parse().ok());
