@@ -200,7 +200,9 @@ fn waiting_in_tree(
     memory: &mut Memory,
 ) -> Result<Option<Waiting>, ProbeError> {
     let mut seen = Vec::new();
-    for (pid, ppid) in tree::tree_of(root)? {
+    let tree = tree::tree_of(root, memory.walked(root))?;
+    memory.walk(root, &tree);
+    for (pid, ppid) in tree {
         let found = match look(pid, ppid, root, sockets, served) {
             Ok(found) => found,
             // A process that is exiting drops its ptrace access (it is no longer

@@ -66,6 +66,8 @@ pub struct Memory {
     gaps: HashMap<i32, PoolGap>,
     /// Since when no process of the tree has held a held socket (`let_go`).
     let_go: HashMap<i32, Instant>,
+    /// The tree the last probe settled on, as (pid, parent pid) (`super::tree`).
+    walked: HashMap<i32, Vec<(i32, i32)>>,
     /// `SETTLE`, or zero for a single look (`once`), which has no history to wait on.
     settle: Duration,
 }
@@ -76,6 +78,7 @@ impl Default for Memory {
             trees: HashMap::new(),
             gaps: HashMap::new(),
             let_go: HashMap::new(),
+            walked: HashMap::new(),
             settle: SETTLE,
         }
     }
@@ -114,6 +117,17 @@ impl Memory {
         self.trees.retain(|root, _| roots.contains(root));
         self.gaps.retain(|root, _| roots.contains(root));
         self.let_go.retain(|root, _| roots.contains(root));
+        self.walked.retain(|root, _| roots.contains(root));
+    }
+
+    /// The tree of `root` the last probe settled on.
+    pub(super) fn walked(&self, root: i32) -> Option<&[(i32, i32)]> {
+        self.walked.get(&root).map(Vec::as_slice)
+    }
+
+    /// Remembers the tree of `root` this probe settled on.
+    pub(super) fn walk(&mut self, root: i32, tree: &[(i32, i32)]) {
+        self.walked.insert(root, tree.to_vec());
     }
 
     /// Whether the tree of `root` has let go of every held socket for good: `holds_none`

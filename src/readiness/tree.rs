@@ -9,8 +9,9 @@
 //! The kernel documents these lists as unreliable while children come and go: the file
 //! is produced in steps, each under the tasklist lock, so a child forked or reaped
 //! between two steps can make the read skip a sibling. A skipped worker of a pool would
-//! let the pool rule pass too early, so a tree counts only once two walks in a row
-//! agree; a tree that never holds still for [`WALKS`] walks, or a kernel without the
+//! let the pool rule pass too early, so a tree counts only once two walks agree (in a
+//! row, or this probe's and the last one's: a tree that holds still is walked once per
+//! probe); a tree that never holds still for [`WALKS`] walks, or a kernel without the
 //! lists (CONFIG_PROC_CHILDREN), falls back to the scan of `/proc/*/stat`, which sees
 //! every process by its own `stat`.
 
@@ -23,9 +24,19 @@ use super::{MAX_PROCESSES, ProbeError};
 pub const WALKS: usize = 4;
 
 /// `root` and its descendants as (pid, parent pid), root first (its parent given as 0);
-/// empty when `root` has exited.
-pub(super) fn tree_of(root: i32) -> Result<Vec<(i32, i32)>, ProbeError> {
-    let mut last: Option<Vec<(i32, i32)>> = None;
+/// empty when `root` has exited. `before`: the tree the last probe settled on, if any; a
+/// walk that finds it again is the second walk that agrees (a skip needs a sibling to
+/// exit mid-walk, so two looks 50 ms apart that agree are as good as two in a row), and
+/// a tree that holds still costs one walk per probe.
+pub(super) fn tree_of(
+    root: i32,
+    before: Option<&[(i32, i32)]>,
+) -> Result<Vec<(i32, i32)>, ProbeError> {
+    let mut last: Option<Vec<(i32, i32)>> = before.map(|t| {
+        let mut t = t.to_vec();
+        t.sort_unstable();
+        t
+    });
     for _ in 0..WALKS {
         let Some(mut walk) = walk(root)? else {
             return scanned(root);
@@ -116,6 +127,7 @@ fn scanned(root: i32) -> Result<Vec<(i32, i32)>, ProbeError> {
         }
         i += 1;
     }
+    tree[0].1 = 0; // as the walk gives it, so that the next probe's walk can agree
     Ok(tree)
 }
 
@@ -154,7 +166,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let (mut walked, mut scan) = (Vec::new(), Vec::new());
         while std::time::Instant::now() < deadline {
-            walked = tree_of(root).expect("walk");
+            walked = tree_of(root, None).expect("walk");
             scan = scanned(root).expect("scan");
             scan[0].1 = 0;
             walked.sort_unstable();
