@@ -320,13 +320,26 @@ fn cluster_workers_importing(m: &Manager) -> Vec<i32> {
 /// and a reload stopped the old generation while the second new worker still imported.
 #[test]
 fn a_node_cluster_is_ready_only_once_every_worker_is_up() {
+    node_cluster(&[]);
+}
+
+/// The same with `NODE_CLUSTER_SCHED_POLICY=none`: the primary hands each worker the
+/// listening socket and the workers accept themselves.
+#[test]
+fn a_node_cluster_sharing_the_socket_is_ready_only_once_every_worker_is_up() {
+    node_cluster(&[("NODE_CLUSTER_SCHED_POLICY", "none")]);
+}
+
+fn node_cluster(env: &[(&str, &str)]) {
     let Some(node) = node() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("cluster.js"), NODE_CLUSTER).expect("app");
     let app = dir.path().join("cluster.js").display().to_string();
     let d = dir.path().display().to_string();
-    let m = Manager::start_in(
+    let m = Manager::start_with_env(
         dir,
+        HANDOVER,
+        env,
         &["--workers", "1", "--warmup", "normal"],
         &[node, &app, &d],
     );

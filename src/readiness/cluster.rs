@@ -13,6 +13,11 @@
 //! thread blocks in `epoll_wait` on a set watching the channel. That wait is the
 //! worker's evidence, like a server's wait on the socket. A worker that listens only
 //! after asynchronous start-up work idles in its loop before that: not seen here.
+//!
+//! In Node's other mode (`NODE_CLUSTER_SCHED_POLICY=none`) the primary hands each worker
+//! the listening socket and the workers accept: a worker that has it is an ordinary
+//! member of a pool, and one still importing, a cluster worker without it, is of that
+//! pool too (`pool`).
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;

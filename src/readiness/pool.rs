@@ -20,7 +20,8 @@
 //! A root that waits itself and has Node cluster workers (`cluster`: it accepts and
 //! hands them the connections) is ready once each of them has been seen idle in its
 //! event loop too, settled the same way; a cluster worker's own wait never makes the
-//! tree ready.
+//! tree ready. A cluster worker is also of its siblings' pool before it holds the
+//! socket (Node's other mode hands each worker the listening socket, and they accept).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -175,7 +176,9 @@ pub(super) fn pool_ready(
     // The pool of `s`: itself and its siblings of the same program holding a socket.
     let pool = |s: &Seen| -> Vec<i32> {
         let siblings = seen.iter().filter(|o| o.pid != s.pid && o.ppid == s.ppid);
-        let members = siblings.filter(|o| o.holds && same(o.pid, s.pid));
+        // A cluster worker yet to be handed the socket (`NODE_CLUSTER_SCHED_POLICY=none`)
+        // is of the pool already.
+        let members = siblings.filter(|o| (o.holds && same(o.pid, s.pid)) || o.cluster);
         std::iter::once(s.pid)
             .chain(members.map(|o| o.pid))
             .collect()
@@ -301,6 +304,32 @@ mod tests {
         let mut fresh = Memory::default();
         assert_eq!(pool_ready(10, &both, &mut fresh, ALL, ms(0)), None);
         assert!(pool_ready(10, &both, &mut fresh, ALL, ms(0) + SETTLE).is_some());
+    }
+
+    #[test]
+    fn a_cluster_worker_not_yet_handed_the_socket_is_of_its_siblings_pool() {
+        let mut memory = Memory::once();
+        let worker = |pid| Seen {
+            cluster: true,
+            ..seen(pid, 10, false, false)
+        };
+        // 11 got the socket and accepts; 12 still imports (no socket yet).
+        let early = [
+            seen(10, 1, true, false),
+            seen(11, 10, true, true),
+            worker(12),
+        ];
+        assert_eq!(
+            pool_ready(10, &early, &mut memory, ALL, Instant::now()),
+            None
+        );
+        assert_eq!(memory.gap(10).map(|g| g.unseen), Some(12));
+        let both = [
+            seen(10, 1, true, false),
+            seen(11, 10, true, false),
+            seen(12, 10, true, true),
+        ];
+        assert!(pool_ready(10, &both, &mut memory, ALL, Instant::now()).is_some());
     }
 
     #[test]
