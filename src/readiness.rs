@@ -22,7 +22,11 @@
 //!    never by fd number: workers dup the fd) with EPOLLIN.
 //!
 //! A tree of several serving processes (a gunicorn master's workers) is ready once
-//! each of them has been seen so (`pool`).
+//! each of them has been seen so (`pool`); a Node cluster primary that accepts for its
+//! workers, once each worker has been seen idle in its event loop (`cluster`). A tree
+//! none of whose processes holds a held socket any more (it closed them and bound its
+//! own port: Puma without a matching `--bind`) is an error at once (`ProbeError::LetGo`),
+//! not a wait for the ready timeout.
 //!
 //! An epoll set that merely holds the socket is not enough: asyncio registers the
 //! listener in `start_server`, and a program that then warms up (blocking) before its
