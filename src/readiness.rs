@@ -8,13 +8,13 @@
 //! forked after an early `READY=1`) and, unlike a connect probe, it is about *that*
 //! worker: a connect to the shared socket is answered by the old generation too.
 //!
-//! Evidence, per process of the tree (the root and every descendant, found by a scan of
-//! `/proc/*/stat`: `/proc/PID/task/*/children` would be cheaper, but it needs
-//! CONFIG_PROC_CHILDREN, which kernels lack, and the kernel documents it as unreliable
-//! while children come and go):
+//! Evidence, per process of the tree (the root and every descendant, found from the
+//! tree's own children lists, so that a probe costs what the tree costs, not what the
+//! host runs: see `tree`):
 //!
 //! 1. a thread in `accept`/`accept4` whose fd (first argument, in `/proc/PID/task/TID/syscall`)
-//!    links to `socket:[INODE]` of a held socket;
+//!    links to `socket:[INODE]` of a held socket, or in `recvfrom`/`recvmsg`/`read` on
+//!    one (a datagram server: UDP has no accept, a plain one blocks in its read);
 //! 2. a thread in `poll`/`ppoll` or `select`/`pselect6` whose fd set (read from
 //!    `/proc/PID/mem`) asks for input on such an fd, or on an epoll fd as in 3;
 //! 3. a thread in `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on an epoll fd whose
@@ -22,7 +22,11 @@
 //!    never by fd number: workers dup the fd) with EPOLLIN.
 //!
 //! A tree of several serving processes (a gunicorn master's workers) is ready once
-//! each of them has been seen so (`pool`).
+//! each of them has been seen so (`pool`); a Node cluster primary that accepts for its
+//! workers, once each worker has been seen idle in its event loop (`cluster`). A tree
+//! none of whose processes holds a held socket any more (it closed them and bound its
+//! own port: Puma without a matching `--bind`) is an error at once (`ProbeError::LetGo`),
+//! not a wait for the ready timeout.
 //!
 //! An epoll set that merely holds the socket is not enough: asyncio registers the
 //! listener in `start_server`, and a program that then warms up (blocking) before its
@@ -42,8 +46,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 pub(crate) mod accepted;
+mod cluster;
 mod pool;
 mod thread;
+mod tree;
 
 pub use accepted::{Served, tcp_listeners};
 pub use pool::{Memory, PoolGap};
@@ -79,6 +85,8 @@ pub fn socket_ids(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<SocketId>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum How {
     Accept,
+    /// Blocked in a read (`recvfrom`, `recvmsg`, `read`) of a held datagram socket.
+    Recv,
     Poll,
     Select,
     /// `epoll_wait` on the epoll fd `epfd`, whose set watches the socket.
@@ -87,6 +95,11 @@ pub enum How {
     },
     /// Not waiting, but holding (at `fd`) a connection it accepted from a held socket.
     Serving,
+    /// A Node cluster worker idle in its event loop (`epoll_wait` on `epfd`), whose set
+    /// watches its IPC channel `fd` to the primary, which accepts for it (`cluster`).
+    Idle {
+        epfd: RawFd,
+    },
 }
 
 /// The first thread of the tree found waiting for connections on a held socket.
@@ -104,11 +117,17 @@ impl fmt::Display for Waiting {
         let Waiting { pid, tid, fd, how } = self;
         match how {
             How::Accept => write!(f, "pid {pid} (thread {tid}) is in accept on fd {fd}"),
+            How::Recv => write!(f, "pid {pid} (thread {tid}) is in recv on fd {fd}"),
             How::Poll => write!(f, "pid {pid} (thread {tid}) polls fd {fd}"),
             How::Select => write!(f, "pid {pid} (thread {tid}) selects on fd {fd}"),
             How::Serving => write!(
                 f,
                 "pid {pid} holds fd {fd}, a connection accepted from a held socket"
+            ),
+            How::Idle { epfd } => write!(
+                f,
+                "cluster worker pid {pid} is in epoll_wait on fd {epfd}, which watches its \
+                 channel fd {fd}"
             ),
             How::Epoll { epfd } => write!(
                 f,
@@ -143,6 +162,13 @@ pub enum ProbeError {
          for readiness; use --ready notify"
     )]
     TooMany { root: i32 },
+    #[error(
+        "no process of the tree of pid {root} holds a held socket any more: it closed the \
+         inherited sockets (fd 3, …) and listens elsewhere, if at all; make it serve them \
+         (Puma: a --bind matching the socket's address; uvicorn: --fd 3; others: read \
+         LISTEN_FDS)"
+    )]
+    LetGo { root: i32 },
     #[error("{} does not exist on this kernel: use --ready notify", path.display())]
     Unsupported { path: PathBuf },
 }
@@ -150,13 +176,11 @@ pub enum ProbeError {
 /// Which thread of the tree rooted at `root` (itself and all its descendants) is waiting
 /// for connections on one of `sockets`, if any. `Ok(None)` also when `root` has exited.
 pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, ProbeError> {
-    let table = process_table(root)?;
     let mut memory = Memory::once();
-    waiting_in_tree(root, &table, sockets, &Served::default(), &mut memory)
+    waiting_in_tree(root, sockets, &Served::default(), &mut memory)
 }
 
-/// `waiting_on` for several roots with one scan of /proc (the manager probes every
-/// pending worker at once).
+/// `waiting_on` for several roots (the manager probes every pending worker at once).
 /// `served`: the held TCP listeners and the connections accepted from them (`Served::now`);
 /// a process holding one serves even when it is not caught waiting. `memory`: what
 /// earlier probes of these roots saw (see `pool`).
@@ -167,61 +191,44 @@ pub fn waiting_on_each(
     memory: &mut Memory,
 ) -> Vec<(i32, Result<Option<Waiting>, ProbeError>)> {
     memory.forget_others(roots);
-    let Some(first) = roots.first() else {
-        return Vec::new();
-    };
-    match process_table(*first) {
-        Err(e) => {
-            let shown = e.to_string();
-            let mut out = vec![(*first, Err(e))];
-            out.extend(roots[1..].iter().map(|r| {
-                let cause = io::Error::other(shown.clone());
-                let path = PathBuf::from("/proc");
-                (
-                    *r,
-                    Err(ProbeError::Unreadable {
-                        root: *r,
-                        path,
-                        cause,
-                    }),
-                )
-            }));
-            out
-        }
-        Ok(table) => roots
-            .iter()
-            .map(|r| (*r, waiting_in_tree(*r, &table, sockets, served, memory)))
-            .collect(),
-    }
+    roots
+        .iter()
+        .map(|r| (*r, waiting_in_tree(*r, sockets, served, memory)))
+        .collect()
 }
 
 fn waiting_in_tree(
     root: i32,
-    table: &[(i32, i32)],
     sockets: &[SocketId],
     served: &Served,
     memory: &mut Memory,
 ) -> Result<Option<Waiting>, ProbeError> {
     let mut seen = Vec::new();
-    for (pid, ppid) in tree(root, table)? {
-        let (holds, waiting) = match process_waiting(pid, sockets, served) {
+    let tree = tree::tree_of(root, memory.walked(root))?;
+    memory.walk(root, &tree);
+    for (pid, ppid) in tree {
+        let found = match look(pid, ppid, root, sockets, served) {
             Ok(found) => found,
             // A process that is exiting drops its ptrace access (it is no longer
             // dumpable) before it is gone: not waiting, not an error.
-            Err(Failed::Read(_, _)) if exiting(pid) => (false, None),
+            Err(Failed::Read(_, _)) if exiting(pid) => pool::Seen::nothing(pid, ppid),
             Err(Failed::Read(path, cause)) => {
                 return Err(ProbeError::Unreadable { root, path, cause });
             }
             Err(Failed::Unsupported(path)) => return Err(ProbeError::Unsupported { path }),
         };
-        seen.push(pool::Seen {
-            pid,
-            ppid,
-            holds,
-            waiting,
-        });
+        seen.push(found);
     }
     let now = std::time::Instant::now();
+    let holds_none = !sockets.is_empty()
+        && !seen.is_empty()
+        && seen
+            .iter()
+            .all(|s| !s.holds && (s.waiting.is_none() || s.cluster))
+        && !exiting(root);
+    if memory.let_go(root, holds_none, now) {
+        return Err(ProbeError::LetGo { root });
+    }
     Ok(pool::pool_ready(
         root,
         &seen,
@@ -229,6 +236,37 @@ fn waiting_in_tree(
         pool::same_program,
         now,
     ))
+}
+
+/// What one probe sees of process `pid` (parent `ppid`) of the tree of `root`: whether
+/// it holds a held socket, waits on one, and, for a child of the root that holds none,
+/// whether it is a Node cluster worker and idle in its event loop (`cluster`).
+fn look(
+    pid: i32,
+    ppid: i32,
+    root: i32,
+    sockets: &[SocketId],
+    served: &Served,
+) -> Result<pool::Seen, Failed> {
+    let (holds, mut waiting) = process_waiting(pid, sockets, served)?;
+    let mut cluster = false;
+    if !holds
+        && ppid == root
+        && pid != root
+        && let Some(channel) = cluster::channel(pid)?
+    {
+        cluster = true;
+        if waiting.is_none() {
+            waiting = cluster::idle(pid, channel)?;
+        }
+    }
+    Ok(pool::Seen {
+        pid,
+        ppid,
+        holds,
+        waiting,
+        cluster,
+    })
 }
 
 /// Whether `pid` is gone, a zombie, or on its way out (state Z, X, or its exit begun).
@@ -244,44 +282,6 @@ fn exiting(pid: i32) -> bool {
         .rsplit_once(") ")
         .and_then(|(_, rest)| rest.split(' ').nth(6)?.parse::<u64>().ok());
     matches!(state, Some('Z' | 'X' | 'x')) || flags.is_some_and(|f| f & 0x4 != 0)
-}
-
-/// (pid, parent pid) of every process, from one scan of `/proc/*/stat`; `root` names the
-/// probe an error is about.
-fn process_table(root: i32) -> Result<Vec<(i32, i32)>, ProbeError> {
-    let proc = Path::new("/proc");
-    let unreadable = |cause| ProbeError::Unreadable {
-        root,
-        path: proc.into(),
-        cause,
-    };
-    let table = crate::procs::try_processes().map_err(unreadable)?;
-    Ok(table.iter().map(|p| (p.pid, p.ppid)).collect())
-}
-
-/// `root` and its descendants, per `table`, as (pid, parent pid).
-fn tree(root: i32, table: &[(i32, i32)]) -> Result<Vec<(i32, i32)>, ProbeError> {
-    let Some(&top) = table.iter().find(|(pid, _)| *pid == root) else {
-        // SAFETY: kill with signal 0 only checks that the pid exists.
-        let alive = unsafe { libc::kill(root, 0) } == 0
-            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        return if alive && !Path::new(&format!("/proc/{root}")).exists() {
-            Err(ProbeError::Hidden { root })
-        } else {
-            Ok(Vec::new())
-        };
-    };
-    let mut tree = vec![top];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i].0;
-        tree.extend(table.iter().filter(|p| p.1 == parent));
-        if tree.len() > MAX_PROCESSES {
-            return Err(ProbeError::TooMany { root });
-        }
-        i += 1;
-    }
-    Ok(tree)
 }
 
 /// Why a process could not be looked at.

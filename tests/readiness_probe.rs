@@ -323,3 +323,120 @@ func main() {
         200
     );
 }
+
+/// Kills a process group this test started, on drop (also when the test fails).
+struct Group(i32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: kills only the process group this test started (pgid = its leader's pid).
+        unsafe { libc::killpg(self.0, libc::SIGKILL) };
+    }
+}
+
+/// Answers each datagram on fd 3 with `echo:` and the datagram.
+const UDP_ECHO: &str = "import socket\ns = socket.socket(fileno=3)\nwhile True:\n    \
+                        d, a = s.recvfrom(2048)\n    s.sendto(b'echo:' + d, a)";
+
+/// A plain UDP server has no accept: it blocks in `recvfrom` on its socket. That is
+/// waiting on the held socket too (issue 20: `--listen udp:` never passed `auto`).
+#[test]
+fn a_udp_server_blocked_in_recvfrom_is_waiting() {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ids = socket_ids(&[sock.as_fd()]).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", UDP_ECHO]).process_group(0);
+    common::pass_as_fd3(&mut cmd, sock.as_raw_fd());
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let group = Group(pid);
+    let w = common::wait_for(Duration::from_secs(20), "recvfrom on fd 3", || {
+        waiting_on(pid, &ids).unwrap()
+    });
+    drop(group);
+    let _ = child.wait();
+    assert_eq!((w.pid, w.fd, w.how), (pid, 3, How::Recv), "{w}");
+}
+
+/// End to end: `run --listen udp:127.0.0.1:0` with the default readiness (`auto`) and a
+/// python UDP server: the first generation gets ready and the server answers.
+#[test]
+fn a_udp_server_on_listen_udp_gets_ready_under_auto() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut manager = Command::new(common::HANDOVER)
+        .args(["run", "--workers", "1", "--ready-timeout", "10s"])
+        .args(["--listen", "udp:127.0.0.1:0", "--control"])
+        .arg(dir.path().join("control.sock"))
+        .args(["--", "python3", "-c", UDP_ECHO])
+        .env_remove("LISTEN_FDS")
+        .env_remove("NOTIFY_SOCKET")
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _group = Group(manager.id() as i32);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let port = common::wait_for(Duration::from_secs(10), "the UDP port", || {
+        let text = read_log();
+        let (_, rest) = text.split_once("listening on 127.0.0.1:")?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse::<u16>()
+            .ok()
+    });
+    let ready = common::wait_for(Duration::from_secs(30), "ready or a failure", || {
+        if let Ok(Some(status)) = manager.try_wait() {
+            return Some(Err(format!("handover exited {status}: {}", read_log())));
+        }
+        read_log().contains("ready: serving").then_some(Ok(()))
+    });
+    ready.unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.send_to(b"hi", ("127.0.0.1", port)).unwrap();
+    let mut buf = [0; 64];
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"echo:hi");
+}
+
+/// Puma's shape without a matching `--bind`: the server closes the inherited socket and
+/// serves a port of its own. No process of the tree holds a held socket any more, so the
+/// probe says so (issue 20: the worker waited out the whole ready timeout).
+const LETS_GO: &str = "import os, socket\nos.close(3)\n\
+                       o = socket.create_server(('127.0.0.1', 0))\nprint('closed', flush=True)\n\
+                       while True:\n    o.accept()[0].close()";
+
+#[test]
+fn a_tree_that_closed_the_held_socket_is_an_error_saying_so() {
+    let mut t = Tree::python(LETS_GO);
+    assert_eq!(t.line(), "closed");
+    let e = waiting_on(t.pid(), &t.ids).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "no process of the tree of pid {} holds a held socket",
+            t.pid()
+        )) && e.contains("--bind")
+            && e.contains("--fd 3")
+            && e.contains("LISTEN_FDS"),
+        "{e}"
+    );
+}
+
+/// End to end: the worker fails at once (not after the 60 s ready timeout) with that line.
+#[test]
+fn a_worker_that_closed_the_held_socket_fails_at_once() {
+    let mut m = common::Manager::start(&["--workers", "1"], &["python3", "-c", LETS_GO]);
+    let start = Instant::now();
+    let status = m.wait_exit(Duration::from_secs(20));
+    let log = m.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("the first generation failed") && log.contains("holds a held socket any more"),
+        "{log}"
+    );
+    eprintln!("failed after {:?}", start.elapsed());
+}

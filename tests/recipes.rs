@@ -929,3 +929,43 @@ fn puma_cluster_on_the_held_socket() {
 fn puma_single_on_the_held_socket() {
     puma("puma single mode --bind (the held socket)", false);
 }
+
+/// Puma with a `--bind` that is not the held socket's address closes the inherited socket
+/// and binds its own: no process of the worker's tree holds a held socket any more, and
+/// the first generation fails at once saying what to check (issue 20: it waited out the
+/// whole 60 s ready timeout, blaming a slow start).
+#[test]
+fn puma_with_a_bind_that_misses_the_held_socket_fails_at_once() {
+    let Some(puma) = need(PathBuf::from("/usr/bin/puma"), "puma") else {
+        return;
+    };
+    // Another free port (Puma's default 0.0.0.0:9292 may be taken by a test beside this).
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let bind = format!("tcp://{}", elsewhere.local_addr().expect("local addr"));
+    drop(elsewhere);
+    let dir = app_dir();
+    let cmd = [
+        puma.as_str(),
+        "--bind",
+        &bind,
+        "--environment",
+        "production",
+        "--dir",
+        &dir,
+        "--workers",
+        "2",
+        "config.ru",
+    ];
+    let mut m = Manager::start(&["--workers", "1"], &cmd);
+    let start = Instant::now();
+    let status = m.wait_exit(30 * SEC);
+    let log = m.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("the first generation failed")
+            && log.contains("holds a held socket any more")
+            && log.contains("Puma: a --bind matching the socket's address"),
+        "{log}"
+    );
+    eprintln!("failed after {:?}", start.elapsed());
+}

@@ -282,3 +282,87 @@ fn a_pool_forked_one_process_at_a_time_is_ready_only_once_all_of_it_serves() {
         );
     }
 }
+
+/// A Node cluster app (round-robin, Node's default): the primary accepts on fd 3 itself
+/// and hands connections to its workers, which import in 0.1 s and 3 s and write
+/// `up.<pid>` once imported, before `listen`.
+const NODE_CLUSTER: &str = r#"
+const cluster = require('cluster');
+const fs = require('fs');
+const http = require('http');
+const dir = process.argv[2];
+if (cluster.isPrimary) {
+  cluster.fork({ DELAY: '100' });
+  cluster.fork({ DELAY: '3000' });
+} else {
+  const end = Date.now() + Number(process.env.DELAY);
+  while (Date.now() < end) {}
+  fs.writeFileSync(`${dir}/up.${process.pid}`, '');
+  http.createServer((q, s) => s.end(`pid ${process.pid}\n`)).listen({ fd: 3 });
+}
+"#;
+
+/// The cluster workers below the manager that have not written their `up.<pid>` yet.
+fn cluster_workers_importing(m: &Manager) -> Vec<i32> {
+    m.descendants()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|v| v.starts_with(b"NODE_UNIQUE_ID="))
+            })
+        })
+        .filter(|p| !m.path(&format!("up.{p}")).exists())
+        .collect()
+}
+
+/// Issue 20: the primary's own wait made the tree ready when its first worker served,
+/// and a reload stopped the old generation while the second new worker still imported.
+#[test]
+fn a_node_cluster_is_ready_only_once_every_worker_is_up() {
+    node_cluster(&[]);
+}
+
+/// The same with `NODE_CLUSTER_SCHED_POLICY=none`: the primary hands each worker the
+/// listening socket and the workers accept themselves.
+#[test]
+fn a_node_cluster_sharing_the_socket_is_ready_only_once_every_worker_is_up() {
+    node_cluster(&[("NODE_CLUSTER_SCHED_POLICY", "none")]);
+}
+
+fn node_cluster(env: &[(&str, &str)]) {
+    let Some(node) = node() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("cluster.js"), NODE_CLUSTER).expect("app");
+    let app = dir.path().join("cluster.js").display().to_string();
+    let d = dir.path().display().to_string();
+    let m = Manager::start_with_env(
+        dir,
+        HANDOVER,
+        env,
+        &["--workers", "1", "--warmup", "normal"],
+        &[node, &app, &d],
+    );
+    let start = Instant::now();
+    m.wait_notify(&["READY=1"], 30 * SEC);
+    let started = start.elapsed();
+    let importing = cluster_workers_importing(&m);
+    assert!(
+        importing.is_empty(),
+        "ready after {started:?} with {importing:?} importing"
+    );
+    let start = Instant::now();
+    let out = m.ctl(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reloaded = start.elapsed();
+    let importing = cluster_workers_importing(&m);
+    assert!(
+        importing.is_empty(),
+        "reloaded after {reloaded:?} with {importing:?} importing"
+    );
+    eprintln!("ready after {started:?}, reloaded after {reloaded:?}");
+}

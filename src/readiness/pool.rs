@@ -16,6 +16,12 @@
 //! serves before the next exists. So a complete pool counts only once its youngest
 //! member has been in the tree for `SETTLE` (a tree whose root itself waits, a single
 //! process, has no pool and no settling).
+//!
+//! A root that waits itself and has Node cluster workers (`cluster`: it accepts and
+//! hands them the connections) is ready once each of them has been seen idle in its
+//! event loop too, settled the same way; a cluster worker's own wait never makes the
+//! tree ready. A cluster worker is also of its siblings' pool before it holds the
+//! socket (Node's other mode hands each worker the listening socket, and they accept).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -33,8 +39,23 @@ pub(super) struct Seen {
     pub ppid: i32,
     /// It holds one of the held sockets.
     pub holds: bool,
-    /// Waiting or serving now.
+    /// Waiting or serving now (for a cluster worker: idle in its event loop, or serving).
     pub waiting: Option<Waiting>,
+    /// A Node cluster worker, child of the root (`cluster`): the root accepts for it.
+    pub cluster: bool,
+}
+
+impl Seen {
+    /// A process that holds nothing and waits on nothing (one on its way out).
+    pub fn nothing(pid: i32, ppid: i32) -> Seen {
+        Seen {
+            pid,
+            ppid,
+            holds: false,
+            waiting: None,
+            cluster: false,
+        }
+    }
 }
 
 /// Per worker (the root of its tree): the processes of its tree seen waiting or serving
@@ -44,6 +65,10 @@ pub(super) struct Seen {
 pub struct Memory {
     trees: HashMap<i32, Tree>,
     gaps: HashMap<i32, PoolGap>,
+    /// Since when no process of the tree has held a held socket (`let_go`).
+    let_go: HashMap<i32, Instant>,
+    /// The tree the last probe settled on, as (pid, parent pid) (`super::tree`).
+    walked: HashMap<i32, Vec<(i32, i32)>>,
     /// `SETTLE`, or zero for a single look (`once`), which has no history to wait on.
     settle: Duration,
 }
@@ -53,6 +78,8 @@ impl Default for Memory {
         Memory {
             trees: HashMap::new(),
             gaps: HashMap::new(),
+            let_go: HashMap::new(),
+            walked: HashMap::new(),
             settle: SETTLE,
         }
     }
@@ -90,6 +117,31 @@ impl Memory {
     pub fn forget_others(&mut self, roots: &[i32]) {
         self.trees.retain(|root, _| roots.contains(root));
         self.gaps.retain(|root, _| roots.contains(root));
+        self.let_go.retain(|root, _| roots.contains(root));
+        self.walked.retain(|root, _| roots.contains(root));
+    }
+
+    /// The tree of `root` the last probe settled on.
+    pub(super) fn walked(&self, root: i32) -> Option<&[(i32, i32)]> {
+        self.walked.get(&root).map(Vec::as_slice)
+    }
+
+    /// Remembers the tree of `root` this probe settled on.
+    pub(super) fn walk(&mut self, root: i32, tree: &[(i32, i32)]) {
+        self.walked.insert(root, tree.to_vec());
+    }
+
+    /// Whether the tree of `root` has let go of every held socket for good: `holds_none`
+    /// at this probe, and at every probe for `SETTLE` (at once for a single look). A
+    /// socket on its way to another process of the tree (fd passing) is held by nobody
+    /// for a moment; a process that closed it for a port of its own stays so.
+    pub(super) fn let_go(&mut self, root: i32, holds_none: bool, now: Instant) -> bool {
+        if !holds_none {
+            self.let_go.remove(&root);
+            return false;
+        }
+        let since = *self.let_go.entry(root).or_insert(now);
+        now.duration_since(since) >= self.settle
     }
 
     /// Why the tree of `root` was not ready at the last probe, if only its pool kept it.
@@ -124,15 +176,27 @@ pub(super) fn pool_ready(
     // The pool of `s`: itself and its siblings of the same program holding a socket.
     let pool = |s: &Seen| -> Vec<i32> {
         let siblings = seen.iter().filter(|o| o.pid != s.pid && o.ppid == s.ppid);
-        let members = siblings.filter(|o| o.holds && same(o.pid, s.pid));
+        // A cluster worker yet to be handed the socket (`NODE_CLUSTER_SCHED_POLICY=none`)
+        // is of the pool already.
+        let members = siblings.filter(|o| (o.holds && same(o.pid, s.pid)) || o.cluster);
         std::iter::once(s.pid)
             .chain(members.map(|o| o.pid))
             .collect()
     };
     let mut gap = None;
-    for s in seen.iter().filter(|s| tree.waited.contains_key(&s.pid)) {
-        // A root that waits itself is one process: no pool, nothing to settle.
-        let members = if s.pid == root { vec![s.pid] } else { pool(s) };
+    // A cluster worker's wait is not the tree's: only the root accepts for it.
+    let waited = |s: &&Seen| tree.waited.contains_key(&s.pid) && !s.cluster;
+    for s in seen.iter().filter(waited) {
+        // A root that waits itself has no pool, but its cluster workers, if any, must
+        // all have been seen idle too (and have stopped being forked: settle).
+        let cluster = || seen.iter().filter(|o| o.cluster && o.ppid == root);
+        let members = if s.pid == root {
+            std::iter::once(root)
+                .chain(cluster().map(|o| o.pid))
+                .collect()
+        } else {
+            pool(s)
+        };
         let missing: Vec<i32> = members
             .iter()
             .copied()
@@ -140,8 +204,8 @@ pub(super) fn pool_ready(
             .collect();
         let Some(&first) = missing.first() else {
             let youngest = members.iter().filter_map(|p| tree.found.get(p)).max();
-            let settled =
-                s.pid == root || youngest.is_none_or(|t| now.duration_since(*t) >= memory.settle);
+            let alone = s.pid == root && members.len() == 1;
+            let settled = alone || youngest.is_none_or(|t| now.duration_since(*t) >= memory.settle);
             if !settled {
                 continue; // complete, but another member may still be forked
             }
@@ -183,6 +247,7 @@ mod tests {
                 fd: 3,
                 how: How::Accept,
             }),
+            cluster: false,
         }
     }
 
@@ -208,6 +273,63 @@ mod tests {
         assert_eq!(pool_ready(10, &grown, &mut memory, ALL, ms(200)), None);
         let ready = pool_ready(10, &grown, &mut memory, ALL, ms(100) + SETTLE);
         assert!(matches!(ready.map(|w| w.pid), Some(11 | 12)), "{ready:?}");
+    }
+
+    #[test]
+    fn a_waiting_root_with_cluster_workers_is_ready_once_each_of_them_idles() {
+        let mut memory = Memory::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let worker = |pid, idle| Seen {
+            cluster: true,
+            ..seen(pid, 10, false, idle)
+        };
+        // A cluster worker idles, the primary does not accept yet: not ready.
+        let early = [
+            seen(10, 1, true, false),
+            worker(11, true),
+            worker(12, false),
+        ];
+        assert_eq!(pool_ready(10, &early, &mut memory, ALL, ms(0)), None);
+        // The primary accepts; 12 still imports.
+        let one = [seen(10, 1, true, true), worker(11, true), worker(12, false)];
+        assert_eq!(pool_ready(10, &one, &mut memory, ALL, ms(500)), None);
+        assert_eq!(memory.gap(10).map(|g| g.unseen), Some(12));
+        let both = [seen(10, 1, true, true), worker(11, true), worker(12, true)];
+        assert_eq!(
+            pool_ready(10, &both, &mut memory, ALL, ms(3000)).map(|w| w.pid),
+            Some(10)
+        );
+        // Forked a moment ago: it may not be the last.
+        let mut fresh = Memory::default();
+        assert_eq!(pool_ready(10, &both, &mut fresh, ALL, ms(0)), None);
+        assert!(pool_ready(10, &both, &mut fresh, ALL, ms(0) + SETTLE).is_some());
+    }
+
+    #[test]
+    fn a_cluster_worker_not_yet_handed_the_socket_is_of_its_siblings_pool() {
+        let mut memory = Memory::once();
+        let worker = |pid| Seen {
+            cluster: true,
+            ..seen(pid, 10, false, false)
+        };
+        // 11 got the socket and accepts; 12 still imports (no socket yet).
+        let early = [
+            seen(10, 1, true, false),
+            seen(11, 10, true, true),
+            worker(12),
+        ];
+        assert_eq!(
+            pool_ready(10, &early, &mut memory, ALL, Instant::now()),
+            None
+        );
+        assert_eq!(memory.gap(10).map(|g| g.unseen), Some(12));
+        let both = [
+            seen(10, 1, true, false),
+            seen(11, 10, true, false),
+            seen(12, 10, true, true),
+        ];
+        assert!(pool_ready(10, &both, &mut memory, ALL, Instant::now()).is_some());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `/proc/PID/task/TID/syscall` for the call and its arguments, `/proc/PID/mem` for the
 //! fd sets of poll and select, `/proc/PID/fdinfo/N` for what an epoll set watches.
 //! System call numbers are the target's own (libc's `SYS_*`): poll, select and
-//! epoll_wait exist only on x86_64; ppoll, pselect6 and epoll_pwait everywhere.
+//! epoll_wait exist only on x86_64; ppoll, pselect6 and epoll_pwait everywhere. A read
+//! (`recvfrom`, `recvmsg`, `read`, …) blocked on a held socket is how a plain datagram
+//! server waits: a UDP socket has no accept.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -52,6 +54,11 @@ pub(super) fn waiting(
     let found = match call {
         Call::Accept => match arg_fd(0) {
             Some(fd) if fds.sockets.contains(&fd) => Some(waiting(fd, How::Accept)),
+            _ => None,
+        },
+        // Only a datagram socket can block a read: on a listener it fails at once.
+        Call::Recv => match arg_fd(0) {
+            Some(fd) if fds.sockets.contains(&fd) => Some(waiting(fd, How::Recv)),
             _ => None,
         },
         Call::EpollWait => match arg_fd(0) {
@@ -135,7 +142,7 @@ fn read_syscall(path: &Path) -> Result<String, Failed> {
 
 /// `/proc/PID/task/TID/syscall`: the number (decimal) and six arguments (hex), or None
 /// when the thread is running or not in a call.
-fn parse_syscall(line: &str) -> Option<(i64, [u64; 6])> {
+pub(super) fn parse_syscall(line: &str) -> Option<(i64, [u64; 6])> {
     let mut words = line.split_ascii_whitespace();
     let nr: i64 = words.next()?.parse().ok()?;
     let mut args = [0; 6];
@@ -147,15 +154,17 @@ fn parse_syscall(line: &str) -> Option<(i64, [u64; 6])> {
 
 /// The blocking calls that can wait for a connection.
 #[derive(Clone, Copy)]
-enum Call {
+pub(super) enum Call {
     Accept,
+    /// recv*, read: a datagram server (UDP, unix datagram) blocked for its next message.
+    Recv,
     Poll,
     Select,
     EpollWait,
 }
 
 impl Call {
-    fn of(nr: i64) -> Option<Call> {
+    pub(super) fn of(nr: i64) -> Option<Call> {
         #[cfg(target_arch = "x86_64")]
         match nr {
             libc::SYS_poll => return Some(Call::Poll),
@@ -165,6 +174,8 @@ impl Call {
         }
         match nr {
             libc::SYS_accept | libc::SYS_accept4 => Some(Call::Accept),
+            libc::SYS_recvfrom | libc::SYS_recvmsg | libc::SYS_recvmmsg => Some(Call::Recv),
+            libc::SYS_read | libc::SYS_readv => Some(Call::Recv),
             libc::SYS_ppoll => Some(Call::Poll),
             libc::SYS_pselect6 => Some(Call::Select),
             libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 => Some(Call::EpollWait),
@@ -204,14 +215,14 @@ fn epoll_watches(pid: i32, epfd: RawFd, sockets: &[SocketId]) -> Result<Option<R
 
 /// One watched file of an epoll set, from fdinfo.
 #[derive(Debug, PartialEq)]
-struct Tfd {
-    fd: RawFd,
-    events: u32,
-    socket: SocketId,
+pub(super) struct Tfd {
+    pub fd: RawFd,
+    pub events: u32,
+    pub socket: SocketId,
 }
 
 /// `tfd:        3 events:       19 data: 3 pos:0 ino:5c4b sdev:9` (events, ino, sdev hex).
-fn parse_tfd(line: &str) -> Option<Tfd> {
+pub(super) fn parse_tfd(line: &str) -> Option<Tfd> {
     let rest = line.strip_prefix("tfd:")?;
     let mut words = rest.split_ascii_whitespace();
     let fd = words.next().and_then(|w| w.parse().ok());
