@@ -183,14 +183,14 @@ pub fn waiting_on(root: i32, sockets: &[SocketId]) -> Result<Option<Waiting>, Pr
 /// `waiting_on` for several roots (the manager probes every pending worker at once).
 /// `served`: the held TCP listeners and the connections accepted from them (`Served::now`);
 /// a process holding one serves even when it is not caught waiting. `memory`: what
-/// earlier probes of these roots saw (see `pool`).
+/// earlier probes of these roots saw (see `pool`; the caller forgets the roots no longer
+/// pending with `Memory::forget_others`).
 pub fn waiting_on_each(
     roots: &[i32],
     sockets: &[SocketId],
     served: &Served,
     memory: &mut Memory,
 ) -> Vec<(i32, Result<Option<Waiting>, ProbeError>)> {
-    memory.forget_others(roots);
     roots
         .iter()
         .map(|r| (*r, waiting_in_tree(*r, sockets, served, memory)))
