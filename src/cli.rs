@@ -153,7 +153,8 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub max_lifetime: Option<Duration>,
 
-    /// Replace a worker whose resident memory exceeds this (e.g. 512M), successor first.
+    /// Replace a worker whose private memory (its tree's USS) exceeds this (e.g. 512M),
+    /// successor first.
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub max_memory: Option<u64>,
 

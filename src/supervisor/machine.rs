@@ -188,7 +188,9 @@ impl Machine {
                     w.pinged = Some(now);
                 }
             }
-            Event::Memory { pid, rss_bytes } => self.on_memory(pid, rss_bytes, now, &mut out),
+            Event::Memory { pid, private_bytes } => {
+                self.on_memory(pid, private_bytes, now, &mut out)
+            }
             Event::Exited {
                 pid,
                 how,

@@ -154,10 +154,11 @@ pub enum Event {
     Ping {
         pid: i32,
     },
-    /// A worker's resident memory, sampled by the task when `max_memory` is set.
+    /// A worker's private memory (its tree's USS: what `max_memory` compares with),
+    /// sampled by the task when `max_memory` is set.
     Memory {
         pid: i32,
-        rss_bytes: u64,
+        private_bytes: u64,
     },
     /// A worker was reaped; `how` describes the exit ("exit status 1", "signal 9").
     /// `group_left`: other processes of its process group still run (a draining
