@@ -107,7 +107,7 @@ fn a_preloaded_gunicorn_costs_its_pss_and_max_memory_between_does_not_recycle_it
     );
 
     // max_memory between PSS and RSS: sampled every 2 s, never over it.
-    let max = format!("{}M", (pss + rss) / 2 >> 20);
+    let max = format!("{}M", ((pss + rss) / 2) >> 20);
     let m = start_gunicorn(&bin, true, &["--max-memory", &max]);
     let (pid, ..) = tree_figures(&m);
     // Absence of a recycling can only be waited for: three sampling rounds.
