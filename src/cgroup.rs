@@ -214,6 +214,52 @@ pub fn memory(dir: &Path) -> Option<u64> {
         .ok()
 }
 
+/// Sets `memory.max` of the cgroup `dir` (None: `max`, no limit).
+pub fn set_memory_max(dir: &Path, max: Option<u64>) -> std::io::Result<()> {
+    let value = max.map_or_else(|| "max".to_owned(), |b| b.to_string());
+    write(&dir.join("memory.max"), &value)
+}
+
+/// The memory left under the tightest `memory.max` of this process's cgroup and its
+/// ancestors (a unit's `MemoryMax=`, its slice's): `memory.max − memory.current`, plus
+/// the inactive page cache the kernel drops before it kills (`inactive_file` in
+/// memory.stat). With the cgroup's v2 path, for the log; None where no limit is set.
+pub fn headroom() -> Option<(u64, String)> {
+    let (own, dir) = own_dir().ok()?;
+    let mount = mount_point()?;
+    let mut best: Option<(u64, String)> = None;
+    let mut at = Some(dir.as_path());
+    while let Some(d) = at.filter(|d| d.starts_with(&mount) && *d != mount) {
+        if let Some(left) = left_under_limit(d) {
+            let name = d
+                .strip_prefix(&mount)
+                .map_or(own.clone(), |p| format!("/{}", p.display()));
+            if best.as_ref().is_none_or(|(b, _)| left < *b) {
+                best = Some((left, name));
+            }
+        }
+        at = d.parent();
+    }
+    best
+}
+
+/// `memory.max − memory.current + inactive_file` of `dir`, where a limit is set.
+fn left_under_limit(dir: &Path) -> Option<u64> {
+    let max: u64 = std::fs::read_to_string(dir.join("memory.max"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let current = memory(dir)?;
+    let inactive = std::fs::read_to_string(dir.join("memory.stat"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("inactive_file "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Some((max + inactive).saturating_sub(current))
+}
+
 /// `cgroup.procs` of `dir`, opened for a child to join it between fork and exec (by
 /// writing "0").
 pub fn open_procs(dir: &Path) -> std::io::Result<OwnedFd> {

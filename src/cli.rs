@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::demo_worker::DemoWorkerArgs;
 use crate::sockets::ListenSpec;
 use crate::units::{
-    MAX_WORKERS, Readiness, StopTo, Warmup, parse_duration, parse_hold, parse_signal, parse_size,
-    parse_switch,
+    Batch, MAX_WORKERS, Readiness, StopTo, Warmup, parse_duration, parse_hold, parse_signal,
+    parse_size, parse_switch,
 };
 
 /// Zero-downtime restarts for any server under systemd.
@@ -125,10 +125,11 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub graceful_timeout: Option<Duration>,
 
-    /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat
+    /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat;
+    /// `auto`: as many new workers as the memory left fits, measured before each batch
     /// [default: 0 = the whole generation at once].
-    #[arg(long, value_name = "K")]
-    pub batch: Option<u32>,
+    #[arg(long, value_name = "K|auto")]
+    pub batch: Option<Batch>,
 
     /// Probation: once a reload's new workers are ready, the old generation keeps serving
     /// beside them this long; a new worker that exits meanwhile rolls the reload back.

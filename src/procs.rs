@@ -146,6 +146,19 @@ fn parse_rollup(text: &str) -> Option<Usage> {
     seen.then_some(u)
 }
 
+/// `MemAvailable` and `MemTotal` from /proc/meminfo, in bytes: what the kernel
+/// estimates can be allocated without swapping, and the machine's memory.
+pub fn mem_available() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    };
+    Some((field("MemAvailable:")?, field("MemTotal:")?))
+}
+
 /// A pidfd for `pid` (close-on-exec), for `pidfd_getfd`.
 pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open returns a new fd (or -1) and touches no memory of ours.
@@ -189,6 +202,8 @@ mod tests {
         assert!(!p.zombie);
         assert!(tree(&table, p.ppid).contains(&me));
         assert!(rss(me).is_some_and(|b| b > 0));
+        let (available, total) = mem_available().expect("/proc/meminfo");
+        assert!(available > 0 && available <= total);
         let u = usage(me).expect("own smaps_rollup");
         assert!(u.uss <= u.pss && u.pss <= u.rss && u.uss > 0, "{u:?}");
     }

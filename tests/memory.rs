@@ -116,3 +116,42 @@ fn a_preloaded_gunicorn_costs_its_pss_and_max_memory_between_does_not_recycle_it
     assert_eq!(pid, same, "recycled:\n{}", m.log());
     assert!(!m.log().contains("replacing worker"), "{}", m.log());
 }
+
+/// 4 demo workers holding 40 MiB each; the headroom given as 100 MiB (the testing
+/// override: a test cannot choose the machine's memory): a worker's PSS is a little
+/// over 40 MiB, so the reload goes 2 at a time, under load, losing nothing.
+#[test]
+fn a_reload_paced_by_a_given_headroom_goes_in_batches_of_what_fits() {
+    let m = Manager::start_with_env(
+        tempfile::tempdir().expect("temp dir"),
+        common::HANDOVER,
+        &[("HANDOVER_MEMORY_HEADROOM", "100M")],
+        &["--workers", "4", "--batch", "auto"],
+        &[
+            common::HANDOVER,
+            "demo-worker",
+            "--drain-idle",
+            "200ms",
+            "--hold-mib",
+            "40",
+        ],
+    );
+    m.wait_ready(4);
+    let load = common::load::Load::start(m.addr, 4, 1, 60 * SEC);
+    let out = m.ctl(&["reload"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    let tally = load.finish();
+    assert!(out.status.success(), "{said}\n{}", m.log());
+    println!("handover reload said:\n{said}");
+    assert!(
+        said.contains("gen 2: reload in batches of 2: 4 new workers of ~4"),
+        "{said}"
+    );
+    assert!(
+        said.contains("100 MiB available (HANDOVER_MEMORY_HEADROOM, for tests)"),
+        "{said}"
+    );
+    let log = m.log();
+    assert_eq!(log.matches("gen 2: next batch of 2").count(), 1, "{log}");
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+}

@@ -279,6 +279,29 @@ impl Cgroups {
         cgroup::memory(&self.gens.get(&g)?.dir)
     }
 
+    /// Makes `g`'s cgroup now (a memory-paced reload measures it before its first
+    /// worker starts); true when it has one.
+    pub fn prepare(&mut self, g: GenId) -> bool {
+        self.open(g, None).is_some()
+    }
+
+    /// `Action::LimitMemory`: `memory.max` of `g`'s cgroup, where the memory
+    /// controller is delegated.
+    pub fn limit_memory(&self, g: GenId, max: Option<u64>) {
+        let (Some(_), Some(x)) = (self.tree.as_ref().filter(|t| t.memory), self.gens.get(&g))
+        else {
+            return;
+        };
+        match cgroup::set_memory_max(&x.dir, max) {
+            Ok(()) => tracing::debug!(generation = g, "memory.max of {}: {max:?}", x.dir.display()),
+            Err(e) => tracing::warn!(
+                generation = g,
+                "cannot set memory.max of {}: {e}",
+                x.dir.display()
+            ),
+        }
+    }
+
     /// Generation `g`'s cgroup, as a path below the cgroup2 mount.
     pub fn path(&self, g: GenId) -> Option<PathBuf> {
         Some(self.gens.get(&g)?.dir.clone())

@@ -17,6 +17,7 @@ mod cgroups;
 mod intake;
 mod metrics;
 mod output;
+mod pacing;
 mod readiness;
 mod reap;
 mod requests;
@@ -459,6 +460,17 @@ impl Task<'_> {
             Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
             Action::Priority { generation, low } => self.cgroups.priority(generation, low, m),
             Action::KillGeneration { generation } => self.cgroups.kill(generation),
+            Action::MeasureMemory { generation } => answers.push(Event::MemoryMeasured {
+                generation,
+                figures: pacing::measure(m, generation, &mut self.cgroups),
+            }),
+            Action::LimitMemory { generation, max } => self.cgroups.limit_memory(generation, max),
+            Action::Paced(pace) => {
+                tracing::info!(generation = pace.generation, "{pace}");
+                if pace.first {
+                    self.waiters.progress(&pace.to_string(), Some("pacing"));
+                }
+            }
             Action::Notify(states) => {
                 for s in &states {
                     if let SdState::Status(status) = s {

@@ -886,6 +886,7 @@ fn a_worker_dying_while_its_successor_starts_hands_it_the_slot() {
 mod canary;
 mod counters;
 mod generations;
+mod pacing;
 mod pause;
 mod readiness;
 mod takeover;
