@@ -220,6 +220,17 @@ pub fn set_memory_max(dir: &Path, max: Option<u64>) -> std::io::Result<()> {
     write(&dir.join("memory.max"), &value)
 }
 
+/// The `oom_kill` count of the cgroup `dir`'s `memory.events` (processes the kernel
+/// killed for memory in it or below); 0 when it cannot be read.
+pub fn oom_kills(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("memory.events"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The memory left under the tightest `memory.max` of this process's cgroup and its
 /// ancestors (a unit's `MemoryMax=`, its slice's): `memory.max − memory.current`, plus
 /// the inactive page cache the kernel drops before it kills (`inactive_file` in

@@ -105,6 +105,11 @@ pub struct Spec {
     pub release: Arc<Release>,
 }
 
+/// How the task describes a worker's exit (`Event::Exited`'s `how`) when the kernel
+/// killed it for memory in its generation's cgroup; the machine's reason then says what
+/// to do about it.
+pub const OOM_KILLED: &str = "killed for memory";
+
 pub type WorkerId = u64;
 /// A generation's number: 1 for the first, one more per reload.
 pub type GenId = u64;

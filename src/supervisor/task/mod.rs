@@ -382,6 +382,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 // known, before its exit is.
                 read_notifications(&notify_socket, &machine, &mut buf, &mut task.statuses, &mut queue);
                 reap(&machine, &mut queue);
+                task.cgroups.name_oom_kills(&machine, &mut queue);
             }
             _ = signals.hup.recv() => queue.push_back(Event::Reload),
             _ = signals.term.recv() => queue.push_back(Event::Stop { fast: false }),

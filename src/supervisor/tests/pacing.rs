@@ -168,3 +168,22 @@ fn the_first_generation_and_a_stale_answer_are_not_paced() {
     });
     assert!(spawns(&a).is_empty(), "{a:?}");
 }
+
+#[test]
+fn a_new_worker_killed_for_memory_rolls_back_with_what_to_do() {
+    let (mut d, _) = paced();
+    measured(&mut d, 250 * MIB, Some(0));
+    let pid = d.pid(2, 0);
+    let a = d.exit(pid, "killed for memory (oom-kill in gen-2's cgroup)");
+    let [Outcome::RolledBack { reason, .. }] = &outcomes(&a)[..] else {
+        panic!("{a:?}");
+    };
+    assert_eq!(
+        *reason,
+        format!(
+            "worker {pid} was killed for memory (oom-kill in gen-2's cgroup): \
+             lower the batch or raise MemoryMax="
+        )
+    );
+    assert!(d.status().contains("gen 2: worker"), "{}", d.status());
+}
