@@ -254,6 +254,92 @@ pub fn headroom() -> Option<(u64, String)> {
     best
 }
 
+/// The same on a hybrid host, whose memory controller is a cgroup v1 hierarchy: the
+/// tightest `memory.limit_in_bytes` of this process's memory cgroup and its ancestors,
+/// less `memory.usage_in_bytes`, plus `total_inactive_file`.
+pub fn headroom_v1() -> Option<(u64, String)> {
+    let (mount, dir) = v1_memory_dir()?;
+    let mut best: Option<(u64, String)> = None;
+    let mut at = Some(dir.as_path());
+    while let Some(d) = at.filter(|d| d.starts_with(&mount)) {
+        if let Some(left) = left_under_v1_limit(d) {
+            let name = d
+                .strip_prefix(&mount)
+                .map_or_else(|_| String::new(), |p| p.display().to_string());
+            if best.as_ref().is_none_or(|(b, _)| left < *b) {
+                best = Some((left, format!("/{name}")));
+            }
+        }
+        at = d.parent();
+    }
+    best
+}
+
+/// The v1 memory hierarchy's mount and this process's memory cgroup in it, where the
+/// memory controller is a v1 one.
+fn v1_memory_dir() -> Option<(PathBuf, PathBuf)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_owned())
+    })?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = info.lines().find_map(|l| {
+        let (fields, rest) = l.split_once(" - ")?;
+        let mut f = fields.split(' ');
+        let root = f.nth(3)?;
+        let point = f.next()?;
+        let memory = rest.starts_with("cgroup ")
+            && rest.rsplit(' ').next()?.split(',').any(|o| o == "memory");
+        (memory && root == "/").then(|| PathBuf::from(point))
+    })?;
+    let dir = mount.join(path.trim_start_matches('/'));
+    Some((mount, dir))
+}
+
+/// `limit_in_bytes − usage_in_bytes + total_inactive_file` of a v1 memory cgroup, where
+/// a limit is set (v1 says "no limit" with a number near 2^63).
+fn left_under_v1_limit(dir: &Path) -> Option<u64> {
+    let number = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let limit = number("memory.limit_in_bytes").filter(|l| *l < 1 << 62)?;
+    let usage = number("memory.usage_in_bytes")?;
+    let inactive = stat_field(dir, "total_inactive_file");
+    Some((limit + inactive).saturating_sub(usage))
+}
+
+/// The `oom_kill` count of this process's v1 memory cgroup (`memory.oom_control`), and
+/// its path, on a hybrid host.
+pub fn oom_kills_v1() -> Option<(u64, String)> {
+    let (mount, dir) = v1_memory_dir()?;
+    let text = std::fs::read_to_string(dir.join("memory.oom_control")).ok()?;
+    let kills = text
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())?;
+    let name = dir.strip_prefix(&mount).ok()?.display().to_string();
+    Some((kills, format!("/{name}")))
+}
+
+/// A `name value` line of `dir`'s memory.stat; 0 when missing.
+fn stat_field(dir: &Path, name: &str) -> u64 {
+    std::fs::read_to_string(dir.join("memory.stat"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// `memory.max − memory.current + inactive_file` of `dir`, where a limit is set.
 fn left_under_limit(dir: &Path) -> Option<u64> {
     let max: u64 = std::fs::read_to_string(dir.join("memory.max"))
@@ -262,13 +348,7 @@ fn left_under_limit(dir: &Path) -> Option<u64> {
         .parse()
         .ok()?;
     let current = memory(dir)?;
-    let inactive = std::fs::read_to_string(dir.join("memory.stat"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("inactive_file "))
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    Some((max + inactive).saturating_sub(current))
+    Some((max + stat_field(dir, "inactive_file")).saturating_sub(current))
 }
 
 /// `cgroup.procs` of `dir`, opened for a child to join it between fork and exec (by

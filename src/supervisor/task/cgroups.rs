@@ -86,7 +86,11 @@ impl Cgroups {
             can_renice: may_lower_nice(normal_nice),
             nice_low: BTreeSet::new(),
             said_no_warmup: false,
-            oom_seen: BTreeMap::new(),
+            // Kills before this manager started are not its workers'.
+            oom_seen: cgroup::oom_kills_v1()
+                .map(|(kills, _)| (0, kills))
+                .into_iter()
+                .collect(),
         };
         // After an upgrade: the generations' cgroups are found by their ids.
         let ids: Vec<GenId> = c
@@ -214,7 +218,8 @@ impl Cgroups {
     /// The cgroups of generations the machine no longer has are killed and removed.
     pub fn sync(&mut self, m: &Machine) {
         self.nice_low.retain(|g| m.generation(*g).is_some());
-        self.oom_seen.retain(|g, _| m.generation(*g).is_some());
+        self.oom_seen
+            .retain(|g, _| *g == 0 || m.generation(*g).is_some());
         let gone: Vec<GenId> = self
             .gens
             .keys()
@@ -328,13 +333,19 @@ impl Cgroups {
             let Some((g, _, _)) = generation.filter(|_| how == "killed by SIGKILL") else {
                 continue;
             };
-            let Some(kills) = self.oom_kills(g) else {
-                continue;
+            // A generation's own cgroup where there is one, else a hybrid host's v1
+            // memory cgroup that handover and every worker share (0: its key here).
+            let (key, kills, place) = match self.oom_kills(g) {
+                Some(kills) => (g, kills, format!("gen-{g}'s cgroup")),
+                None => match cgroup::oom_kills_v1() {
+                    Some((kills, at)) => (0, kills, format!("the memory cgroup {at}")),
+                    None => continue,
+                },
             };
-            let seen = self.oom_seen.entry(g).or_default();
+            let seen = self.oom_seen.entry(key).or_default();
             if kills > *seen {
                 *seen = kills;
-                *how = format!("{OOM_KILLED} (oom-kill in gen-{g}'s cgroup)");
+                *how = format!("{OOM_KILLED} (oom-kill in {place})");
             }
         }
     }

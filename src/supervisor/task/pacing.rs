@@ -3,7 +3,7 @@
 //! never in a loop.
 //!
 //! The headroom is the least of: what the cgroup limits above handover leave (a unit's
-//! `MemoryMax=`: `cgroup::headroom`), and `MemAvailable` less a reserve (a machine with
+//! `MemoryMax=`: `cgroup::headroom`; a hybrid host's v1 `memory.limit_in_bytes`), and `MemAvailable` less a reserve (a machine with
 //! no limit still has its own memory, and the kernel's estimate of what can be allocated
 //! without swapping needs a margin: page cache it counts as free is what the serving
 //! workers read). `HANDOVER_MEMORY_HEADROOM=SIZE` replaces both, for tests only.
@@ -60,7 +60,9 @@ fn headroom() -> Option<(u64, String)> {
         )
     });
     let cgroup = crate::cgroup::headroom().map(|(left, at)| (left, format!("memory.max of {at}")));
-    [machine, cgroup]
+    let v1 = crate::cgroup::headroom_v1()
+        .map(|(left, at)| (left, format!("memory.limit_in_bytes of {at}")));
+    [machine, cgroup, v1]
         .into_iter()
         .flatten()
         .min_by_key(|(b, _)| *b)
