@@ -125,9 +125,9 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub graceful_timeout: Option<Duration>,
 
-    /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat;
-    /// `auto`: as many new workers as the memory left fits, measured before each batch
-    /// [default: 0 = the whole generation at once].
+    /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat (0:
+    /// the whole generation at once); `auto`: as many new workers as the memory left
+    /// fits, measured before each batch (all at once when everything fits) [default: auto].
     #[arg(long, value_name = "K|auto")]
     pub batch: Option<Batch>,
 

@@ -13,7 +13,7 @@
 //! stop_to = "group"                        # or "main": the process handover started
 //! warmup = "low"                           # or "normal": starting workers' CPU priority
 //! graceful_timeout = "30s"
-//! batch = 0                                # rolling reload batch size, 0 = all at once, "auto" = sized by memory
+//! batch = "auto"                           # rolling reload: "auto" = sized by memory (default), K at a time, 0 = all at once
 //! probation = "30s"                        # new workers serve beside the old this long
 //! canary = 1                               # new workers on probation before the rest
 //! reload_timeout = "80s"                   # below TimeoutStartSec; probation fits in it

@@ -1,7 +1,7 @@
 //! A reload that fits in memory, in a real systemd: myapp.service with `MemoryMax=` for
 //! about 1.5 generations of 4 demo workers holding 100 MiB each, under load.
 //!
-//! 1. All at once (`batch = 0`, today's default): the second generation does not fit;
+//! 1. All at once (`batch = 0`, the default before `auto`): the second generation does not fit;
 //!    what the OOM killer does is printed (it picks old or new workers).
 //! 2. Paced (`batch = "auto"`): the reload goes in batches that fit, `systemctl reload`
 //!    exits 0, no request fails.

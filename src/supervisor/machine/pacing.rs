@@ -60,7 +60,7 @@ impl Machine {
     }
 
     /// Called after every event: a wanted batch is measured once no old worker retired
-    /// for the previous batch is still draining (their memory is not free before).
+    /// for an earlier batch is still draining (their memory is not free before).
     pub(super) fn pace(&mut self, out: &mut Vec<Action>) {
         let Phase::Rolling(r) = &self.phase else {
             return;
@@ -69,11 +69,14 @@ impl Machine {
             return;
         }
         let candidate = r.candidate;
-        let draining = self.current_gen().is_some_and(|g| {
-            g.workers
-                .values()
-                .any(|w| matches!(w.phase, WorkerPhase::Stopping { .. }))
-        });
+        // Only after a batch retired some: a first batch does not wait for a drain the
+        // reload did not start (a scale-down, a recycled worker).
+        let draining = r.retired > 0
+            && self.current_gen().is_some_and(|g| {
+                g.workers
+                    .values()
+                    .any(|w| matches!(w.phase, WorkerPhase::Stopping { .. }))
+            });
         if draining {
             return;
         }
