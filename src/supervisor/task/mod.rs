@@ -468,7 +468,8 @@ impl Task<'_> {
             Action::LimitMemory { generation, max } => self.cgroups.limit_memory(generation, max),
             Action::Paced(pace) => {
                 tracing::info!(generation = pace.generation, "{pace}");
-                if pace.first {
+                // `handover reload` hears it when the reload goes in batches.
+                if pace.first && pace.batch < pace.remaining {
                     self.waiters.progress(&pace.to_string(), Some("pacing"));
                 }
             }
