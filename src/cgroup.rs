@@ -375,6 +375,54 @@ mod tests {
         assert_eq!(v2_root("35 25 0:30 / /x rw - ext4 /dev/vda rw\n"), None);
     }
 
+    /// A fake cgroup directory with `files`.
+    fn fake(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        }
+        dir
+    }
+
+    #[test]
+    fn the_memory_left_under_a_limit_counts_inactive_page_cache_as_free() {
+        let v2 = fake(&[
+            ("memory.max", "681574400\n"),
+            ("memory.current", "440401920\n"),
+            (
+                "memory.stat",
+                "anon 1\nactive_file 5\ninactive_file 10485760\n",
+            ),
+            ("memory.events", "low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\n"),
+        ]);
+        assert_eq!(left_under_limit(v2.path()), Some((650 - 420 + 10) << 20));
+        assert_eq!(oom_kills(v2.path()), 2);
+        // A cgroup file takes each write whole; a plain file keeps what is past it.
+        let max = v2.path().join("memory.max");
+        std::fs::write(&max, "").expect("truncate memory.max");
+        set_memory_max(v2.path(), Some(123)).expect("write memory.max");
+        assert_eq!(std::fs::read_to_string(&max).expect("memory.max"), "123");
+        std::fs::write(&max, "").expect("truncate memory.max");
+        set_memory_max(v2.path(), None).expect("write memory.max");
+        assert_eq!(std::fs::read_to_string(&max).expect("memory.max"), "max");
+        assert_eq!(left_under_limit(v2.path()), None, "no limit");
+
+        let v1 = fake(&[
+            ("memory.limit_in_bytes", "681574400\n"),
+            ("memory.usage_in_bytes", "440401920\n"),
+            (
+                "memory.stat",
+                "inactive_file 1\ntotal_inactive_file 10485760\n",
+            ),
+        ]);
+        assert_eq!(left_under_v1_limit(v1.path()), Some((650 - 420 + 10) << 20));
+        let unlimited = fake(&[
+            ("memory.limit_in_bytes", "9223372036854771712\n"),
+            ("memory.usage_in_bytes", "1\n"),
+        ]);
+        assert_eq!(left_under_v1_limit(unlimited.path()), None);
+    }
+
     #[test]
     fn this_process_has_a_v2_path() {
         if let Some(own) = own_cgroup() {

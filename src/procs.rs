@@ -213,7 +213,7 @@ mod tests {
         let text = "5600-7ffd ---p 00000000 00:00 0   [rollup]\nRss:  1704 kB\nPss:  249 kB\n\
                     Pss_Anon:  112 kB\nShared_Clean:  1540 kB\nPrivate_Clean:  52 kB\n\
                     Private_Dirty:  112 kB\nSwap:  0 kB\n";
-        let u = parse_rollup(text).unwrap();
+        let u = parse_rollup(text).expect("a rollup with an Rss: line");
         assert_eq!(
             (u.rss, u.pss, u.uss),
             (1704 << 10, 249 << 10, (52 + 112) << 10)
