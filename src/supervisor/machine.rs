@@ -30,7 +30,6 @@ mod status;
 mod trees;
 mod workers;
 pub use counters::{Counters, ReloadEnd};
-pub use pacing::batch_that_fits;
 pub use snapshot::Snapshot;
 
 use super::generation::Generation;

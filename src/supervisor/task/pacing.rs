@@ -27,13 +27,20 @@ const RESERVE_DIVISOR: u64 = 20;
 pub fn measure(m: &Machine, candidate: GenId, cgroups: &mut Cgroups) -> Option<MemoryFigures> {
     let current = m.current_generation()?;
     let table = crate::procs::processes();
-    let serving: Vec<u64> = m
-        .workers()
-        .filter(|(g, _, w)| *g == current && w.phase == WorkerPhase::Ready)
-        .filter_map(|(_, _, w)| w.pid)
-        .map(|pid| crate::procs::tree_usage(&table, pid).pss)
-        .filter(|pss| *pss > 0)
-        .collect();
+    let ready_pss = |generation: GenId| -> Vec<u64> {
+        m.workers()
+            .filter(|(g, _, w)| *g == generation && w.phase == WorkerPhase::Ready)
+            .filter_map(|(_, _, w)| w.pid)
+            .map(|pid| crate::procs::tree_usage(&table, pid).pss)
+            .filter(|pss| *pss > 0)
+            .collect()
+    };
+    // The serving workers; once every one of them has retired (a generation scaled up
+    // by its configuration), the new ones already ready.
+    let mut serving = ready_pss(current);
+    if serving.is_empty() {
+        serving = ready_pss(candidate);
+    }
     let (headroom, source) = headroom()?;
     cgroups.prepare(candidate);
     Some(MemoryFigures {
