@@ -214,6 +214,143 @@ pub fn memory(dir: &Path) -> Option<u64> {
         .ok()
 }
 
+/// Sets `memory.max` of the cgroup `dir` (None: `max`, no limit).
+pub fn set_memory_max(dir: &Path, max: Option<u64>) -> std::io::Result<()> {
+    let value = max.map_or_else(|| "max".to_owned(), |b| b.to_string());
+    write(&dir.join("memory.max"), &value)
+}
+
+/// The `oom_kill` count of the cgroup `dir`'s `memory.events` (processes the kernel
+/// killed for memory in it or below); 0 when it cannot be read.
+pub fn oom_kills(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("memory.events"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The memory left under the tightest `memory.max` of this process's cgroup and its
+/// ancestors (a unit's `MemoryMax=`, its slice's): `memory.max − memory.current`, plus
+/// the inactive page cache the kernel drops before it kills (`inactive_file` in
+/// memory.stat). With the cgroup's v2 path, for the log; None where no limit is set.
+pub fn headroom() -> Option<(u64, String)> {
+    let (own, dir) = own_dir().ok()?;
+    let mount = mount_point()?;
+    let mut best: Option<(u64, String)> = None;
+    let mut at = Some(dir.as_path());
+    while let Some(d) = at.filter(|d| d.starts_with(&mount) && *d != mount) {
+        if let Some(left) = left_under_limit(d) {
+            let name = d
+                .strip_prefix(&mount)
+                .map_or(own.clone(), |p| format!("/{}", p.display()));
+            if best.as_ref().is_none_or(|(b, _)| left < *b) {
+                best = Some((left, name));
+            }
+        }
+        at = d.parent();
+    }
+    best
+}
+
+/// The same on a hybrid host, whose memory controller is a cgroup v1 hierarchy: the
+/// tightest `memory.limit_in_bytes` of this process's memory cgroup and its ancestors,
+/// less `memory.usage_in_bytes`, plus `total_inactive_file`.
+pub fn headroom_v1() -> Option<(u64, String)> {
+    let (mount, dir) = v1_memory_dir()?;
+    let mut best: Option<(u64, String)> = None;
+    let mut at = Some(dir.as_path());
+    while let Some(d) = at.filter(|d| d.starts_with(&mount)) {
+        if let Some(left) = left_under_v1_limit(d) {
+            let name = d
+                .strip_prefix(&mount)
+                .map_or_else(|_| String::new(), |p| p.display().to_string());
+            if best.as_ref().is_none_or(|(b, _)| left < *b) {
+                best = Some((left, format!("/{name}")));
+            }
+        }
+        at = d.parent();
+    }
+    best
+}
+
+/// The v1 memory hierarchy's mount and this process's memory cgroup in it, where the
+/// memory controller is a v1 one.
+fn v1_memory_dir() -> Option<(PathBuf, PathBuf)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_owned())
+    })?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = info.lines().find_map(|l| {
+        let (fields, rest) = l.split_once(" - ")?;
+        let mut f = fields.split(' ');
+        let root = f.nth(3)?;
+        let point = f.next()?;
+        let memory = rest.starts_with("cgroup ")
+            && rest.rsplit(' ').next()?.split(',').any(|o| o == "memory");
+        (memory && root == "/").then(|| PathBuf::from(point))
+    })?;
+    let dir = mount.join(path.trim_start_matches('/'));
+    Some((mount, dir))
+}
+
+/// `limit_in_bytes − usage_in_bytes + total_inactive_file` of a v1 memory cgroup, where
+/// a limit is set (v1 says "no limit" with a number near 2^63).
+fn left_under_v1_limit(dir: &Path) -> Option<u64> {
+    let number = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let limit = number("memory.limit_in_bytes").filter(|l| *l < 1 << 62)?;
+    let usage = number("memory.usage_in_bytes")?;
+    let inactive = stat_field(dir, "total_inactive_file");
+    Some((limit + inactive).saturating_sub(usage))
+}
+
+/// The `oom_kill` count of this process's v1 memory cgroup (`memory.oom_control`), and
+/// its path, on a hybrid host.
+pub fn oom_kills_v1() -> Option<(u64, String)> {
+    let (mount, dir) = v1_memory_dir()?;
+    let text = std::fs::read_to_string(dir.join("memory.oom_control")).ok()?;
+    let kills = text
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())?;
+    let name = dir.strip_prefix(&mount).ok()?.display().to_string();
+    Some((kills, format!("/{name}")))
+}
+
+/// A `name value` line of `dir`'s memory.stat; 0 when missing.
+fn stat_field(dir: &Path, name: &str) -> u64 {
+    std::fs::read_to_string(dir.join("memory.stat"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `memory.max − memory.current + inactive_file` of `dir`, where a limit is set.
+fn left_under_limit(dir: &Path) -> Option<u64> {
+    let max: u64 = std::fs::read_to_string(dir.join("memory.max"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let current = memory(dir)?;
+    Some((max + stat_field(dir, "inactive_file")).saturating_sub(current))
+}
+
 /// `cgroup.procs` of `dir`, opened for a child to join it between fork and exec (by
 /// writing "0").
 pub fn open_procs(dir: &Path) -> std::io::Result<OwnedFd> {
@@ -236,6 +373,54 @@ mod tests {
 ";
         assert_eq!(v2_root(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(v2_root("35 25 0:30 / /x rw - ext4 /dev/vda rw\n"), None);
+    }
+
+    /// A fake cgroup directory with `files`.
+    fn fake(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        }
+        dir
+    }
+
+    #[test]
+    fn the_memory_left_under_a_limit_counts_inactive_page_cache_as_free() {
+        let v2 = fake(&[
+            ("memory.max", "681574400\n"),
+            ("memory.current", "440401920\n"),
+            (
+                "memory.stat",
+                "anon 1\nactive_file 5\ninactive_file 10485760\n",
+            ),
+            ("memory.events", "low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\n"),
+        ]);
+        assert_eq!(left_under_limit(v2.path()), Some((650 - 420 + 10) << 20));
+        assert_eq!(oom_kills(v2.path()), 2);
+        // A cgroup file takes each write whole; a plain file keeps what is past it.
+        let max = v2.path().join("memory.max");
+        std::fs::write(&max, "").expect("truncate memory.max");
+        set_memory_max(v2.path(), Some(123)).expect("write memory.max");
+        assert_eq!(std::fs::read_to_string(&max).expect("memory.max"), "123");
+        std::fs::write(&max, "").expect("truncate memory.max");
+        set_memory_max(v2.path(), None).expect("write memory.max");
+        assert_eq!(std::fs::read_to_string(&max).expect("memory.max"), "max");
+        assert_eq!(left_under_limit(v2.path()), None, "no limit");
+
+        let v1 = fake(&[
+            ("memory.limit_in_bytes", "681574400\n"),
+            ("memory.usage_in_bytes", "440401920\n"),
+            (
+                "memory.stat",
+                "inactive_file 1\ntotal_inactive_file 10485760\n",
+            ),
+        ]);
+        assert_eq!(left_under_v1_limit(v1.path()), Some((650 - 420 + 10) << 20));
+        let unlimited = fake(&[
+            ("memory.limit_in_bytes", "9223372036854771712\n"),
+            ("memory.usage_in_bytes", "1\n"),
+        ]);
+        assert_eq!(left_under_v1_limit(unlimited.path()), None);
     }
 
     #[test]

@@ -10,9 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::demo_worker::DemoWorkerArgs;
 use crate::sockets::ListenSpec;
 use crate::units::{
-    MAX_WORKERS, Readiness, StopTo, Warmup, parse_duration, parse_graceful_timeout, parse_hold,
-    parse_max_lifetime, parse_probation, parse_ready_timeout, parse_reload_timeout, parse_signal,
-    parse_size, parse_switch, parse_wait, parse_watchdog,
+    Batch, MAX_WORKERS, Readiness, StopTo, Warmup, parse_duration, parse_graceful_timeout,
+    parse_hold, parse_max_lifetime, parse_probation, parse_ready_timeout, parse_reload_timeout,
+    parse_signal, parse_size, parse_switch, parse_wait, parse_watchdog,
 };
 
 /// Zero-downtime restarts for any server under systemd.
@@ -127,10 +127,11 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_graceful_timeout, value_name = "DURATION")]
     pub graceful_timeout: Option<Duration>,
 
-    /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat
-    /// [default: 0 = the whole generation at once].
-    #[arg(long, value_name = "K")]
-    pub batch: Option<u32>,
+    /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat (0:
+    /// the whole generation at once); `auto`: as many new workers as the memory left
+    /// fits, measured before each batch (all at once when everything fits) [default: auto].
+    #[arg(long, value_name = "K|auto")]
+    pub batch: Option<Batch>,
 
     /// Probation: once a reload's new workers are ready, the old generation keeps serving
     /// beside them this long; a new worker that exits meanwhile rolls the reload back.
@@ -155,7 +156,8 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_max_lifetime, value_name = "DURATION")]
     pub max_lifetime: Option<Duration>,
 
-    /// Replace a worker whose resident memory exceeds this (e.g. 512M), successor first.
+    /// Replace a worker whose private memory (its tree's USS) exceeds this (e.g. 512M),
+    /// successor first.
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub max_memory: Option<u64>,
 

@@ -314,46 +314,61 @@ pub fn render(s: &StatusReport) -> String {
         None => out += "last reload: none yet\n",
     }
     out += &format!("takeover: {}\n", s.takeover.line());
-    // Memory of each generation: its cgroup's memory.current where there is one, else
-    // the sum of its workers' trees.
-    let mut by_generation: std::collections::BTreeMap<u64, u64> = Default::default();
-    for w in &s.workers {
-        *by_generation.entry(w.generation).or_default() += w.tree_rss_bytes.unwrap_or(0);
-    }
-    for (g, bytes) in by_generation.iter().rev() {
-        let cgroup = s.cgroups.iter().find(|c| c.generation == *g);
-        out += &match cgroup {
-            Some(c) => match c.memory_bytes {
-                Some(m) => format!(
-                    "gen {g} memory: {} (memory.current of {})\n",
-                    mib(m),
-                    c.path
-                ),
-                None => format!(
-                    "gen {g} memory: {} (sum of its trees; cgroup {})\n",
-                    mib(*bytes),
-                    c.path
-                ),
-            },
-            None => format!("gen {g} memory: {}\n", mib(*bytes)),
-        };
-    }
+    out += &generation_memory(s);
     out += &format!(
-        "{:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  {:>9}  STATUS\n",
-        "PID", "GEN", "SLOT", "STATE", "AGE", "RESTARTS", "TREE MEM"
+        "{:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  {:>9}  {:>9}  {:>9}  STATUS\n",
+        "PID", "GEN", "SLOT", "STATE", "AGE", "RESTARTS", "RSS", "PSS", "PRIVATE"
     );
+    let shown = |b: Option<u64>| b.map_or("-".to_owned(), mib);
     for w in &s.workers {
         let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
         out += &format!(
-            "{pid:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  {:>9}  {}\n",
+            "{pid:>8}  {:>4}  {:>4}  {:<9} {:>6}  {:>8}  {:>9}  {:>9}  {:>9}  {}\n",
             w.generation,
             w.slot,
             w.state,
             age(w.age_secs),
             w.restarts,
-            w.tree_rss_bytes.map_or("-".to_owned(), mib),
+            shown(w.tree_rss_bytes),
+            shown(w.tree_pss_bytes),
+            shown(w.tree_uss_bytes),
             w.status.as_deref().unwrap_or("")
         );
+    }
+    out
+}
+
+/// One line per generation: its cgroup's memory.current where there is one, else the
+/// sum of its workers' trees' PSS (what they cost together: RSS would count every shared
+/// page once per process), with their RSS beside it.
+fn generation_memory(s: &StatusReport) -> String {
+    let mut by_generation: std::collections::BTreeMap<u64, (u64, Option<u64>)> = Default::default();
+    for w in &s.workers {
+        let (rss, pss) = by_generation.entry(w.generation).or_insert((0, Some(0)));
+        *rss += w.tree_rss_bytes.unwrap_or(0);
+        *pss = pss.zip(w.tree_pss_bytes).map(|(a, b)| a + b);
+    }
+    let mut out = String::new();
+    for (g, (rss, pss)) in by_generation.iter().rev() {
+        let trees = match pss {
+            Some(p) => format!("{} PSS, {} RSS", mib(*p), mib(*rss)),
+            None => format!("{} RSS", mib(*rss)),
+        };
+        let cgroup = s.cgroups.iter().find(|c| c.generation == *g);
+        out += &match cgroup {
+            Some(c) => match c.memory_bytes {
+                Some(m) => format!(
+                    "gen {g} memory: {} (memory.current of {}; trees {trees})\n",
+                    mib(m),
+                    c.path
+                ),
+                None => format!(
+                    "gen {g} memory: {trees} (sum of its trees; cgroup {})\n",
+                    c.path
+                ),
+            },
+            None => format!("gen {g} memory: {trees} (sum of its trees)\n"),
+        };
     }
     out
 }

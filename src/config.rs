@@ -14,8 +14,8 @@ use crate::release::{Release, ReleaseError};
 use crate::sockets::ListenSpec;
 use crate::supervisor::Settings;
 use crate::units::{
-    DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_RELOAD_TIMEOUT, DEFAULT_STOP_SIGNAL,
-    DEFAULT_WORKERS, Readiness, show_duration,
+    Batch, DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_RELOAD_TIMEOUT,
+    DEFAULT_STOP_SIGNAL, DEFAULT_WORKERS, Readiness, show_duration,
 };
 
 /// Everything `handover run` needs, validated.
@@ -140,7 +140,13 @@ impl RunConfig {
                     .graceful_timeout
                     .or(file.graceful_timeout)
                     .unwrap_or(DEFAULT_GRACEFUL_TIMEOUT),
-                batch: args.batch.or(file.batch).unwrap_or(0) as usize,
+                // Paced by memory unless told otherwise: a reload that fits still goes
+                // all at once (BENCHMARKS.md, "A reload that fits in memory").
+                batch: match args.batch.or(file.batch) {
+                    Some(Batch::Workers(k)) => k as usize,
+                    Some(Batch::Memory) | None => 0,
+                },
+                batch_memory: args.batch.or(file.batch).is_none_or(|b| b == Batch::Memory),
                 max_lifetime: args.max_lifetime.or(file.max_lifetime),
                 max_memory: args.max_memory.or(file.max_memory),
                 watchdog: args.watchdog.or(file.watchdog),
@@ -228,7 +234,10 @@ impl std::fmt::Display for RunConfig {
             "graceful_timeout = \"{}\"",
             show_duration(s.graceful_timeout)
         )?;
-        writeln!(f, "batch = {}", s.batch)?;
+        match s.batch_memory {
+            true => writeln!(f, "batch = \"auto\"")?,
+            false => writeln!(f, "batch = {}", s.batch)?,
+        }
         if let Some(d) = s.max_lifetime {
             writeln!(f, "max_lifetime = \"{}\"", show_duration(d))?;
         }

@@ -13,7 +13,7 @@
 //! stop_to = "group"                        # or "main": the process handover started
 //! warmup = "low"                           # or "normal": starting workers' CPU priority
 //! graceful_timeout = "30s"
-//! batch = 0                                # rolling reload batch size, 0 = all at once
+//! batch = "auto"                           # rolling reload: "auto" = sized by memory (default), K at a time, 0 = all at once
 //! probation = "30s"                        # new workers serve beside the old this long
 //! canary = 1                               # new workers on probation before the rest
 //! reload_timeout = "80s"                   # below TimeoutStartSec; probation fits in it
@@ -46,7 +46,7 @@ use toml::{Spanned, Value};
 
 use crate::sockets::ListenSpec;
 use crate::units::{
-    Readiness, StopTo, Warmup, parse_graceful_timeout, parse_hold, parse_max_lifetime,
+    Batch, Readiness, StopTo, Warmup, parse_graceful_timeout, parse_hold, parse_max_lifetime,
     parse_probation, parse_ready_timeout, parse_reload_timeout, parse_signal, parse_size,
     parse_switch, parse_watchdog,
 };
@@ -82,7 +82,7 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "takeover_hold")]
     pub takeover_hold: Option<Duration>,
     #[serde(default, deserialize_with = "batch")]
-    pub batch: Option<u32>,
+    pub batch: Option<Batch>,
     #[serde(default, deserialize_with = "max_lifetime")]
     pub max_lifetime: Option<Duration>,
     #[serde(default, deserialize_with = "max_memory")]
@@ -362,7 +362,11 @@ field!(stop_signal: Signal, |v| parsed(v, parse_signal));
 field!(stop_to: StopTo, |v| parsed(v, StopTo::from_str));
 field!(warmup: Warmup, |v| parsed(v, Warmup::from_str));
 field!(graceful_timeout: Duration, |v| parsed(v, parse_graceful_timeout));
-field!(batch: u32, |v| number(v, 0, 4096, "a whole number from 0 (all at once) to 4096"));
+field!(batch: Batch, |v| match v {
+    Value::String(s) if s == "auto" => Ok(Batch::Memory),
+    _ => number(v, 0, 4096, "\"auto\" or a whole number from 0 (all at once) to 4096")
+        .map(Batch::Workers),
+});
 field!(max_lifetime: Duration, |v| parsed(v, parse_max_lifetime));
 field!(max_memory: u64, |v| parsed(v, parse_size));
 field!(watchdog: Duration, |v| parsed(v, parse_watchdog));
@@ -473,7 +477,7 @@ A_FIRST = "x=y"
             stop_to: Some(StopTo::Main),
             warmup: Some(Warmup::Normal),
             graceful_timeout: Some(Duration::from_secs(30)),
-            batch: Some(0),
+            batch: Some(Batch::Workers(0)),
             max_lifetime: Some(Duration::from_secs(3600)),
             max_memory: Some(512 << 20),
             watchdog: Some(Duration::from_secs(30)),
@@ -512,7 +516,8 @@ A_FIRST = "x=y"
             "args = [\n\"a\",\n5]|3: args: 5 is not a string",
             "command = 5|1: command: 5 is not a string",
             "command = \"\"|1: command: must not be empty",
-            "batch = -1|1: batch: -1 is out of range: use a whole number from 0",
+            "batch = -1|1: batch: -1 is out of range: use \"auto\" or a whole number from 0",
+            "batch = \"most\"|1: batch: \"most\" is not a number: use \"auto\"",
             "canary = 0|1: canary: 0 is out of range: use a whole number of canary workers from 1",
             "reload_timeout = \"soon\"|1: reload_timeout: `soon` is not a duration",
             "chdir = [\"/\"]|1: chdir: a list is not allowed here",

@@ -167,9 +167,18 @@ pub struct WorkerInfo {
     pub state: String,
     pub age_secs: f64,
     pub restarts: u32,
-    /// Resident memory of the worker's whole process tree, in bytes.
+    /// Resident memory of the worker's whole process tree, in bytes (shared pages
+    /// counted once per process that maps them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree_rss_bytes: Option<u64>,
+    /// Proportional memory of the tree (PSS: shared pages divided among their sharers),
+    /// what the worker costs; from smaps_rollup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_pss_bytes: Option<u64>,
+    /// Private memory of the tree (USS: pages only one process maps), what
+    /// `max_memory` compares with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_uss_bytes: Option<u64>,
     /// The worker's own last `STATUS=` (sd_notify), if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,

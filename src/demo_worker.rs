@@ -56,12 +56,19 @@ pub struct DemoWorkerArgs {
     /// (still serving).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "ping_watchdog")]
     pub stop_pings_after: Option<Duration>,
+    /// For tests of memory: allocate and write this many MiB before READY=1, and hold
+    /// them (private memory, as an app's heap).
+    #[arg(long, value_name = "MIB")]
+    pub hold_mib: Option<usize>,
 }
 
 /// Serves on the inherited sockets until a stop signal, drains, and returns.
 pub fn run(args: &DemoWorkerArgs) -> anyhow::Result<()> {
     // listenfd edits the environment: it must run before the runtime's threads exist.
     let sockets = take_sockets()?;
+    // Every byte written, so every page is resident and the worker's own.
+    let ballast = args.hold_mib.map(|mib| vec![1u8; mib << 20]);
+    std::hint::black_box(&ballast);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -30,8 +30,10 @@ pub struct View {
     pub counters: Counters,
     /// Live workers per (generation, state).
     pub workers: BTreeMap<(u64, &'static str), usize>,
-    /// Resident memory per generation, in bytes.
+    /// Memory per generation, in bytes (its cgroup's, else its trees' PSS).
     pub memory: BTreeMap<u64, u64>,
+    /// Per generation, its workers' trees summed: PSS and private (USS) bytes.
+    pub trees: BTreeMap<u64, crate::procs::Usage>,
     /// The connections taken over from stopping workers.
     pub takeover: crate::takeover::Totals,
 }
@@ -170,7 +172,7 @@ pub fn render(v: &View) -> String {
     t.family(
         "handover_generation_memory_bytes",
         "gauge",
-        "Memory of a generation: its cgroup's memory.current where delegated, else the resident memory of its workers' whole process trees.",
+        "Memory of a generation: its cgroup's memory.current where delegated, else the proportional memory (PSS) of its workers' whole process trees.",
     );
     for (g, bytes) in &v.memory {
         t.sample(
@@ -179,8 +181,34 @@ pub fn render(v: &View) -> String {
             bytes,
         );
     }
+    trees(&mut t, &v.trees);
     takeover(&mut t, &v.takeover);
     t.0
+}
+
+/// A family of `trees`: its name, help and which figure it shows.
+type TreeFamily = (&'static str, &'static str, fn(&crate::procs::Usage) -> u64);
+
+/// Per generation, its workers' trees from smaps_rollup: PSS and private memory.
+fn trees(t: &mut Text, trees: &BTreeMap<u64, crate::procs::Usage>) {
+    let families: [TreeFamily; 2] = [
+        (
+            "handover_generation_pss_bytes",
+            "Proportional memory (PSS) of a generation's workers' process trees: shared pages divided among the processes mapping them.",
+            |u| u.pss,
+        ),
+        (
+            "handover_generation_private_bytes",
+            "Private memory (USS) of a generation's workers' process trees: pages only one process maps (what max_memory compares with, per worker).",
+            |u| u.uss,
+        ),
+    ];
+    for (name, help, figure) in families {
+        t.family(name, "gauge", help);
+        for (g, u) in trees {
+            t.sample(name, &[("generation", &g.to_string())], figure(u));
+        }
+    }
 }
 
 /// The takeover's families: connections by outcome, and held now.
@@ -258,6 +286,16 @@ mod tests {
             },
             workers,
             memory: [(2, 1000), (3, 4096)].into_iter().collect(),
+            trees: [(
+                3,
+                crate::procs::Usage {
+                    rss: 9000,
+                    pss: 3000,
+                    uss: 2000,
+                },
+            )]
+            .into_iter()
+            .collect(),
             takeover: crate::takeover::Totals {
                 taken: 5,
                 answered: 3,
@@ -288,6 +326,8 @@ mod tests {
             "handover_workers{generation=\"2\",state=\"ready\"} 0",
             "handover_workers{generation=\"3\",state=\"ready\"} 2",
             "handover_generation_memory_bytes{generation=\"3\"} 4096",
+            "handover_generation_pss_bytes{generation=\"3\"} 3000",
+            "handover_generation_private_bytes{generation=\"3\"} 2000",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
         }

@@ -2,6 +2,14 @@
 //! group, and who is a zombie. The manager's view of its workers' trees (strays, drained
 //! groups, memory of a whole tree); it only reads, never signals. `pidfd_getfd` gives the
 //! manager its own reference to a worker's socket (readiness, takeover).
+//!
+//! Memory comes in two costs. `rss` reads VmRSS from `/proc/PID/status` (cheap). `usage`
+//! reads `/proc/PID/smaps_rollup`, where the kernel walks the process's page tables to
+//! split its resident memory into what it shares (counted in its PSS by its share) and
+//! what only it maps (USS): a preloaded gunicorn's workers share most of their pages, so
+//! their RSS counts the same pages once per process. That walk costs about a millisecond
+//! per 100 MiB mapped, so `usage` is read only when someone asks (status, metrics), at
+//! the `max_memory` check and before a memory-paced reload's batch, never in a loop.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -76,6 +84,81 @@ pub fn rss(pid: i32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A process's (or a tree's) memory, in bytes, as `smaps_rollup` splits it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Resident: every page mapped, shared ones counted in full.
+    pub rss: u64,
+    /// Proportional: each shared page divided among the processes mapping it. A tree's
+    /// PSS is what it costs the machine (pages shared only within the tree count once).
+    pub pss: u64,
+    /// Unique (Private_Clean + Private_Dirty): pages no other process maps. Grows when
+    /// the process allocates or dirties a copy-on-write page, never because another
+    /// process shares more or less with it.
+    pub uss: u64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, o: Usage) {
+        self.rss += o.rss;
+        self.pss += o.pss;
+        self.uss += o.uss;
+    }
+}
+
+/// `pid`'s memory from `/proc/PID/smaps_rollup`, if it can be read (it needs the same
+/// access as ptrace: the same uid or root; a kernel thread or zombie has none).
+pub fn usage(pid: i32) -> Option<Usage> {
+    parse_rollup(&std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?)
+}
+
+/// The memory of the tree of `root` per `table`: each process's `usage`, summed.
+pub fn tree_usage(table: &[Proc], root: i32) -> Usage {
+    let mut sum = Usage::default();
+    for p in tree(table, root) {
+        sum += usage(p).unwrap_or_default();
+    }
+    sum
+}
+
+/// The `Rss:`, `Pss:` and `Private_*:` lines of an smaps_rollup (kB).
+fn parse_rollup(text: &str) -> Option<Usage> {
+    let mut u = Usage::default();
+    let mut seen = false;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let Some(kib) = value.trim().strip_suffix("kB") else {
+            continue;
+        };
+        let Ok(kib) = kib.trim().parse::<u64>() else {
+            continue;
+        };
+        let bytes = kib * 1024;
+        match key {
+            "Rss" => (u.rss, seen) = (bytes, true),
+            "Pss" => u.pss = bytes,
+            "Private_Clean" | "Private_Dirty" => u.uss += bytes,
+            _ => {}
+        }
+    }
+    seen.then_some(u)
+}
+
+/// `MemAvailable` and `MemTotal` from /proc/meminfo, in bytes: what the kernel
+/// estimates can be allocated without swapping, and the machine's memory.
+pub fn mem_available() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    };
+    Some((field("MemAvailable:")?, field("MemTotal:")?))
+}
+
 /// A pidfd for `pid` (close-on-exec), for `pidfd_getfd`.
 pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open returns a new fd (or -1) and touches no memory of ours.
@@ -119,5 +202,22 @@ mod tests {
         assert!(!p.zombie);
         assert!(tree(&table, p.ppid).contains(&me));
         assert!(rss(me).is_some_and(|b| b > 0));
+        let (available, total) = mem_available().expect("/proc/meminfo");
+        assert!(available > 0 && available <= total);
+        let u = usage(me).expect("own smaps_rollup");
+        assert!(u.uss <= u.pss && u.pss <= u.rss && u.uss > 0, "{u:?}");
+    }
+
+    #[test]
+    fn a_rollup_splits_into_rss_pss_and_private() {
+        let text = "5600-7ffd ---p 00000000 00:00 0   [rollup]\nRss:  1704 kB\nPss:  249 kB\n\
+                    Pss_Anon:  112 kB\nShared_Clean:  1540 kB\nPrivate_Clean:  52 kB\n\
+                    Private_Dirty:  112 kB\nSwap:  0 kB\n";
+        let u = parse_rollup(text).expect("a rollup with an Rss: line");
+        assert_eq!(
+            (u.rss, u.pss, u.uss),
+            (1704 << 10, 249 << 10, (52 + 112) << 10)
+        );
+        assert_eq!(parse_rollup(""), None);
     }
 }

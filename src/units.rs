@@ -137,6 +137,31 @@ pub enum Warmup {
     Normal,
 }
 
+/// How a reload rolls: `Workers(K)` new workers at a time (0: all at once), or
+/// `Memory` (`auto`): as many as the memory left fits, measured before each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    Workers(u32),
+    Memory,
+}
+
+impl FromStr for Batch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Batch::Memory),
+            _ => s
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= MAX_WORKERS)
+                .map(Batch::Workers)
+                .ok_or_else(|| {
+                    format!("`{s}` is not a batch: use `auto` (sized by memory) or a whole number from 0 (all at once) to {MAX_WORKERS}")
+                }),
+        }
+    }
+}
+
 impl FromStr for Warmup {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -381,7 +381,7 @@ fn a_workers_own_status_line_is_shown_per_worker() {
         let out = text(&m.ctl(&["status"]));
         (out.matches("  serving on 1 sockets\n").count() == 2).then_some(out)
     });
-    assert!(out.contains("TREE MEM  STATUS"), "{out}");
+    assert!(out.contains("RSS        PSS    PRIVATE  STATUS"), "{out}");
     assert!(out.contains("gen 1 memory: "), "{out}");
     let json = text(&m.ctl(&["status", "--json"]));
     assert_eq!(

@@ -68,6 +68,8 @@ mod container;
 mod host;
 #[path = "system/init_app.rs"]
 mod init_app;
+#[path = "system/memory.rs"]
+mod memory;
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +92,26 @@ fn bookworm() {
 #[test]
 fn trixie() {
     system_test("trixie", 257);
+}
+
+/// A reload that fits in memory (`system/memory.rs`): a container of its own, so that it
+/// runs alone (`--test system memory`) and its `MemoryMax=` touches no other scenario.
+#[test]
+fn memory_trixie() {
+    if !host::prerequisites() {
+        return;
+    }
+    let root = host::root("trixie");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let deb = host::package(scratch.path());
+    let c = Container::boot("trixie-memory", &root);
+    install_package(&c, &deb);
+    let app = App::install(&c, SERVICE_UNIT);
+    step(
+        &app,
+        "a reload that fits in memory: all at once, paced, too big",
+        memory::memory_paced_reload,
+    );
 }
 
 /// Every scenario on one booted `distro`, whose systemd must be version `systemd`.

@@ -4,8 +4,9 @@
 //! (the journal, under `ExecReload=`; a CI log; a pipe) every rewrite would be a line of
 //! its own: a reload of 16 workers used to write 18. There the first line of each part of
 //! the reload ("starting", "probation") is printed and the rest are dropped, so a reload
-//! of any size writes at most three lines with its outcome. The "loading" part says
-//! nothing a reader needs and is left out.
+//! of any size writes at most three lines with its outcome (a fourth says why a reload
+//! goes in batches, when it does). The "loading" part says nothing a reader needs and
+//! is left out.
 
 use std::io::Write;
 
@@ -42,6 +43,12 @@ impl<W: Write> Progress<W> {
         }
         let new_part = match phase {
             Some("loading") => false,
+            // Why a reload goes in batches: sent once, printed as it is, and the part it
+            // interrupts ("starting") goes on without a line of its own again.
+            Some("pacing") => {
+                let _ = writeln!(self.out, "{message}");
+                return;
+            }
             Some(p) => self.shown.as_deref() != Some(p),
             // After the last part (the workers are promoted) or from a manager older
             // than the field: shown only when nothing else was.

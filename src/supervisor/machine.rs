@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use tokio::time::Instant;
 
 mod counters;
+mod pacing;
 mod pause;
 mod probation;
 mod queries;
@@ -57,6 +58,8 @@ struct Reload {
     probation_until: Option<Instant>,
     /// The probation was served: the reload goes on (or ends) without another.
     probation_done: bool,
+    /// `batch = "auto"`: where the memory-paced batches are (`pacing.rs`).
+    paced: pacing::Paced,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +191,13 @@ impl Machine {
                     w.pinged = Some(now);
                 }
             }
-            Event::Memory { pid, rss_bytes } => self.on_memory(pid, rss_bytes, now, &mut out),
+            Event::MemoryMeasured {
+                generation,
+                figures,
+            } => self.on_memory_measured(generation, figures, now, &mut out),
+            Event::Memory { pid, private_bytes } => {
+                self.on_memory(pid, private_bytes, now, &mut out)
+            }
             Event::Exited {
                 pid,
                 how,
@@ -211,6 +220,7 @@ impl Machine {
             Event::Resume => self.on_resume(false, now, &mut out),
         }
         self.forget_finished();
+        self.pace(&mut out);
         self.announce_paused(&mut out);
         if let Phase::Stopping { code } = self.phase
             && self.generations.values().all(|g| g.workers.is_empty())
@@ -291,6 +301,7 @@ impl Machine {
             canary: 0,
             probation_until: None,
             probation_done: false,
+            paced: pacing::Paced::default(),
         };
         match result {
             Ok(spec) => {
@@ -328,13 +339,18 @@ impl Machine {
             return;
         };
         let (candidate, size, spawned) = (r.candidate, r.size, r.spawned);
-        let batch = match self.generations.get(&candidate).map(|g| g.settings.batch) {
+        let settings = self.generations.get(&candidate).map(|g| &g.settings);
+        let batch = match settings.map(|s| (s.batch, s.batch_memory)) {
             None => return,
             // The canaries first, alone.
             Some(_) if spawned == 0 && r.canary > 0 => r.canary,
-            Some(0) => size,
+            // Sized by the memory left, beside a generation that keeps serving.
+            Some((_, true)) if self.current.is_some() && spawned < size => {
+                return self.want_paced_batch();
+            }
+            Some((0, _)) => size,
             Some(_) if self.current.is_none() => size,
-            Some(b) => b,
+            Some((b, _)) => b,
         };
         let end = (spawned + batch).min(size);
         for slot in spawned..end {
@@ -448,6 +464,7 @@ impl Machine {
         };
         let old = self.current.replace(r.candidate);
         self.phase = Phase::Running;
+        self.lift_memory_cap(r.paced, r.candidate, out);
         self.last_failure = None;
         let configured = self.settings().workers;
         if self.scaled.is_some_and(|s| s.base != configured) {

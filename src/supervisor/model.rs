@@ -34,6 +34,10 @@ pub struct Settings {
     /// Rolling reload: start this many new workers, wait for them, stop as many old ones,
     /// repeat. 0 starts the whole generation at once.
     pub batch: usize,
+    /// `batch = "auto"`: each batch is as many new workers as the memory left fits
+    /// (`machine/pacing.rs`); `batch` is then unused.
+    #[serde(default)]
+    pub batch_memory: bool,
     /// First restart delay of a crashed worker; doubles per crash in a row.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -79,6 +83,7 @@ impl Default for Settings {
             warmup: Warmup::Low,
             graceful_timeout: units::DEFAULT_GRACEFUL_TIMEOUT,
             batch: 0,
+            batch_memory: false,
             backoff_base: units::BACKOFF_BASE,
             backoff_max: units::BACKOFF_MAX,
             stable_after: units::STABLE_AFTER,
@@ -99,6 +104,11 @@ pub struct Spec {
     pub settings: Settings,
     pub release: Arc<Release>,
 }
+
+/// How the task describes a worker's exit (`Event::Exited`'s `how`) when the kernel
+/// killed it for memory in its generation's cgroup; the machine's reason then says what
+/// to do about it.
+pub const OOM_KILLED: &str = "killed for memory";
 
 pub type WorkerId = u64;
 /// A generation's number: 1 for the first, one more per reload.
@@ -154,10 +164,17 @@ pub enum Event {
     Ping {
         pid: i32,
     },
-    /// A worker's resident memory, sampled by the task when `max_memory` is set.
+    /// Answer to `Action::MeasureMemory`: what the candidate's next batch is sized by
+    /// (None: it could not be measured; the rest then starts at once).
+    MemoryMeasured {
+        generation: GenId,
+        figures: Option<MemoryFigures>,
+    },
+    /// A worker's private memory (its tree's USS: what `max_memory` compares with),
+    /// sampled by the task when `max_memory` is set.
     Memory {
         pid: i32,
-        rss_bytes: u64,
+        private_bytes: u64,
     },
     /// A worker was reaped; `how` describes the exit ("exit status 1", "signal 9").
     /// `group_left`: other processes of its process group still run (a draining
@@ -233,6 +250,20 @@ pub enum Action {
         generation: GenId,
         low: bool,
     },
+    /// Measure what a memory-paced reload of `generation` sizes its next batch by;
+    /// answer with `MemoryMeasured`.
+    MeasureMemory {
+        generation: GenId,
+    },
+    /// Cap `generation`'s memory (its cgroup's `memory.max`; None: no cap), so that a
+    /// new generation that needs more than was measured is reclaimed or killed in its
+    /// own cgroup, never pushing the serving one out.
+    LimitMemory {
+        generation: GenId,
+        max: Option<u64>,
+    },
+    /// A memory-paced reload sized a batch: log it (and tell the waiting clients).
+    Paced(Pace),
     /// Kill whatever is left of a stopped generation past its graceful timeout: its
     /// cgroup, where it has one (`cgroup.kill`), catches what left the process groups.
     KillGeneration {
@@ -242,6 +273,36 @@ pub enum Action {
     /// A reload (or the first start) finished; for logs and waiting clients.
     Outcome(Outcome),
     Exit(i32),
+}
+
+/// The figures a memory-paced batch is sized by, read by the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryFigures {
+    /// The PSS of each serving worker's tree: what a new one will cost, about.
+    pub serving: Vec<u64>,
+    /// The memory that may still be used (what is left under the cgroup limits above
+    /// handover, or MemAvailable less a reserve, whichever is less).
+    pub headroom: u64,
+    /// Where `headroom` comes from, for the log: `MemoryMax=`, `MemAvailable`, …
+    pub source: String,
+    /// The candidate's own cgroup's `memory.current`, where it has one (it may be
+    /// capped: `Action::LimitMemory`).
+    pub candidate: Option<u64>,
+}
+
+/// A batch sized by memory, as the log and `handover reload` say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pace {
+    pub generation: GenId,
+    /// The first batch of the reload (the one `handover reload` shows).
+    pub first: bool,
+    pub batch: usize,
+    /// New workers still to start, this batch included.
+    pub remaining: usize,
+    /// A new worker's estimated cost (the largest serving worker's PSS).
+    pub per_worker: Option<u64>,
+    pub headroom: Option<u64>,
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

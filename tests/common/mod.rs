@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod limited;
 pub mod load;
 pub mod upgrade;
 

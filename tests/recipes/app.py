@@ -7,7 +7,8 @@ APP_IMPORT_DELAY=2 sleeps 2 s at import, like a large framework being imported.
 With APP_IMPORT_MARKERS=DIR, the first process of its parent to import (a gunicorn
 master's first worker) sleeps APP_FIRST_IMPORT_DELAY instead, and every process writes
 DIR/imported.PID once its import is over: workers that finish importing one after the
-other, and a record of which have.
+other, and a record of which have. APP_BALLAST_MIB=N holds N MiB, written at import (a
+large app's code and data: shared by a preloaded gunicorn's workers, not by the others).
 """
 
 import asyncio
@@ -29,6 +30,7 @@ def _import_delay():
 
 
 time.sleep(_import_delay())
+_BALLAST = b"\x01" * (int(os.environ.get("APP_BALLAST_MIB", "0")) << 20)
 if os.environ.get("APP_IMPORT_MARKERS"):
     open(os.path.join(os.environ["APP_IMPORT_MARKERS"], f"imported.{os.getpid()}"), "w").close()
 

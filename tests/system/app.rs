@@ -99,6 +99,11 @@ impl<'c> App<'c> {
         self.c.write(&self.config, release.config(), 0o644);
     }
 
+    /// Writes `toml` as the configuration; it takes effect at the next reload.
+    pub fn write_config(&self, toml: &str) {
+        self.c.write(&self.config, toml, 0o644);
+    }
+
     pub fn systemctl(&self, args: &[&str]) -> Output {
         let mut all = vec!["systemctl"];
         all.extend_from_slice(args);

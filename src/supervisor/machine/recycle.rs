@@ -87,8 +87,15 @@ impl Machine {
         }
     }
 
-    /// A worker reported its memory.
-    pub(super) fn on_memory(&mut self, pid: i32, rss: u64, now: Instant, out: &mut Vec<Action>) {
+    /// A worker reported its private memory (the USS of its tree): only memory that
+    /// is its own counts, so a preloaded server's shared pages never recycle it.
+    pub(super) fn on_memory(
+        &mut self,
+        pid: i32,
+        private: u64,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let Some(g) = self.recyclable() else { return };
         let (Some(max), Some(id)) = (g.settings.max_memory, g.worker_by_pid(pid)) else {
             return;
@@ -98,8 +105,12 @@ impl Machine {
                 && w.replaces.is_none()
                 && w.recycle_after.is_none_or(|r| r <= now)
         });
-        if rss > max && eligible && successor_of(g, id).is_none() {
-            let why = format!("{} MiB above max_memory {} MiB", rss >> 20, max >> 20);
+        if private > max && eligible && successor_of(g, id).is_none() {
+            let why = format!(
+                "{} MiB of private memory above max_memory {} MiB",
+                private >> 20,
+                max >> 20
+            );
             let g = g.id;
             self.replace(g, id, why, now, out);
         }

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::notify::SdState;
 use crate::supervisor::generation::{Generation, PendingRestart};
+use crate::supervisor::model::OOM_KILLED;
 use crate::supervisor::notes::Note;
 use crate::units::{Readiness, StopTo};
 
@@ -171,7 +172,11 @@ impl Machine {
         } else {
             "exited"
         };
-        let reason = format!("worker {pid} {what} ({how})");
+        let reason = if how.starts_with(OOM_KILLED) {
+            format!("worker {pid} was {how}: lower the batch or raise MemoryMax=")
+        } else {
+            format!("worker {pid} {what} ({how})")
+        };
         self.notes.push(Note::WorkerExited {
             generation: g,
             pid,

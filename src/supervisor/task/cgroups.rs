@@ -1,7 +1,9 @@
 //! The task's side of generation cgroups and warm-up priorities: it carries out the
-//! machine's `Priority` and `KillGeneration`, places each spawned worker (its
-//! generation's cgroup, a nice value), and removes the cgroup of a generation the
-//! machine has forgotten (nothing of it is tracked any more: what is left is killed).
+//! machine's `Priority`, `KillGeneration` and `LimitMemory` (a memory-paced candidate's
+//! `memory.max`), places each spawned worker (its generation's cgroup, a nice value),
+//! names a worker the kernel killed for memory in its generation's cgroup (a new
+//! `oom_kill` in memory.events), and removes the cgroup of a generation the machine has
+//! forgotten (nothing of it is tracked any more: what is left is killed).
 //!
 //! Which path is used is said once at start: cgroups under a delegated unit (cgroup.rs),
 //! or the subreaper alone. The warm-up lowers a generation's `cpu.weight` where the cpu
@@ -10,14 +12,15 @@
 //! RLIMIT_NICE that allows it): a warm-up that could not end would slow the new
 //! generation for its whole life, so without that right nothing is lowered.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::{self, Delegated, LOW_WEIGHT, NORMAL_WEIGHT};
 use crate::spawn::Placement;
-use crate::supervisor::{GenId, Machine};
+use crate::supervisor::model::OOM_KILLED;
+use crate::supervisor::{Event, GenId, Machine};
 
 /// How much nicer than the manager a warming generation runs without a cpu cgroup.
 const WARMUP_NICE: i32 = 10;
@@ -43,6 +46,8 @@ pub struct Cgroups {
     /// Generations warming by nice value (no cpu controller).
     nice_low: BTreeSet<GenId>,
     said_no_warmup: bool,
+    /// The `oom_kill` count of each generation's cgroup already accounted for.
+    oom_seen: BTreeMap<GenId, u64>,
 }
 
 impl Cgroups {
@@ -81,6 +86,11 @@ impl Cgroups {
             can_renice: may_lower_nice(normal_nice),
             nice_low: BTreeSet::new(),
             said_no_warmup: false,
+            // Kills before this manager started are not its workers'.
+            oom_seen: cgroup::oom_kills_v1()
+                .map(|(kills, _)| (0, kills))
+                .into_iter()
+                .collect(),
         };
         // After an upgrade: the generations' cgroups are found by their ids.
         let ids: Vec<GenId> = c
@@ -208,6 +218,8 @@ impl Cgroups {
     /// The cgroups of generations the machine no longer has are killed and removed.
     pub fn sync(&mut self, m: &Machine) {
         self.nice_low.retain(|g| m.generation(*g).is_some());
+        self.oom_seen
+            .retain(|g, _| *g == 0 || m.generation(*g).is_some());
         let gone: Vec<GenId> = self
             .gens
             .keys()
@@ -277,6 +289,65 @@ impl Cgroups {
     pub fn memory(&self, g: GenId) -> Option<u64> {
         self.tree.as_ref().filter(|t| t.memory)?;
         cgroup::memory(&self.gens.get(&g)?.dir)
+    }
+
+    /// Makes `g`'s cgroup now (a memory-paced reload measures it before its first
+    /// worker starts); true when it has one.
+    pub fn prepare(&mut self, g: GenId) -> bool {
+        self.open(g, None).is_some()
+    }
+
+    /// `Action::LimitMemory`: `memory.max` of `g`'s cgroup, where the memory
+    /// controller is delegated.
+    pub fn limit_memory(&self, g: GenId, max: Option<u64>) {
+        let (Some(_), Some(x)) = (self.tree.as_ref().filter(|t| t.memory), self.gens.get(&g))
+        else {
+            return;
+        };
+        match cgroup::set_memory_max(&x.dir, max) {
+            Ok(()) => tracing::debug!(generation = g, "memory.max of {}: {max:?}", x.dir.display()),
+            Err(e) => tracing::warn!(
+                generation = g,
+                "cannot set memory.max of {}: {e}",
+                x.dir.display()
+            ),
+        }
+    }
+
+    /// How many processes of `g`'s cgroup the kernel killed for memory, where the
+    /// memory controller is delegated.
+    fn oom_kills(&self, g: GenId) -> Option<u64> {
+        self.tree.as_ref().filter(|t| t.memory)?;
+        Some(cgroup::oom_kills(&self.gens.get(&g)?.dir))
+    }
+
+    /// Names the OOM kills among the exits just reaped: a worker killed by SIGKILL
+    /// whose generation's cgroup counts a new `oom_kill` (memory.events) was killed for
+    /// memory, and its exit says so (the machine's reason for a rollback then does).
+    pub fn name_oom_kills(&mut self, m: &Machine, queue: &mut VecDeque<Event>) {
+        for e in queue.iter_mut() {
+            let Event::Exited { pid, how, .. } = e else {
+                continue;
+            };
+            let generation = m.workers().find(|(_, _, w)| w.pid == Some(*pid));
+            let Some((g, _, _)) = generation.filter(|_| how == "killed by SIGKILL") else {
+                continue;
+            };
+            // A generation's own cgroup where there is one, else a hybrid host's v1
+            // memory cgroup that handover and every worker share (0: its key here).
+            let (key, kills, place) = match self.oom_kills(g) {
+                Some(kills) => (g, kills, format!("gen-{g}'s cgroup")),
+                None => match cgroup::oom_kills_v1() {
+                    Some((kills, at)) => (0, kills, format!("the memory cgroup {at}")),
+                    None => continue,
+                },
+            };
+            let seen = self.oom_seen.entry(key).or_default();
+            if kills > *seen {
+                *seen = kills;
+                *how = format!("{OOM_KILLED} (oom-kill in {place})");
+            }
+        }
     }
 
     /// Generation `g`'s cgroup, as a path below the cgroup2 mount.

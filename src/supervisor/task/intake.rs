@@ -39,8 +39,9 @@ fn printable(status: &str) -> String {
 /// How often workers' memory is sampled when `max_memory` is set.
 pub const MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// One `Memory` event per live worker: the resident memory of its whole tree (a
-/// gunicorn master is small; its workers are what grows), from one scan of /proc.
+/// One `Memory` event per live worker: the private memory (USS) of its whole tree (a
+/// gunicorn master is small; its workers are what grows), from one scan of /proc and
+/// each process's smaps_rollup.
 pub fn sample_memory(m: &Machine, queue: &mut VecDeque<Event>) {
     let table = crate::procs::processes();
     for pid in m
@@ -48,11 +49,11 @@ pub fn sample_memory(m: &Machine, queue: &mut VecDeque<Event>) {
         .filter(|(_, _, w)| !w.adopted && !w.remnant)
         .filter_map(|(_, _, w)| w.pid)
     {
-        let bytes = crate::procs::tree_rss(&table, pid);
+        let bytes = crate::procs::tree_usage(&table, pid).uss;
         if bytes > 0 {
             queue.push_back(Event::Memory {
                 pid,
-                rss_bytes: bytes,
+                private_bytes: bytes,
             });
         }
     }

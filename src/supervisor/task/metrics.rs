@@ -28,21 +28,24 @@ pub(super) fn state_name(phase: &WorkerPhase) -> &'static str {
 
 /// Memory per generation, in bytes: its cgroup's `memory.current` where the memory
 /// controller is delegated (everything of the generation, detached processes and page
-/// cache included), else the sum of its workers' process trees' resident memory, as
-/// `handover status` shows them.
-fn generation_memory(m: &Machine, cgroups: &Cgroups) -> BTreeMap<GenId, u64> {
+/// cache included), else the sum of its workers' process trees' PSS (what they cost:
+/// RSS would count each shared page once per process); beside it, the trees' figures.
+type Memory = (BTreeMap<GenId, u64>, BTreeMap<GenId, crate::procs::Usage>);
+
+fn generation_memory(m: &Machine, cgroups: &Cgroups) -> Memory {
     let table = crate::procs::processes();
-    let mut out = BTreeMap::new();
+    let mut trees: BTreeMap<GenId, crate::procs::Usage> = BTreeMap::new();
     for (g, _, w) in m.workers() {
-        let bytes = w.pid.map_or(0, |p| crate::procs::tree_rss(&table, p));
-        *out.entry(g).or_default() += bytes;
+        let usage = w
+            .pid
+            .map_or_else(Default::default, |p| crate::procs::tree_usage(&table, p));
+        *trees.entry(g).or_default() += usage;
     }
-    for (g, bytes) in out.iter_mut() {
-        if let Some(current) = cgroups.memory(*g) {
-            *bytes = current;
-        }
-    }
-    out
+    let memory = trees
+        .iter()
+        .map(|(g, u)| (*g, cgroups.memory(*g).unwrap_or(u.pss)))
+        .collect();
+    (memory, trees)
 }
 
 /// The metrics of `m`; the memory only with `memory` (it reads /proc).
@@ -57,6 +60,7 @@ pub(super) fn view(
     for (g, _, w) in m.workers() {
         *workers.entry((g, state_name(&w.phase))).or_default() += 1;
     }
+    let (memory, trees) = memory.map_or_else(Default::default, |c| generation_memory(m, c));
     View {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         start_time,
@@ -66,7 +70,8 @@ pub(super) fn view(
         upgrades: u64::from(upgrades),
         counters: m.counters().clone(),
         workers,
-        memory: memory.map_or_else(BTreeMap::new, |c| generation_memory(m, c)),
+        memory,
+        trees,
         takeover,
     }
 }
@@ -103,8 +108,10 @@ impl Task<'_> {
         if !refresh && p.shown.as_ref() == Some(&now) {
             return;
         }
+        let (memory, trees) = generation_memory(m, &self.cgroups);
         let text = metrics::render(&View {
-            memory: generation_memory(m, &self.cgroups),
+            memory,
+            trees,
             ..now.clone()
         });
         p.file.update(&text);

@@ -17,6 +17,7 @@ mod cgroups;
 mod intake;
 mod metrics;
 mod output;
+mod pacing;
 mod readiness;
 mod reap;
 mod requests;
@@ -381,6 +382,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 // known, before its exit is.
                 read_notifications(&notify_socket, &machine, &mut buf, &mut task.statuses, &mut queue);
                 reap(&machine, &mut queue);
+                task.cgroups.name_oom_kills(&machine, &mut queue);
             }
             _ = signals.hup.recv() => queue.push_back(Event::Reload),
             _ = signals.term.recv() => queue.push_back(Event::Stop { fast: false }),
@@ -459,6 +461,18 @@ impl Task<'_> {
             Action::Signal { pid, signal, group } => send_signal(pid, signal, group),
             Action::Priority { generation, low } => self.cgroups.priority(generation, low, m),
             Action::KillGeneration { generation } => self.cgroups.kill(generation),
+            Action::MeasureMemory { generation } => answers.push(Event::MemoryMeasured {
+                generation,
+                figures: pacing::measure(m, generation, &mut self.cgroups),
+            }),
+            Action::LimitMemory { generation, max } => self.cgroups.limit_memory(generation, max),
+            Action::Paced(pace) => {
+                tracing::info!(generation = pace.generation, "{pace}");
+                // `handover reload` hears it when the reload goes in batches.
+                if pace.first && pace.batch < pace.remaining {
+                    self.waiters.progress(&pace.to_string(), Some("pacing"));
+                }
+            }
             Action::Notify(states) => {
                 for s in &states {
                     if let SdState::Status(status) = s {

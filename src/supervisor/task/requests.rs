@@ -92,10 +92,20 @@ impl Task<'_> {
     fn report(&self, m: &Machine, sockets: &[HeldSocket]) -> StatusReport {
         let now = Instant::now();
         let table = crate::procs::processes();
-        let tree_rss = |pid: Option<i32>| Some(crate::procs::tree_rss(&table, pid?));
+        // smaps_rollup where it can be read, else VmRSS alone.
+        let usage = |pid: Option<i32>| {
+            let pid = pid?;
+            let u = crate::procs::tree_usage(&table, pid);
+            Some(if u.rss > 0 {
+                (u.rss, Some(u.pss), Some(u.uss))
+            } else {
+                (crate::procs::tree_rss(&table, pid), None, None)
+            })
+        };
         let workers = m
             .workers()
-            .map(|(generation, _, w)| control::WorkerInfo {
+            .map(|(generation, _, w)| (generation, w, usage(w.pid)))
+            .map(|(generation, w, usage)| control::WorkerInfo {
                 pid: w.pid,
                 generation,
                 slot: w.slot,
@@ -103,7 +113,9 @@ impl Task<'_> {
                 age_secs: now.saturating_duration_since(w.started).as_secs_f64(),
                 restarts: w.restarts,
                 status: self.statuses.get(w.pid),
-                tree_rss_bytes: tree_rss(w.pid),
+                tree_rss_bytes: usage.map(|u| u.0),
+                tree_pss_bytes: usage.and_then(|u| u.1),
+                tree_uss_bytes: usage.and_then(|u| u.2),
             })
             .collect();
         StatusReport {

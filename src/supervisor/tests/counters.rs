@@ -88,7 +88,10 @@ fn crash_restarts_and_recycles_are_counted_when_their_successor_starts() {
     assert_eq!(counters(&d).worker_restarts, 1);
     let pid = d.pid(1, 0);
     d.ready(pid);
-    d.send(Event::Memory { pid, rss_bytes: 2 });
+    d.send(Event::Memory {
+        pid,
+        private_bytes: 2,
+    });
     let c = counters(&d);
     assert_eq!((c.worker_restarts, c.worker_recycles), (1, 1));
     assert_eq!(c.reloads_ok + c.reloads_rolled_back, 0);

@@ -791,8 +791,8 @@ fn no_deadline_while_everything_is_steady() {
 
 // Recycling: max_lifetime, worker watchdog, max_memory.
 
-fn memory(d: &mut Driver, pid: i32, rss_bytes: u64) -> Vec<Action> {
-    d.send(Event::Memory { pid, rss_bytes })
+fn memory(d: &mut Driver, pid: i32, private_bytes: u64) -> Vec<Action> {
+    d.send(Event::Memory { pid, private_bytes })
 }
 
 fn recycling(f: impl FnOnce(&mut Settings)) -> Driver {
@@ -886,6 +886,7 @@ fn a_worker_dying_while_its_successor_starts_hands_it_the_slot() {
 mod canary;
 mod counters;
 mod generations;
+mod pacing;
 mod pause;
 mod readiness;
 mod takeover;
