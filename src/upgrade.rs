@@ -91,6 +91,18 @@ pub struct Handoff {
     /// exec). (Absent before the takeover existed.)
     #[serde(default)]
     pub takeover: crate::takeover::Totals,
+    /// The pid file and metrics file this manager keeps, as it keeps them: the new image
+    /// takes these, not what the configuration says now (a broken or edited config file
+    /// would lose them). (Absent before it was added: the new image reads the config.)
+    #[serde(default)]
+    pub files: Option<Files>,
+}
+
+/// The files a manager keeps beside its sockets, fixed when it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Files {
+    pub pid_file: Option<PathBuf>,
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// One worker pipe a copier reads: its fd, where its lines go (1 or 2), their prefix.
@@ -457,6 +469,7 @@ mod tests {
             worker_nofile: Some(1024),
             log_pipes: vec![],
             takeover: Default::default(),
+            files: None,
         };
         let json = encode(&h).expect("encode");
         let v3 = decode(&json).expect("v3");

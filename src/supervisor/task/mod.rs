@@ -56,6 +56,8 @@ pub struct Context<'a> {
     /// A fresh start: the configuration loaded (and checked) at start, the first
     /// generation's. `None` when resuming after an upgrade.
     pub initial: Option<RunConfig>,
+    /// The pid file and metrics file this manager keeps (carried across upgrades).
+    pub files: self_upgrade::Files,
     pub resume: Option<Resume>,
 }
 
@@ -131,6 +133,8 @@ struct Task<'a> {
     env: WorkerEnv<'a>,
     args: RunArgs,
     initial: Option<RunConfig>,
+    /// The pid file this manager keeps, for the handoff of an upgrade.
+    pid_file: Option<std::path::PathBuf>,
     /// The sockets as configured at start, to warn when a reload's config changes them.
     listen: Option<Vec<crate::sockets::ListenSpec>>,
     waiters: Waiters,
@@ -179,11 +183,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     // On a fresh start the metrics file is written once before anything starts, so a
     // path that cannot be written refuses the start here. After an upgrade the loop's
     // first write (with the carried upgrade count) is the first, and a failure is logged.
-    let metrics_path = match &ctx.initial {
-        Some(c) => c.metrics_file.clone(),
-        None => (ctx.args.metrics_file.clone())
-            .or_else(|| RunConfig::load(&ctx.args).ok()?.metrics_file),
-    };
+    let metrics_path = ctx.files.metrics_file.clone();
     let start_time = crate::metrics::process_start_time();
     let published = metrics_path.map(|p| metrics::Published {
         file: crate::metrics_file::MetricsFile::new(&p),
@@ -234,6 +234,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         },
         args: ctx.args,
         initial: ctx.initial,
+        pid_file: ctx.files.pid_file,
         waiters: Waiters::default(),
         systemd: ctx.systemd,
         last_reload: None,
