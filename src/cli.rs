@@ -240,8 +240,8 @@ pub struct ReloadArgs {
 pub struct PauseArgs {
     #[command(flatten)]
     pub control: ControlArgs,
-    /// Resume by itself after this long, whatever happens (clients in the backlog give
-    /// up after their own timeouts).
+    /// Resume by itself this long after the pause took effect (every worker stopped),
+    /// whatever happens (clients in the backlog give up after their own timeouts).
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub max_pause: Duration,
     /// Give up waiting for the workers to stop after this long.

@@ -16,6 +16,7 @@
 //! current generation with no workers, the sockets queueing connections (`pause.rs`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 use tokio::time::Instant;
 
 mod counters;
@@ -71,12 +72,15 @@ enum Phase {
     },
     Rolling(Reload),
     /// `handover pause`: the current generation's workers are stopped (or draining), its
-    /// settings and release kept for the resume; it resumes by itself at `until`.
+    /// settings and release kept for the resume; it resumes by itself `max` after its
+    /// last worker is gone (`until`, unknown while they drain).
     Paused {
+        /// When it was asked for.
         since: Instant,
-        until: Instant,
-        /// `Outcome::Paused` was sent: the last worker is gone.
-        announced: bool,
+        max: Duration,
+        /// Set when `Outcome::Paused` was sent: the current generation's last worker
+        /// is gone, and the window starts.
+        until: Option<Instant>,
     },
     Stopping {
         code: i32,
@@ -211,7 +215,7 @@ impl Machine {
             Event::Resume => self.on_resume(false, now, &mut out),
         }
         self.forget_finished();
-        self.announce_paused(&mut out);
+        self.announce_paused(now, &mut out);
         if let Phase::Stopping { code } = self.phase
             && self.generations.values().all(|g| g.workers.is_empty())
             && !out.iter().any(|a| matches!(a, Action::Exit(_)))
