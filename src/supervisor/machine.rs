@@ -84,6 +84,8 @@ enum Phase {
     },
     Stopping {
         code: i32,
+        /// SIGQUIT: everything is killed at once, strays found later too.
+        fast: bool,
     },
 }
 
@@ -102,6 +104,9 @@ pub struct Machine {
     initial: Settings,
     phase: Phase,
     generations: BTreeMap<GenId, Generation>,
+    /// The last few generations forgotten (no worker left), for a stray of theirs found
+    /// after they went: it is stopped with their signal and by their deadline (trees.rs).
+    retired: BTreeMap<GenId, Generation>,
     current: Option<GenId>,
     last_generation: GenId,
     next_id: WorkerId,
@@ -118,6 +123,7 @@ impl Machine {
             initial,
             phase: Phase::Idle,
             generations: BTreeMap::new(),
+            retired: BTreeMap::new(),
             current: None,
             last_generation: 0,
             next_id: 0,
@@ -216,7 +222,7 @@ impl Machine {
         }
         self.forget_finished();
         self.announce_paused(now, &mut out);
-        if let Phase::Stopping { code } = self.phase
+        if let Phase::Stopping { code, .. } = self.phase
             && self.generations.values().all(|g| g.workers.is_empty())
             && !out.iter().any(|a| matches!(a, Action::Exit(_)))
         {
@@ -224,15 +230,6 @@ impl Machine {
         }
         self.attach_status(&mut out);
         out
-    }
-
-    /// Drops generations that have nothing left: no worker, no restart, not serving, not
-    /// starting.
-    fn forget_finished(&mut self) {
-        let keep = [self.current, self.candidate()];
-        self.generations.retain(|id, g| {
-            !g.workers.is_empty() || !g.pending.is_empty() || keep.contains(&Some(*id))
-        });
     }
 
     /// Every Notify carries the current status; a status change alone gets its own.
@@ -499,7 +496,10 @@ impl Machine {
                 reason: reason.clone(),
             }));
             self.last_failure = Some(reason);
-            self.phase = Phase::Stopping { code: 1 };
+            self.phase = Phase::Stopping {
+                code: 1,
+                fast: false,
+            };
             return;
         }
         self.last_failure = Some(format!("gen {}: {reason}", r.candidate));

@@ -343,7 +343,6 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 for e in answers.into_iter().rev() {
                     queue.push_front(e);
                 }
-                task.cgroups.sync(&machine);
             }
             // A drained worker's group may have emptied in the very reap that told of its
             // leader's exit; nothing later would tell of it.
@@ -352,6 +351,10 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 break;
             }
         }
+        // Only once everything that came in was taken: a stray found in the reap that
+        // told of its generation's last worker brings that generation back (trees.rs)
+        // before its cgroup would be killed under it.
+        task.cgroups.sync(&machine);
         if task.cgroups.removing() != removals.is_some() {
             removals = task
                 .cgroups
