@@ -104,6 +104,7 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         pending: h.pending,
         log_pipes: h.log_pipes,
         takeover: h.takeover,
+        statuses: h.statuses,
     };
     supervise(
         machine,

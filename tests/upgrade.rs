@@ -222,3 +222,32 @@ fn an_upgrade_while_the_config_file_is_broken_keeps_the_pid_and_metrics_files() 
     m.wait_exit(20 * SEC);
     assert!(!pid_file.exists(), "the pid file outlived the manager");
 }
+
+/// Each worker's own STATUS= text, by pid, from `handover status --json`.
+fn worker_statuses(m: &Manager) -> Vec<(i64, String)> {
+    let json = common::upgrade::status_json(m).unwrap_or_default();
+    let workers = json["workers"].as_array().cloned().unwrap_or_default();
+    workers
+        .iter()
+        .map(|w| {
+            let pid = w["pid"].as_i64().unwrap_or_default();
+            (pid, w["status"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_workers_status_texts_survive_an_upgrade() {
+    let (m, _bin) = start_from_copy();
+    m.wait_ready(3);
+    let before = wait_for(10 * SEC, "every worker's STATUS=", || {
+        let s = worker_statuses(&m);
+        (s.len() == 3 && s.iter().all(|(_, t)| t.starts_with("serving on"))).then_some(s)
+    });
+    let out = m.ctl(&["upgrade"]);
+    assert!(out.status.success(), "upgrade: {}", text(&out));
+    wait_for(15 * SEC, "the upgraded manager", || {
+        (upgrades(&m)? == 1).then_some(())
+    });
+    assert_eq!(worker_statuses(&m), before);
+}

@@ -72,6 +72,8 @@ pub struct Resume {
     pub log_pipes: Vec<self_upgrade::LogPipe>,
     /// The takeover's counters so far.
     pub takeover: takeover::Totals,
+    /// Each worker's last STATUS=, by pid.
+    pub statuses: std::collections::BTreeMap<i32, String>,
 }
 
 /// The signals the manager handles, one stream each.
@@ -278,6 +280,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         Some(r) => {
             task.upgrades = r.upgrades;
             task.takeover.carry_on(r.takeover);
+            task.statuses = intake::Statuses::adopt(r.statuses);
             task.outputs.adopt(r.log_pipes);
             let now = Instant::now();
             task.last_reload = r.last_reload.map(|info| {

@@ -265,6 +265,7 @@ impl Task<'_> {
             worker_nofile: crate::fdlimit::limits().map(|l| l.worker_soft),
             log_pipes: self.outputs.handoff(),
             takeover: self.takeover.totals(),
+            statuses: self.statuses.carried(),
             files: Some(upgrade::Files {
                 pid_file: self.pid_file.clone(),
                 metrics_file: (self.metrics.as_ref()).map(|p| p.file.path().to_owned()),
