@@ -75,6 +75,10 @@ pub enum Command {
     GenerateDocs { dir: PathBuf },
     /// The reference worker: an HTTP/1.1 server on inherited sockets that drains cleanly.
     DemoWorker(DemoWorkerArgs),
+    /// The manager's guard: kills the workers' process groups it is told of (on stdin)
+    /// once the manager is gone without saying so (src/guard.rs).
+    #[command(hide = true)]
+    Guard,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -105,6 +105,7 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         log_pipes: h.log_pipes,
         takeover: h.takeover,
         statuses: h.statuses,
+        guard: h.guard_fd.map(upgrade::adopt_fd),
     };
     supervise(
         machine,

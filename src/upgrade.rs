@@ -101,6 +101,10 @@ pub struct Handoff {
     /// shows it in `handover status` as the old one did. (Absent before it was added.)
     #[serde(default)]
     pub statuses: std::collections::BTreeMap<i32, String>,
+    /// The manager's end of its guard's pipe (crate::guard). (Absent before the guard
+    /// existed: the new image starts one.)
+    #[serde(default)]
+    pub guard_fd: Option<RawFd>,
 }
 
 /// The files a manager keeps beside its sockets, fixed when it starts.
@@ -153,6 +157,7 @@ impl Handoff {
             .chain([self.notify_fd])
             .chain(control)
             .chain(logs)
+            .chain(self.guard_fd)
             .collect()
     }
 }
@@ -476,6 +481,7 @@ mod tests {
             takeover: Default::default(),
             files: None,
             statuses: [(7, "serving".to_owned())].into(),
+            guard_fd: None,
         };
         let json = encode(&h).expect("encode");
         let v3 = decode(&json).expect("v3");

@@ -74,6 +74,8 @@ pub struct Resume {
     pub takeover: takeover::Totals,
     /// Each worker's last STATUS=, by pid.
     pub statuses: std::collections::BTreeMap<i32, String>,
+    /// The old image's end of the guard's pipe (None: it had no guard).
+    pub guard: Option<std::os::fd::OwnedFd>,
 }
 
 /// The signals the manager handles, one stream each.
@@ -163,6 +165,8 @@ struct Task<'a> {
     outputs: output::Outputs,
     /// The connections stopping workers let go (crate::takeover): its own tasks.
     takeover: Takeover,
+    /// What kills the workers' groups should this manager be killed (crate::guard).
+    guard: Option<crate::guard::Guard>,
 }
 
 /// Runs the supervisor until it decides to exit; returns the exit code.
@@ -258,6 +262,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 .collect::<Vec<_>>(),
             Takeover::cap(crate::fdlimit::limits().map_or(1024, |l| l.soft)),
         ),
+        guard: guard(resume.as_mut().and_then(|r| r.guard.take())),
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
@@ -333,6 +338,9 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                         task.systemd.settle();
                         task.publish_metrics(&machine, true);
                         task.waiters.fail_all("the manager stopped");
+                        if let Some(g) = &mut task.guard {
+                            g.done();
+                        }
                         task.outputs.finish().await;
                         if let Some(reason) = task.start_failure.take() {
                             anyhow::bail!("the first generation failed: {reason}");
@@ -358,6 +366,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         // told of its generation's last worker brings that generation back (trees.rs)
         // before its cgroup would be killed under it.
         task.cgroups.sync(&machine);
+        task.tell_guard(&machine);
         if task.cgroups.removing() != removals.is_some() {
             removals = task
                 .cgroups
@@ -501,6 +510,33 @@ impl Task<'_> {
             tracing::error!(generation, "invalid configuration: {e}");
         }
         Event::ConfigLoaded { generation, result }
+    }
+}
+
+/// The guard an old image started, or a new one (started after the cgroup move, so it
+/// sits in the manager's cgroup); none if it cannot start, which is said once.
+fn guard(carried: Option<std::os::fd::OwnedFd>) -> Option<crate::guard::Guard> {
+    if let Some(pipe) = carried {
+        return Some(crate::guard::Guard::adopt(pipe));
+    }
+    crate::guard::Guard::spawn()
+        .inspect_err(|e| {
+            tracing::warn!(
+                "cannot start the guard ({e}): a worker's children may outlive a killed manager"
+            )
+        })
+        .ok()
+}
+
+impl Task<'_> {
+    /// Tells the guard which worker groups exist now (a gone guard is said once).
+    fn tell_guard(&mut self, m: &Machine) {
+        let Some(g) = &mut self.guard else { return };
+        let groups = m.workers().filter(|(_, _, w)| !w.adopted);
+        if !g.sync(groups.filter_map(|(_, _, w)| w.pid)) {
+            tracing::warn!("the guard is gone: a worker's children may outlive a killed manager");
+            self.guard = None;
+        }
     }
 }
 

@@ -266,6 +266,7 @@ impl Task<'_> {
             log_pipes: self.outputs.handoff(),
             takeover: self.takeover.totals(),
             statuses: self.statuses.carried(),
+            guard_fd: self.guard.as_ref().map(crate::guard::Guard::raw_fd),
             files: Some(upgrade::Files {
                 pid_file: self.pid_file.clone(),
                 metrics_file: (self.metrics.as_ref()).map(|p| p.file.path().to_owned()),
