@@ -219,6 +219,15 @@ pub fn generation_cgroups(app: &App) -> String {
         || (!is_dir(app, &gen1)).then_some(()),
     );
     let drained = drained_at.elapsed();
+    // Each of gen 1's draining helpers was found as its worker exited, in the reap that
+    // told of the generation's last worker: stopped with SIGTERM, not cgroup.kill'ed.
+    let notes = app.c.ok(&["sh", "-c", "ls /run/myapp | grep -c '^drained[.]' || true"]);
+    assert_eq!(
+        notes.trim(),
+        "2",
+        "gen {g1}'s helpers drained:\n{}",
+        app.journal_tail()
+    );
     let left = sleepers(app);
     assert!(
         left.is_disjoint(&detached) && left.len() == 2,
