@@ -76,6 +76,10 @@ pub enum Command {
     GenerateDocs { dir: PathBuf },
     /// The reference worker: an HTTP/1.1 server on inherited sockets that drains cleanly.
     DemoWorker(DemoWorkerArgs),
+    /// The manager's guard: kills the workers' process groups it is told of (on stdin)
+    /// once the manager is gone without saying so (src/guard.rs).
+    #[command(hide = true)]
+    Guard,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -244,8 +248,8 @@ pub struct ReloadArgs {
 pub struct PauseArgs {
     #[command(flatten)]
     pub control: ControlArgs,
-    /// Resume by itself after this long, whatever happens (clients in the backlog give
-    /// up after their own timeouts).
+    /// Resume by itself this long after the pause took effect (every worker stopped),
+    /// whatever happens (clients in the backlog give up after their own timeouts).
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub max_pause: Duration,
     /// Give up waiting for the workers to stop after this long.

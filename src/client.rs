@@ -35,7 +35,9 @@ fn connect(args: &ControlArgs) -> anyhow::Result<UnixStream> {
 
 /// Sends `request` and hands each reply to `on_reply` until the final one, which is
 /// returned. Fails if the deadline passes first. A manager with too many clients at
-/// once answers "busy": asked again, with a growing pause, until the deadline.
+/// once, or one upgrading itself in place (a waiting reload cannot cross its exec),
+/// answers "busy" having queued nothing: asked again, with a growing pause, until the
+/// deadline.
 fn call(
     args: &ControlArgs,
     request: &Request,

@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
+mod burst;
 mod silent;
 
 use silent::Silent;
@@ -271,6 +272,7 @@ impl ControlServer {
         let cap = crate::fdlimit::control_cap(soft);
         let clients = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
         let silent = Silent::default();
+        let burst = burst::Burst::default();
         let mut reserve = Reserve::open();
         let mut out_of_fds = crate::episode::Episode::default();
         loop {
@@ -289,9 +291,12 @@ impl ControlServer {
                         Some(permit) => {
                             let to = to_supervisor.clone();
                             let place = silent.join();
+                            let burst = burst.clone();
+                            burst.joined();
                             tokio::spawn(async move {
                                 serve_client(stream, me, to, place).await;
                                 drop(permit);
+                                burst.left();
                             });
                         }
                         None => refuse_busy(&stream, cap),
@@ -436,7 +441,8 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Reply) -> std::io::R
 
 async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {
     let mut line = Vec::new();
-    let mut limited = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    // A request is one short line: a small buffer, not 8 KiB for every idle client.
+    let mut limited = BufReader::with_capacity(256, read.take(MAX_REQUEST as u64 + 1));
     let n = tokio::time::timeout(READ_DEADLINE, limited.read_until(b'\n', &mut line))
         .await
         .map_err(|_| format!("no request within {READ_DEADLINE:?}"))?

@@ -38,6 +38,7 @@ pub mod demo_worker;
 pub mod episode;
 pub mod fdlimit;
 pub mod generate;
+pub mod guard;
 pub mod init;
 pub mod logging;
 pub mod metrics;

@@ -27,6 +27,7 @@ fn main() {
             Ok(0)
         }
         Command::UpgradeCheck(args) => run::upgrade_check(args),
+        Command::Guard => Ok(handover::guard::run()),
         Command::Run(args) => {
             handover::logging::init();
             run::run(args)

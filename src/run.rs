@@ -39,6 +39,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     let notify =
         WorkerNotifySocket::create().context("cannot create the workers' notify socket")?;
     let machine = Machine::new(config.settings.clone());
+    let files = upgrade::Files {
+        pid_file: config.pid_file.clone(),
+        metrics_file: config.metrics_file.clone(),
+    };
     supervise(
         machine,
         task::Context {
@@ -47,6 +51,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             systemd,
             args: args.clone(),
             initial: Some(config),
+            files,
             resume: None,
         },
     )
@@ -75,9 +80,17 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
     crate::fdlimit::raise(h.worker_nofile);
     let notify = WorkerNotifySocket::adopt(upgrade::adopt_fd(h.notify_fd), h.notify_dir);
     let machine = Machine::restore(h.supervisor, tokio::time::Instant::now());
+    // The files the old image kept; an old image that did not say: as configured.
+    let files = h.files.unwrap_or_else(|| {
+        let config = RunConfig::load(args).ok();
+        upgrade::Files {
+            pid_file: (args.pid_file.clone()).or_else(|| config.as_ref()?.pid_file.clone()),
+            metrics_file: (args.metrics_file.clone())
+                .or_else(|| config.as_ref()?.metrics_file.clone()),
+        }
+    });
     // Same pid: the pid file the first image wrote stays; this image removes it at exit.
-    let pid_path = (args.pid_file.clone()).or_else(|| RunConfig::load(args).ok()?.pid_file);
-    let _pid_file = pid_path.map(|p| crate::pidfile::PidFile::adopt(&p));
+    let _pid_file = (files.pid_file.as_deref()).map(crate::pidfile::PidFile::adopt);
     let resume = task::Resume {
         last_reload: h.last_reload,
         upgrades: h.upgrades,
@@ -85,6 +98,8 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         pending: h.pending,
         log_pipes: h.log_pipes,
         takeover: h.takeover,
+        statuses: h.statuses,
+        guard: h.guard_fd.map(upgrade::adopt_fd),
     };
     supervise(
         machine,
@@ -94,6 +109,7 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
             systemd: Systemd::from_env(),
             args: args.clone(),
             initial: None,
+            files,
             resume: Some(resume),
         },
     )

@@ -12,8 +12,9 @@
 //! image keeps running, untouched.
 //!
 //! Then the old image writes a `Handoff` (the machine's snapshot — every generation with
-//! its pinned release — the sockets' fd numbers, and the requests it took in during the
-//! upgrade) as JSON into a memfd, clears CLOEXEC on exactly those fds, and execs with the
+//! its pinned release — the sockets' fd numbers, the requests it took in during the
+//! upgrade, and what it keeps beside them: its pid and metrics files, the workers'
+//! STATUS= texts) as JSON into a memfd, clears CLOEXEC on exactly those fds, and execs with the
 //! handled signals blocked: one that arrives in the gap stays pending in the kernel and
 //! is delivered to the new image's handlers. The new image finds HANDOVER_HANDOFF_FD,
 //! takes everything back (CLOEXEC set again on every adopted fd), acts on the carried
@@ -91,6 +92,26 @@ pub struct Handoff {
     /// exec). (Absent before the takeover existed.)
     #[serde(default)]
     pub takeover: crate::takeover::Totals,
+    /// The pid file and metrics file this manager keeps, as it keeps them: the new image
+    /// takes these, not what the configuration says now (a broken or edited config file
+    /// would lose them). (Absent before it was added: the new image reads the config.)
+    #[serde(default)]
+    pub files: Option<Files>,
+    /// Each worker's last STATUS= text, by pid: a worker says it once, and the new image
+    /// shows it in `handover status` as the old one did. (Absent before it was added.)
+    #[serde(default)]
+    pub statuses: std::collections::BTreeMap<i32, String>,
+    /// The manager's end of its guard's pipe (crate::guard). (Absent before the guard
+    /// existed: the new image starts one.)
+    #[serde(default)]
+    pub guard_fd: Option<RawFd>,
+}
+
+/// The files a manager keeps beside its sockets, fixed when it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Files {
+    pub pid_file: Option<PathBuf>,
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// One worker pipe a copier reads: its fd, where its lines go (1 or 2), their prefix.
@@ -136,6 +157,7 @@ impl Handoff {
             .chain([self.notify_fd])
             .chain(control)
             .chain(logs)
+            .chain(self.guard_fd)
             .collect()
     }
 }
@@ -457,6 +479,9 @@ mod tests {
             worker_nofile: Some(1024),
             log_pipes: vec![],
             takeover: Default::default(),
+            files: None,
+            statuses: [(7, "serving".to_owned())].into(),
+            guard_fd: None,
         };
         let json = encode(&h).expect("encode");
         let v3 = decode(&json).expect("v3");
@@ -473,5 +498,6 @@ mod tests {
         assert!(back.pending.is_empty());
         assert_eq!(back.worker_nofile, None, "absent before it was added");
         assert_eq!(back.upgrades, 1);
+        assert_eq!(back.statuses, h.statuses, "pids as JSON keys and back");
     }
 }

@@ -171,3 +171,44 @@ fn a_pause_resumes_by_itself_at_max_pause_and_a_stop_while_paused_exits() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(m.wait_exit(10 * SEC).success());
 }
+
+/// Right after a rollback whose workers never got ready and ignore SIGTERM, a pause is
+/// said done once the serving workers are gone (not at the leftovers' SIGKILL, 20 s on),
+/// and its window starts then: it is still paused when the operator resumes.
+#[test]
+fn a_pause_right_after_a_rollback_waits_for_the_serving_workers_only() {
+    let dir = tempfile::tempdir().expect("dir");
+    let broken = dir.path().join("broken");
+    let worker = common::script(
+        dir.path(),
+        "worker.sh",
+        &format!(
+            "if [ -e {broken:?} ]; then trap '' TERM; exec sleep 300; fi\nexec {} demo-worker --drain-idle 1s\n",
+            common::HANDOVER
+        ),
+    );
+    let opts = [
+        "--workers",
+        "2",
+        "--ready-timeout",
+        "1s",
+        "--graceful-timeout",
+        "20s",
+    ];
+    let m = Manager::start_in(dir, &opts, &[&worker]);
+    m.wait_ready(2);
+    std::fs::write(&broken, "").expect("break the release");
+    let out = m.ctl(&["reload"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("rolled back"), "{}", text(&out));
+    let asked = Instant::now();
+    let out = m.ctl(&["pause", "--max-pause", "4s"]);
+    let took = asked.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(took < 5 * SEC, "paused after {took:?}: {}", text(&out));
+    // The whole window is the operator's: still paused well into it.
+    std::thread::sleep(2 * SEC);
+    assert!(status_line(&m).starts_with("paused"), "{}", status_line(&m));
+    let out = m.ctl(&["resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

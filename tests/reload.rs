@@ -204,6 +204,66 @@ fn no_worker_survives_a_sigkilled_manager() {
     });
 }
 
+/// Live children of `pid` (from /proc/PID/task/PID/children).
+fn children_of(pid: i32) -> Vec<i32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Kills what a failed test left (processes it saw alive, re-parented to init).
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if !is_dead(pid) {
+                // SAFETY: kill only sends a signal, to a process this test saw started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Outside systemd: a worker's child (in the worker's process group, holding the
+/// listening socket it inherited) dies with a SIGKILLed manager too, and the port is
+/// free for the next manager (it used to stay with init, listening).
+#[test]
+fn no_child_of_a_worker_survives_a_sigkilled_manager() {
+    let worker = format!("sleep 300 & exec {HANDOVER} demo-worker");
+    let m = Manager::start(&["--workers", "2"], &["/bin/sh", "-c", &worker]);
+    let workers = m.wait_ready(2);
+    let sleeps: Vec<i32> = wait_for(10 * SEC, "each worker's sleep", || {
+        let s: Vec<i32> = workers.iter().flat_map(|&w| children_of(w)).collect();
+        (s.len() == 2).then_some(s)
+    });
+    let _cleanup = KillOnDrop(sleeps.clone());
+    // The guard that kills them crosses an in-place upgrade (and is not set off by it).
+    let out = m.ctl(&["upgrade"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        m.children(),
+        workers,
+        "the guard is no child of the manager"
+    );
+    assert!(sleeps.iter().all(|&p| !is_dead(p)), "killed by the upgrade");
+    m.signal(libc::SIGKILL);
+    wait_for(
+        10 * SEC,
+        "workers and their children to die with the manager",
+        || {
+            let all = workers.iter().chain(&sleeps);
+            all.into_iter().all(|&p| is_dead(p)).then_some(())
+        },
+    );
+}
+
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_zero() {
     // One worker, so its accept queue is FIFO: once a request sent after the slow one is

@@ -1,7 +1,8 @@
 //! A worker is a process tree: a wrapper without `exec` still lets its server drain (the
 //! stop signal goes to the whole process group, and the group is SIGKILLed only at the
 //! graceful timeout, not because the wrapper went first); a grandchild that escapes with
-//! `setsid` is stopped with its generation and nothing is left after `handover stop`;
+//! `setsid` is stopped with its generation and nothing is left after `handover stop`
+//! (a fast stop kills it at once);
 //! `max_memory` counts the whole tree; a pool forked one process at a time (gunicorn
 //! `--preload`) is ready only once all of it is there.
 
@@ -187,6 +188,34 @@ fn a_grandchild_that_escapes_with_setsid_is_stopped_with_its_generation_and_at_e
         sleepers(&marker)
     );
     assert!(m.log().contains("is stopped with it"), "{}", m.log());
+}
+
+/// An escaped grandchild that ignores SIGTERM: a fast stop (SIGQUIT) kills it at once,
+/// as it kills the workers, instead of sending it SIGTERM and waiting out the graceful
+/// timeout (it took 4.1 s with `--graceful-timeout 4s`).
+#[test]
+fn a_fast_stop_kills_an_escaped_grandchild_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = format!("{}", 5_000_000 + std::process::id() % 1_000_000);
+    let worker = script(
+        dir.path(),
+        "worker.sh",
+        &format!(
+            "setsid sh -c \"trap '' TERM; exec sleep {marker}\" &\nexec {HANDOVER} demo-worker"
+        ),
+    );
+    let opts = ["--workers", "1", "--graceful-timeout", "6s"];
+    let mut m = Manager::start_in(dir, &opts, &[&worker]);
+    m.wait_ready(1);
+    wait_for(10 * SEC, "the escaped sleep", || {
+        (sleepers(&marker).len() == 1).then_some(())
+    });
+    let asked = Instant::now();
+    m.signal(libc::SIGQUIT);
+    m.wait_exit(20 * SEC);
+    let took = asked.elapsed();
+    assert!(sleepers(&marker).is_empty(), "{:?}", sleepers(&marker));
+    assert!(took < 3 * SEC, "a fast stop took {took:?}: {}", m.log());
 }
 
 #[test]

@@ -246,3 +246,66 @@ fn upgrade_all_finds_a_manager_on_any_control_path_and_names_those_it_skips() {
     assert!(all.lines().any(|l| l.starts_with(&skipped)), "{all}");
     assert_eq!(all.lines().count(), 2, "{all}");
 }
+
+/// The pid file and metrics file named only in the config file, which is broken when the
+/// upgrade runs: the new image keeps both (they are the running manager's, not the
+/// file's), so a later scale shows in the metrics file and a stop removes the pid file.
+#[test]
+fn an_upgrade_while_the_config_file_is_broken_keeps_the_pid_and_metrics_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().to_owned();
+    let (pid_file, metrics_file) = (d.join("app.pid"), d.join("app.prom"));
+    let config = d.join("handover.toml");
+    let toml = format!(
+        "command = {HANDOVER:?}\nargs = [\"demo-worker\"]\nworkers = 1\npid_file = {:?}\nmetrics_file = {:?}\n",
+        pid_file.display().to_string(),
+        metrics_file.display().to_string(),
+    );
+    std::fs::write(&config, toml).expect("config");
+    let mut m = common::Manager::start_in(dir, &["--config", &config.display().to_string()], &[]);
+    m.wait_ready(1);
+    assert!(pid_file.exists(), "{}", m.log());
+    std::fs::write(&config, "workers = [\n").expect("break the config");
+    let out = m.ctl(&["upgrade"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(upgrades(&m), Some(1));
+    let out = m.ctl(&["scale", "3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for(10 * SEC, "the metrics file to show the scale", || {
+        let shown = std::fs::read_to_string(&metrics_file).ok()?;
+        shown.contains("handover_desired_workers 3").then_some(())
+    });
+    let out = m.ctl(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    m.wait_exit(20 * SEC);
+    assert!(!pid_file.exists(), "the pid file outlived the manager");
+}
+
+/// Each worker's own STATUS= text, by pid, from `handover status --json`.
+fn worker_statuses(m: &Manager) -> Vec<(i64, String)> {
+    let json = common::upgrade::status_json(m).unwrap_or_default();
+    let workers = json["workers"].as_array().cloned().unwrap_or_default();
+    workers
+        .iter()
+        .map(|w| {
+            let pid = w["pid"].as_i64().unwrap_or_default();
+            (pid, w["status"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_workers_status_texts_survive_an_upgrade() {
+    let (m, _bin) = start_from_copy();
+    m.wait_ready(3);
+    let before = wait_for(10 * SEC, "every worker's STATUS=", || {
+        let s = worker_statuses(&m);
+        (s.len() == 3 && s.iter().all(|(_, t)| t.starts_with("serving on"))).then_some(s)
+    });
+    let out = m.ctl(&["upgrade"]);
+    assert!(out.status.success(), "upgrade: {}", text(&out));
+    wait_for(15 * SEC, "the upgraded manager", || {
+        (upgrades(&m)? == 1).then_some(())
+    });
+    assert_eq!(worker_statuses(&m), before);
+}

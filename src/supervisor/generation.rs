@@ -31,6 +31,9 @@ pub struct Generation {
     pub pending: Vec<PendingRestart>,
     /// Its warm-up runs: its processes are at a low CPU priority until it is ready.
     pub warming: bool,
+    /// When its last stopped worker gets SIGKILL: the deadline a stray of its tree found
+    /// later inherits (not a fresh graceful timeout). None while it was never stopped.
+    pub stop_by: Option<Instant>,
 }
 
 impl Generation {
@@ -42,7 +45,16 @@ impl Generation {
             workers: BTreeMap::new(),
             pending: Vec::new(),
             warming: false,
+            stop_by: None,
         }
+    }
+
+    /// The kill deadline of a worker of this generation stopped `now` (its graceful
+    /// timeout), which becomes the generation's stop deadline if it is the later one.
+    pub fn stop_deadline(&mut self, now: Instant) -> Instant {
+        let at = now + self.settings.graceful_timeout;
+        self.stop_by = Some(self.stop_by.map_or(at, |by| by.max(at)));
+        at
     }
 
     /// Workers meant to be serving (or about to): everything not stopping.

@@ -16,6 +16,7 @@
 //! current generation with no workers, the sockets queueing connections (`pause.rs`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 use tokio::time::Instant;
 
 mod counters;
@@ -74,15 +75,20 @@ enum Phase {
     },
     Rolling(Reload),
     /// `handover pause`: the current generation's workers are stopped (or draining), its
-    /// settings and release kept for the resume; it resumes by itself at `until`.
+    /// settings and release kept for the resume; it resumes by itself `max` after its
+    /// last worker is gone (`until`, unknown while they drain).
     Paused {
+        /// When it was asked for.
         since: Instant,
-        until: Instant,
-        /// `Outcome::Paused` was sent: the last worker is gone.
-        announced: bool,
+        max: Duration,
+        /// Set when `Outcome::Paused` was sent: the current generation's last worker
+        /// is gone, and the window starts.
+        until: Option<Instant>,
     },
     Stopping {
         code: i32,
+        /// SIGQUIT: everything is killed at once, strays found later too.
+        fast: bool,
     },
 }
 
@@ -101,6 +107,9 @@ pub struct Machine {
     initial: Settings,
     phase: Phase,
     generations: BTreeMap<GenId, Generation>,
+    /// The last few generations forgotten (no worker left), for a stray of theirs found
+    /// after they went: it is stopped with their signal and by their deadline (trees.rs).
+    retired: BTreeMap<GenId, Generation>,
     current: Option<GenId>,
     last_generation: GenId,
     next_id: WorkerId,
@@ -117,6 +126,7 @@ impl Machine {
             initial,
             phase: Phase::Idle,
             generations: BTreeMap::new(),
+            retired: BTreeMap::new(),
             current: None,
             last_generation: 0,
             next_id: 0,
@@ -221,8 +231,8 @@ impl Machine {
         }
         self.forget_finished();
         self.pace(&mut out);
-        self.announce_paused(&mut out);
-        if let Phase::Stopping { code } = self.phase
+        self.announce_paused(now, &mut out);
+        if let Phase::Stopping { code, .. } = self.phase
             && self.generations.values().all(|g| g.workers.is_empty())
             && !out.iter().any(|a| matches!(a, Action::Exit(_)))
         {
@@ -230,15 +240,6 @@ impl Machine {
         }
         self.attach_status(&mut out);
         out
-    }
-
-    /// Drops generations that have nothing left: no worker, no restart, not serving, not
-    /// starting.
-    fn forget_finished(&mut self) {
-        let keep = [self.current, self.candidate()];
-        self.generations.retain(|id, g| {
-            !g.workers.is_empty() || !g.pending.is_empty() || keep.contains(&Some(*id))
-        });
     }
 
     /// Every Notify carries the current status; a status change alone gets its own.
@@ -512,7 +513,10 @@ impl Machine {
                 reason: reason.clone(),
             }));
             self.last_failure = Some(reason);
-            self.phase = Phase::Stopping { code: 1 };
+            self.phase = Phase::Stopping {
+                code: 1,
+                fast: false,
+            };
             return;
         }
         self.last_failure = Some(format!("gen {}: {reason}", r.candidate));

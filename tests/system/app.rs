@@ -33,6 +33,8 @@ pub enum Release {
     Detaching,
     /// The demo worker behind a shell that writes a line to stdout and to stderr.
     Logging,
+    /// One demo worker behind the detaching script, with only its draining helper.
+    Helper,
 }
 
 impl Release {
@@ -43,6 +45,7 @@ impl Release {
             Release::Broken => include_str!("broken.toml"),
             Release::Detaching => include_str!("detaching.toml"),
             Release::Logging => include_str!("logging.toml"),
+            Release::Helper => include_str!("helper.toml"),
         }
     }
 }

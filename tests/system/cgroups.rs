@@ -228,6 +228,8 @@ pub fn generation_cgroups(app: &App) -> String {
     let tally = load.finish();
     assert_eq!(tally.failed(), 0, "{tally:?}");
 
+    let helper = helper_drains(app, &service, g2);
+
     let kills = systemd_kills(app);
     app.systemctl_ok(&["stop", "myapp.service"]);
     assert_eq!(sleepers(app), BTreeSet::new(), "left after systemctl stop");
@@ -242,8 +244,51 @@ pub fn generation_cgroups(app: &App) -> String {
     format!(
         "manager + gen-{g1} in systemd-cgls with 2 workers and 2 detached sleeps, kept by an \
          in-place upgrade; gen-{g1} removed \
-         {} ms after gen {g2} served; nothing left after stop; {memory}; {warmup}; {} requests, 0 failed",
+         {} ms after gen {g2} served; {helper}; nothing left after stop; {memory}; {warmup}; \
+         {} requests, 0 failed",
         drained.as_millis(),
         tally.ok
     )
+}
+
+/// Draining notes the helpers of tests/system/detaching-release left in /run/myapp.
+fn drained_notes(app: &App) -> usize {
+    let out = app
+        .c
+        .ok(&["sh", "-c", "ls /run/myapp | grep -c '^drained[.]' || true"]);
+    out.trim().parse().unwrap_or_default()
+}
+
+/// A generation of one worker whose helper escaped (and drains on SIGTERM), replaced:
+/// the helper is found in the reap that tells of the generation's last worker, and is
+/// stopped (its note) rather than killed with the generation's cgroup.
+fn helper_drains(app: &App, service: &str, before_it: u64) -> String {
+    app.deploy(Release::Helper);
+    app.systemctl_ok(&["reload", "myapp"]);
+    let (g, _) = serving(&app.status());
+    assert!(g > before_it, "the helper's generation serves");
+    // The generation before it gone, so that its helpers' notes are all written.
+    let previous = format!("{service}/gen-{before_it}");
+    wait_for(
+        Duration::from_secs(20),
+        "the previous generation gone",
+        || (!is_dir(app, &previous)).then_some(()),
+    );
+    let before = drained_notes(app);
+    app.deploy(Release::Demo);
+    app.systemctl_ok(&["reload", "myapp"]);
+    let dir = format!("{service}/gen-{g}");
+    wait_for(
+        Duration::from_secs(20),
+        "the helper's generation gone",
+        || (!is_dir(app, &dir)).then_some(()),
+    );
+    let after = drained_notes(app);
+    assert_eq!(
+        after,
+        before + 1,
+        "gen {g}'s helper was killed, not drained:\n{}",
+        app.journal_tail()
+    );
+    format!("gen {g}'s escaped helper drained on SIGTERM, not cgroup.kill'ed")
 }

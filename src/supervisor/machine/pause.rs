@@ -6,6 +6,11 @@
 //! again from the same release, and a pause never outlives its `max` (the manager resumes
 //! by itself). Only a steady manager pauses; while paused, a reload is refused, and a stop
 //! simply exits (nothing is left to drain).
+//!
+//! A pause concerns the serving generation alone: the leftovers of a rolled-back one
+//! finish on their own clock (their graceful timeout), and the pause is said done once
+//! the serving workers are gone. Its `max` window starts then, when the client is told
+//! "paused", so an operator gets the whole window however long the drain took.
 
 use std::time::Duration;
 
@@ -18,9 +23,8 @@ impl Machine {
     pub fn pause_refusal(&self) -> Option<String> {
         match &self.phase {
             Phase::Running => None,
-            Phase::Paused { since, until, .. } => Some(format!(
-                "already paused (for at most {:?}): `handover resume` to resume",
-                until.saturating_duration_since(*since)
+            Phase::Paused { max, .. } => Some(format!(
+                "already paused (for at most {max:?}): `handover resume` to resume"
             )),
             Phase::Loading { .. } | Phase::Rolling(_) => {
                 Some("a reload is in progress: pause once it is done".into())
@@ -58,8 +62,8 @@ impl Machine {
         self.notes.push(Note::Pausing { generation: g, max });
         self.phase = Phase::Paused {
             since: now,
-            until: now + max,
-            announced: false,
+            max,
+            until: None,
         };
         self.stop_generation(g, now, out);
     }
@@ -82,7 +86,7 @@ impl Machine {
     /// When a pause ends by itself.
     pub(super) fn pause_until(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Paused { until, .. } => Some(until),
+            Phase::Paused { until, .. } => until,
             _ => None,
         }
     }
@@ -93,29 +97,35 @@ impl Machine {
         }
     }
 
-    /// Once the last worker of a pause is gone, says so (once).
-    pub(super) fn announce_paused(&mut self, out: &mut Vec<Action>) {
-        let drained = self.generations.values().all(|g| g.workers.is_empty());
-        if let (Phase::Paused { announced, .. }, Some(generation)) = (&mut self.phase, self.current)
-            && !*announced
-            && drained
+    /// Once the serving generation's last worker is gone, says so (once) and starts the
+    /// window.
+    pub(super) fn announce_paused(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let left = self.paused_workers_left();
+        if let (Phase::Paused { max, until, .. }, Some(generation)) =
+            (&mut self.phase, self.current)
+            && until.is_none()
+            && left == 0
         {
-            *announced = true;
+            *until = Some(now + *max);
             out.push(Action::Outcome(Outcome::Paused { generation }));
         }
     }
 
+    /// The serving generation's workers still draining.
+    fn paused_workers_left(&self) -> usize {
+        let current = self.current.and_then(|g| self.generations.get(&g));
+        current.map_or(0, |g| g.workers.len())
+    }
+
     /// The status line while paused.
     pub(super) fn pause_status(&self) -> Option<String> {
-        let Phase::Paused { since, until, .. } = self.phase else {
+        let Phase::Paused { max, .. } = self.phase else {
             return None;
         };
-        let left: usize = self.generations.values().map(|g| g.workers.len()).sum();
-        let what = match left {
+        let what = match self.paused_workers_left() {
             0 => "every worker stopped".to_owned(),
             n => format!("{n} workers draining"),
         };
-        let max = until.saturating_duration_since(since);
         Some(format!(
             "paused: {what}, connections queue (resumes by itself {max:?} after the pause)"
         ))

@@ -64,6 +64,11 @@ impl Machine {
         matches!(self.phase, Phase::Stopping { .. })
     }
 
+    /// A fast stop (SIGQUIT): nothing waits for a graceful timeout.
+    pub(super) fn is_fast_stop(&self) -> bool {
+        matches!(self.phase, Phase::Stopping { fast: true, .. })
+    }
+
     /// What the machine counted so far (the metrics).
     pub fn counters(&self) -> &super::Counters {
         &self.counters

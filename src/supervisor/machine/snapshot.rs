@@ -222,6 +222,13 @@ impl Machine {
             for w in g.workers {
                 generation.workers.insert(w.id, restore_worker(w, now));
             }
+            // Its stop deadline, for its strays: the latest of its stopping workers'.
+            generation.stop_by = (generation.workers.values())
+                .filter_map(|w| match w.phase {
+                    WorkerPhase::Stopping { kill_at } => kill_at,
+                    _ => None,
+                })
+                .max();
             generation.pending = g
                 .pending
                 .into_iter()

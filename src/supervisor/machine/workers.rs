@@ -57,6 +57,8 @@ impl Machine {
         let Some(generation) = self.generations.get_mut(&g) else {
             return;
         };
+        let stopping = stopping || generation.workers.get(&id).is_some_and(|w| w.is_stopping());
+        let kill_at = stopping.then(|| generation.stop_deadline(now));
         let s = &generation.settings;
         let Some(w) = generation.workers.get_mut(&id) else {
             return;
@@ -67,11 +69,9 @@ impl Machine {
             pid,
             slot: w.slot,
         });
-        if stopping || w.is_stopping() {
+        if stopping {
             // A stop (of everything, or of its generation) came while it was spawning.
-            w.phase = WorkerPhase::Stopping {
-                kill_at: Some(now + s.graceful_timeout),
-            };
+            w.phase = WorkerPhase::Stopping { kill_at };
             out.push(Action::Signal {
                 pid,
                 signal: s.stop_signal,
@@ -255,16 +255,15 @@ impl Machine {
         let Some(generation) = self.generations.get_mut(&g) else {
             return;
         };
+        if generation.workers.get(&id).is_none_or(|w| w.is_stopping()) {
+            return;
+        }
+        let kill_at = Some(generation.stop_deadline(now));
         let s = &generation.settings;
         let Some(w) = generation.workers.get_mut(&id) else {
             return;
         };
-        if w.is_stopping() {
-            return;
-        }
-        w.phase = WorkerPhase::Stopping {
-            kill_at: Some(now + s.graceful_timeout),
-        };
+        w.phase = WorkerPhase::Stopping { kill_at };
         if let Some(pid) = w.pid {
             if let Some(hold) = takeover {
                 out.push(Action::TakeOver {
@@ -416,9 +415,13 @@ impl Machine {
                 took,
             }));
         }
-        if !self.is_stopping() {
-            self.phase = Phase::Stopping { code: 0 };
-            out.push(Action::Notify(vec![SdState::Stopping]));
+        match &mut self.phase {
+            // A fast stop during a graceful one makes it fast.
+            Phase::Stopping { fast: was, .. } => *was |= fast,
+            _ => {
+                self.phase = Phase::Stopping { code: 0, fast };
+                out.push(Action::Notify(vec![SdState::Stopping]));
+            }
         }
         let all: Vec<GenId> = self.generations.keys().copied().collect();
         for g in all {
@@ -430,6 +433,8 @@ impl Machine {
                 continue;
             };
             generation.pending.clear();
+            // What of it is found later (a stray) is past its deadline too.
+            generation.stop_by = Some(now);
             out.push(Action::KillGeneration { generation: g });
             for w in generation.workers.values_mut() {
                 w.phase = WorkerPhase::Stopping { kill_at: None };

@@ -25,6 +25,16 @@ impl Statuses {
     pub fn get(&self, pid: Option<i32>) -> Option<String> {
         self.0.get(&pid?).cloned()
     }
+
+    /// Every worker's status, for the handoff of an upgrade.
+    pub fn carried(&self) -> BTreeMap<i32, String> {
+        self.0.clone()
+    }
+
+    /// The statuses an old image carried across an upgrade.
+    pub fn adopt(carried: BTreeMap<i32, String>) -> Statuses {
+        Statuses(carried)
+    }
 }
 
 /// `status` without control characters (they become spaces), at most STATUS_MAX long.

@@ -57,6 +57,8 @@ pub struct Context<'a> {
     /// A fresh start: the configuration loaded (and checked) at start, the first
     /// generation's. `None` when resuming after an upgrade.
     pub initial: Option<RunConfig>,
+    /// The pid file and metrics file this manager keeps (carried across upgrades).
+    pub files: self_upgrade::Files,
     pub resume: Option<Resume>,
 }
 
@@ -71,6 +73,10 @@ pub struct Resume {
     pub log_pipes: Vec<self_upgrade::LogPipe>,
     /// The takeover's counters so far.
     pub takeover: takeover::Totals,
+    /// Each worker's last STATUS=, by pid.
+    pub statuses: std::collections::BTreeMap<i32, String>,
+    /// The old image's end of the guard's pipe (None: it had no guard).
+    pub guard: Option<std::os::fd::OwnedFd>,
 }
 
 /// The signals the manager handles, one stream each.
@@ -132,6 +138,8 @@ struct Task<'a> {
     env: WorkerEnv<'a>,
     args: RunArgs,
     initial: Option<RunConfig>,
+    /// The pid file this manager keeps, for the handoff of an upgrade.
+    pid_file: Option<std::path::PathBuf>,
     /// The sockets as configured at start, to warn when a reload's config changes them.
     listen: Option<Vec<crate::sockets::ListenSpec>>,
     waiters: Waiters,
@@ -158,6 +166,8 @@ struct Task<'a> {
     outputs: output::Outputs,
     /// The connections stopping workers let go (crate::takeover): its own tasks.
     takeover: Takeover,
+    /// What kills the workers' groups should this manager be killed (crate::guard).
+    guard: Option<crate::guard::Guard>,
 }
 
 /// Runs the supervisor until it decides to exit; returns the exit code.
@@ -180,11 +190,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
     // On a fresh start the metrics file is written once before anything starts, so a
     // path that cannot be written refuses the start here. After an upgrade the loop's
     // first write (with the carried upgrade count) is the first, and a failure is logged.
-    let metrics_path = match &ctx.initial {
-        Some(c) => c.metrics_file.clone(),
-        None => (ctx.args.metrics_file.clone())
-            .or_else(|| RunConfig::load(&ctx.args).ok()?.metrics_file),
-    };
+    let metrics_path = ctx.files.metrics_file.clone();
     let start_time = crate::metrics::process_start_time();
     let published = metrics_path.map(|p| metrics::Published {
         file: crate::metrics_file::MetricsFile::new(&p),
@@ -235,6 +241,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         },
         args: ctx.args,
         initial: ctx.initial,
+        pid_file: ctx.files.pid_file,
         waiters: Waiters::default(),
         systemd: ctx.systemd,
         last_reload: None,
@@ -256,6 +263,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 .collect::<Vec<_>>(),
             Takeover::cap(crate::fdlimit::limits().map_or(1024, |l| l.soft)),
         ),
+        guard: guard(resume.as_mut().and_then(|r| r.guard.take())),
     };
     // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
@@ -278,6 +286,7 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
         Some(r) => {
             task.upgrades = r.upgrades;
             task.takeover.carry_on(r.takeover);
+            task.statuses = intake::Statuses::adopt(r.statuses);
             task.outputs.adopt(r.log_pipes);
             let now = Instant::now();
             task.last_reload = r.last_reload.map(|info| {
@@ -330,6 +339,9 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                         task.systemd.settle();
                         task.publish_metrics(&machine, true);
                         task.waiters.fail_all("the manager stopped");
+                        if let Some(g) = &mut task.guard {
+                            g.done();
+                        }
                         task.outputs.finish().await;
                         if let Some(reason) = task.start_failure.take() {
                             anyhow::bail!("the first generation failed: {reason}");
@@ -343,7 +355,6 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 for e in answers.into_iter().rev() {
                     queue.push_front(e);
                 }
-                task.cgroups.sync(&machine);
             }
             // A drained worker's group may have emptied in the very reap that told of its
             // leader's exit; nothing later would tell of it.
@@ -352,6 +363,11 @@ pub async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> 
                 break;
             }
         }
+        // Only once everything that came in was taken: a stray found in the reap that
+        // told of its generation's last worker brings that generation back (trees.rs)
+        // before its cgroup would be killed under it.
+        task.cgroups.sync(&machine);
+        task.tell_guard(&machine);
         if task.cgroups.removing() != removals.is_some() {
             removals = task
                 .cgroups
@@ -508,6 +524,33 @@ impl Task<'_> {
             tracing::error!(generation, "invalid configuration: {e}");
         }
         Event::ConfigLoaded { generation, result }
+    }
+}
+
+/// The guard an old image started, or a new one (started after the cgroup move, so it
+/// sits in the manager's cgroup); none if it cannot start, which is said once.
+fn guard(carried: Option<std::os::fd::OwnedFd>) -> Option<crate::guard::Guard> {
+    if let Some(pipe) = carried {
+        return Some(crate::guard::Guard::adopt(pipe));
+    }
+    crate::guard::Guard::spawn()
+        .inspect_err(|e| {
+            tracing::warn!(
+                "cannot start the guard ({e}): a worker's children may outlive a killed manager"
+            )
+        })
+        .ok()
+}
+
+impl Task<'_> {
+    /// Tells the guard which worker groups exist now (a gone guard is said once).
+    fn tell_guard(&mut self, m: &Machine) {
+        let Some(g) = &mut self.guard else { return };
+        let groups = m.workers().filter(|(_, _, w)| !w.adopted);
+        if !g.sync(groups.filter_map(|(_, _, w)| w.pid)) {
+            tracing::warn!("the guard is gone: a worker's children may outlive a killed manager");
+            self.guard = None;
+        }
     }
 }
 

@@ -11,6 +11,10 @@ use crate::sockets::HeldSocket;
 use crate::supervisor::{Event, Machine, Outcome};
 use crate::units;
 
+/// Why a waiting reload is not taken during an in-place upgrade.
+pub(super) const UPGRADING: &str =
+    "upgrading itself in place; nothing was queued: ask again once it is done";
+
 impl Task<'_> {
     pub(super) fn on_control(
         &mut self,
@@ -33,6 +37,18 @@ impl Task<'_> {
             _ if m.is_stopping() => Reply::error("the manager is stopping"),
             Request::Reload { .. } if m.reload_refusal().is_some() => {
                 Reply::error(m.reload_refusal().unwrap_or_default())
+            }
+            // A reload is held across an upgrade, but its client's connection is not:
+            // the exec closes it. So the client is told "busy" and nothing is queued; it
+            // asks again (as it does for any busy answer) and the new image answers it
+            // with the outcome of the very reload it asked for.
+            Request::Reload { wait: true } if self.upgrading.is_some() => Reply::Busy {
+                v: control::VERSION,
+                message: UPGRADING.to_owned(),
+            },
+            Request::Reload { wait: false } if self.upgrading.is_some() => {
+                queue.push_back(Event::Reload);
+                Reply::ok("reload held: it runs right after the in-place upgrade under way")
             }
             Request::Reload { wait } => {
                 queue.push_back(Event::Reload);

@@ -20,8 +20,11 @@
 //! manager's argv, configuration and a handoff of this shape and content; a state that
 //! cannot be snapshotted at that moment refuses the upgrade.
 //!
-//! Meanwhile a reload or scale request (SIGHUP, TTIN/TTOU, `handover reload|scale`) is
-//! held back and carried in the handoff: the new image does it first. A refused upgrade
+//! Meanwhile a reload or scale request (SIGHUP, TTIN/TTOU, `handover reload --no-wait`,
+//! `handover scale`) is held back and carried in the handoff: the new image does it
+//! first. A `handover reload` that waits for its outcome is answered "busy" instead,
+//! nothing queued: its connection cannot cross the exec, so its client asks again and
+//! the new image answers it with the outcome of that reload. A refused upgrade
 //! gives them back to this image at once. A stop (SIGTERM, SIGINT, SIGQUIT, `handover
 //! stop`) cancels the upgrade and drains and stops as always.
 
@@ -197,15 +200,11 @@ impl Task<'_> {
                 upgrade::unblock_signals();
                 return self.end_upgrade("requests came in at the last moment: try again", queue);
             }
-            let carried = self.upgrading.as_ref().map(|u| u.deferred.as_slice());
-            if carried.is_some_and(|d| d.contains(&Carried::Reload)) {
-                self.waiters.fail_all(
-                    "the manager upgraded itself in place first; this reload runs right after it: see `handover status`",
-                );
-            } else {
-                self.waiters
-                    .fail_all("the manager is upgrading itself; reload again");
-            }
+            // No client waits for a reload here: one in progress refuses the upgrade,
+            // and one asked for during it was told "busy" (requests.rs). Should one
+            // wait all the same, it is told nothing ran, which is true.
+            self.waiters
+                .fail_all("the manager is upgrading itself; nothing was queued: reload again");
         }
         let deferred = self
             .upgrading
@@ -266,6 +265,12 @@ impl Task<'_> {
             worker_nofile: crate::fdlimit::limits().map(|l| l.worker_soft),
             log_pipes: self.outputs.handoff(),
             takeover: self.takeover.totals(),
+            statuses: self.statuses.carried(),
+            guard_fd: self.guard.as_ref().map(crate::guard::Guard::raw_fd),
+            files: Some(upgrade::Files {
+                pid_file: self.pid_file.clone(),
+                metrics_file: (self.metrics.as_ref()).map(|p| p.file.path().to_owned()),
+            }),
         })
     }
 }

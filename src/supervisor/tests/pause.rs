@@ -66,15 +66,69 @@ fn a_resume_starts_the_same_generation_from_its_release() {
 }
 
 #[test]
-fn a_pause_ends_by_itself_at_its_maximum_even_while_workers_still_drain() {
+fn the_pause_window_starts_once_the_last_worker_is_gone_and_ends_by_itself() {
     let mut d = Driver::running(settings(2));
     let old = d.pids(1);
     pause(&mut d, secs(3));
     d.exit(old[0], "exit status 0");
-    // The max pause (3 s) comes before the graceful timeout (30 s).
+    // Still draining: no max-pause clock yet, only the slow drainer's graceful timeout.
+    assert_eq!(d.sup.next_deadline(), Some(d.now + secs(30)));
+    assert_eq!(signals(&d.tick()), kill(&old[1..]));
+    d.advance(ms(10));
+    let a = d.exit(old[1], "killed by SIGKILL");
+    assert_eq!(outcomes(&a), [Outcome::Paused { generation: 1 }]);
+    // The window (3 s) starts now, when the client is told "paused".
     assert_eq!(d.sup.next_deadline(), Some(d.now + secs(3)));
     let a = d.tick();
     assert_eq!(spawns(&a), [(1, 0), (1, 1)]);
+    let after = secs(33) + ms(10);
+    assert_eq!(
+        outcomes(&a),
+        [Outcome::Resumed {
+            generation: 1,
+            after,
+            by_itself: true
+        }]
+    );
+}
+
+/// A reload to gen 2 whose two workers never get ready and ignore SIGTERM: rolled back
+/// at the ready timeout (60 s), they wait for their SIGKILL at 60 + 30 s.
+fn rolled_back_with_stubborn_leftovers() -> (Driver, Vec<i32>) {
+    let mut d = Driver::running(settings(2));
+    d.send(Event::Reload);
+    let failed = d.pids(2);
+    let a = d.tick();
+    assert_eq!(signals(&a), stop(&failed, SIGTERM));
+    assert_eq!(d.sup.current_generation(), Some(1));
+    (d, failed)
+}
+
+#[test]
+fn a_pause_after_a_rollback_is_paused_once_the_serving_workers_are_gone() {
+    let (mut d, failed) = rolled_back_with_stubborn_leftovers();
+    let serving = d.pids(1);
+    d.advance(secs(1));
+    assert_eq!(d.sup.pause_refusal(), None);
+    let a = pause(&mut d, secs(5));
+    assert_eq!(
+        signals(&a),
+        stop(&serving, SIGTERM),
+        "only the serving generation"
+    );
+    let a = d.exit_all(&serving);
+    // The rolled-back leftovers finish on their own clock; they are not the pause's.
+    assert_eq!(outcomes(&a), [Outcome::Paused { generation: 1 }]);
+    let line =
+        "paused: every worker stopped, connections queue (resumes by itself 5s after the pause)";
+    assert_eq!(d.status(), line);
+    // Their SIGKILL comes at their own graceful timeout (29 s on), before the pause ends.
+    assert_eq!(d.sup.next_deadline(), Some(d.now + secs(5)));
+    d.advance(secs(2));
+    assert_eq!(d.sup.resume_refusal(), None, "still paused");
+    let a = d.exit_all(&failed);
+    assert!(outcomes(&a).is_empty(), "paused once only");
+    let a = d.tick();
     assert!(matches!(
         outcomes(&a)[..],
         [Outcome::Resumed {
@@ -82,9 +136,18 @@ fn a_pause_ends_by_itself_at_its_maximum_even_while_workers_still_drain() {
             ..
         }]
     ));
-    // The slow drainer is still killed at its graceful timeout.
-    d.now += secs(27);
-    assert_eq!(signals(&d.timer()), kill(&old[1..]));
+}
+
+#[test]
+fn stubborn_leftovers_of_a_rollback_are_killed_on_their_own_clock_while_paused() {
+    let (mut d, failed) = rolled_back_with_stubborn_leftovers();
+    let serving = d.pids(1);
+    pause(&mut d, secs(60));
+    d.exit_all(&serving);
+    assert_eq!(d.sup.next_deadline(), Some(d.now + secs(30)));
+    let a = d.tick();
+    assert_eq!(signals(&a), kill(&failed));
+    assert!(d.sup.is_paused());
 }
 
 #[test]

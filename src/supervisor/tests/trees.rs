@@ -118,3 +118,85 @@ fn the_manager_exits_only_once_its_strays_are_gone() {
     assert!(exits(&a).is_empty());
     assert_eq!(exits(&d.exit(800, "exit status 0")), [0]);
 }
+
+/// A stray of gen 1 that leads its own group, reported at `d.now`.
+fn stray_of_gen_1(d: &mut Driver, pid: i32) -> Vec<Action> {
+    d.send(Event::Stray {
+        pid,
+        leader: true,
+        generation: Some(1),
+    })
+}
+
+/// Gen 1 (one worker) replaced by gen 2; returns gen 1's worker and when it was stopped.
+fn replaced() -> (Driver, i32, Instant) {
+    let mut d = Driver::running(settings(1));
+    let old = d.pid(1, 0);
+    d.send(Event::Reload);
+    d.ready_all(2);
+    let stopped = d.now;
+    (d, old, stopped)
+}
+
+#[test]
+fn a_stray_found_after_its_generation_went_inherits_its_stop_deadline() {
+    let (mut d, old, stopped) = replaced();
+    d.advance(secs(20));
+    d.exit(old, "exit status 0");
+    assert_eq!(d.status(), "gen 2: 1/1 ready", "gen 1 is gone");
+    // Found in the same reap as its worker's exit: it is stopped, by gen 1's deadline.
+    let a = stray_of_gen_1(&mut d, 700);
+    assert_eq!(signals(&a), signal_all(&[700], SIGTERM, true));
+    assert_eq!(d.sup.next_deadline(), Some(stopped + secs(30)));
+    assert_eq!(signals(&d.tick()), signal_all(&[700], SIGKILL, false));
+}
+
+#[test]
+fn a_stray_found_past_its_generations_deadline_is_killed_at_once() {
+    let (mut d, old, _) = replaced();
+    assert_eq!(signals(&d.tick()), kill(&[old]));
+    d.advance(secs(1));
+    d.exit(old, "killed by SIGKILL");
+    let a = stray_of_gen_1(&mut d, 700);
+    assert_eq!(signals(&a), signal_all(&[700], SIGKILL, true));
+    assert!(signals(&d.exit(700, "killed by SIGKILL")).is_empty());
+    assert_eq!(d.status(), "gen 2: 1/1 ready");
+}
+
+#[test]
+fn a_fast_stop_is_fast_for_strays_too() {
+    let mut d = Driver::running(settings(1));
+    let w = d.pid(1, 0);
+    d.send(Event::Stop { fast: true });
+    assert!(exits(&d.exit(w, "killed by SIGKILL")).contains(&0));
+    for generation in [Some(1), None] {
+        let a = d.send(Event::Stray {
+            pid: 800,
+            leader: false,
+            generation,
+        });
+        assert_eq!(
+            signals(&a),
+            signal_all(&[800], SIGKILL, false),
+            "{generation:?}"
+        );
+        assert_eq!(exits(&d.exit(800, "killed by SIGKILL")), [0]);
+    }
+}
+
+#[test]
+fn at_a_stop_a_stray_found_at_the_exit_has_what_is_left_of_the_graceful_timeout() {
+    let mut d = Driver::running(settings(1));
+    let w = d.pid(1, 0);
+    let stopped = d.now;
+    d.send(Event::Stop { fast: false });
+    d.advance(secs(2));
+    d.exit(w, "exit status 0");
+    let a = d.send(Event::Stray {
+        pid: 800,
+        leader: false,
+        generation: Some(1),
+    });
+    assert_eq!(signals(&a), signal_all(&[800], SIGTERM, false));
+    assert_eq!(d.sup.next_deadline(), Some(stopped + secs(30)));
+}
