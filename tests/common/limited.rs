@@ -26,8 +26,8 @@ impl Limited {
         });
         let base = PathBuf::from("/sys/fs/cgroup/memory");
         let Some(path) = path.filter(|_| base.join("memory.limit_in_bytes").exists()) else {
-            println!(
-                "skipped: no cgroup v1 memory controller here (tests/system/memory.rs covers v2)"
+            eprintln!(
+                "SKIPPED: no cgroup v1 memory controller here (tests/system/memory.rs covers v2)"
             );
             return None;
         };
@@ -35,7 +35,7 @@ impl Limited {
             .join(path.trim_start_matches('/'))
             .join(format!("handover-test-{}", std::process::id()));
         if let Err(e) = std::fs::create_dir(&dir) {
-            println!("skipped: cannot make a memory cgroup ({e}): needs root");
+            eprintln!("SKIPPED: cannot make a memory cgroup ({e}): needs root");
             return None;
         }
         let me = Limited { dir };
