@@ -10,6 +10,7 @@
 //! read deadline), never the supervisor, which sees a request only once it is complete.
 //! At the cap on clients, a new one takes the place of the oldest silent one (`silent`).
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ use tokio::sync::mpsc;
 
 mod burst;
 mod silent;
+mod unanswered;
+
+pub use unanswered::answer_busy_before_exec;
 
 use silent::Silent;
 
@@ -386,6 +390,8 @@ async fn serve_client(
     place: silent::Place,
 ) {
     let (read, mut write) = stream.into_split();
+    // Declared after the halves: dropped, so unregistered, before the fd closes.
+    let mut unanswered = unanswered::Unanswered::register(write.as_ref().as_raw_fd());
     let peer = write.as_ref().peer_cred();
     let refusal = match peer {
         Ok(c) if c.uid() == 0 || c.uid() == me => None,
@@ -418,6 +424,10 @@ async fn serve_client(
             return;
         }
     };
+    if request == Request::Upgrade {
+        // The exec closing this connection is its answer.
+        unanswered.forget();
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     if to_supervisor.send(Incoming { request, reply: tx }).is_err() {
         let _ = send(&mut write, &Reply::error("the manager is shutting down")).await;

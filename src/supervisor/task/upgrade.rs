@@ -206,6 +206,9 @@ impl Task<'_> {
             self.waiters
                 .fail_all("the manager is upgrading itself; nothing was queued: reload again");
         }
+        // One more turn: the answers given in the last one are written to their clients
+        // (what arrives meanwhile is told "busy" right before the exec).
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         let deferred = self
             .upgrading
             .as_ref()
@@ -224,6 +227,10 @@ impl Task<'_> {
             .send(&[SdState::Reloading, SdState::Status(upgrading)]);
         // The new image starts with an empty queue: what waits goes first.
         self.systemd.settle();
+        // A request not read yet, or read and not handled, would see its connection
+        // closed unanswered: it is told "busy", and its client asks the new image.
+        let told = crate::control::answer_busy_before_exec();
+        tracing::debug!(told, "control clients told busy before the exec");
         // Returns only if the exec failed (and then unblocked the signals).
         let why = upgrade::exec(&self.exe, &handoff);
         self.systemd
