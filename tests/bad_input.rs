@@ -320,20 +320,16 @@ fn zero_or_absurd_durations_are_refused_in_flags_the_config_file_and_control_req
     }
     // A control request: a reload that would load such a file is refused, and the serving
     // generation is left alone (no restart storm).
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("handover.toml");
-    let valid = format!("command = \"{HANDOVER}\"\nargs = [\"demo-worker\"]\nworkers = 1\n");
-    std::fs::write(&config, &valid).expect("write");
-    let c = config.display().to_string();
-    let m = common::Manager::start_in(dir, &["--config", &c], &[]);
+    let (m, config, valid) = serving_from_a_config_file();
     let workers = m.wait_ready(1);
     std::fs::write(&config, format!("{valid}max_lifetime = \"0s\"\n")).expect("write");
-    let out = m.ctl(&["reload"]);
-    let said =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let (out, said) = reload(&m);
     assert!(!out.status.success(), "{said}");
     assert!(
-        said.contains(&format!("{c}:4: max_lifetime: `0s` is too short")),
+        said.contains(&format!(
+            "{}:4: max_lifetime: `0s` is too short",
+            config.display()
+        )),
         "{said}"
     );
     std::thread::sleep(Duration::from_secs(1));
@@ -348,6 +344,29 @@ fn zero_or_absurd_durations_are_refused_in_flags_the_config_file_and_control_req
         "{answer}"
     );
     assert_eq!(m.children(), workers, "{}", m.log());
+}
+
+/// A manager serving one demo worker from a config file: it, the file, and the file's
+/// valid text (a test appends a bad setting and asks for a reload).
+fn serving_from_a_config_file() -> (common::Manager, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("handover.toml");
+    let valid = format!("command = \"{HANDOVER}\"\nargs = [\"demo-worker\"]\nworkers = 1\n");
+    std::fs::write(&config, &valid).expect("write");
+    let c = config.display().to_string();
+    (
+        common::Manager::start_in(dir, &["--config", &c], &[]),
+        config,
+        valid,
+    )
+}
+
+/// `handover reload`, with what it said on stdout and stderr together.
+fn reload(m: &common::Manager) -> (Output, String) {
+    let out = m.ctl(&["reload"]);
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out, said)
 }
 
 #[test]
@@ -373,21 +392,14 @@ fn a_ready_delay_not_below_the_ready_timeout_is_refused_in_check_run_config_and_
         assert_error(&run(head, &[], None), &[want]);
     }
     // A reload to such a file is refused; the serving generation stays.
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("handover.toml");
-    let valid = format!("command = \"{HANDOVER}\"\nargs = [\"demo-worker\"]\nworkers = 1\n");
-    std::fs::write(&config, &valid).expect("write");
-    let c = config.display().to_string();
-    let m = common::Manager::start_in(dir, &["--config", &c], &[]);
+    let (m, config, valid) = serving_from_a_config_file();
     let workers = m.wait_ready(1);
     std::fs::write(
         &config,
         format!("{valid}ready = \"delay:3s\"\nready_timeout = \"1s\"\n"),
     )
     .expect("write");
-    let out = m.ctl(&["reload"]);
-    let said =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let (out, said) = reload(&m);
     assert!(!out.status.success() && said.contains(want), "{said}");
     assert_eq!(m.children(), workers, "{}", m.log());
 }
