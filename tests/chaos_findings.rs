@@ -56,3 +56,53 @@ fn status_and_metrics_answer_across_in_place_upgrades() {
         assert!(failed.is_empty(), "{what}: {failed:?}");
     }
 }
+
+/// 2. The same exec closes any other request it had not read yet: a `handover resume`
+///    (answered at once, "not paused", whenever the manager reads it) sent during an
+///    upgrade got "the manager closed the connection without an answer" (1 of 150 beside
+///    20 upgrades by hand; this test: 5 of 78). Such a request may change something, so
+///    the client cannot simply ask again: the old image must answer or hand over what it
+///    accepted before it execs (src/supervisor/task/upgrade.rs, `finish_upgrade`), which
+///    is not done yet: `--run-ignored all` shows it.
+#[test]
+#[ignore = "open: a control request read by no image across an upgrade's exec (issue 20)"]
+fn every_request_sent_during_an_upgrade_gets_an_answer() {
+    let m = Arc::new(Manager::start(
+        &["--workers", "1"],
+        &[HANDOVER, "demo-worker", "--drain-idle", "1s"],
+    ));
+    m.wait_ready(1);
+    let done = Arc::new(AtomicBool::new(false));
+    let askers: Vec<_> = (0..3)
+        .map(|_| {
+            let (m, done) = (Arc::clone(&m), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let (mut asked, mut unanswered) = (0, 0);
+                while !done.load(Ordering::Relaxed) {
+                    let out = m.ctl(&["resume"]);
+                    asked += 1;
+                    let said = String::from_utf8_lossy(&out.stderr);
+                    if said.contains("without an answer") {
+                        unanswered += 1;
+                    }
+                }
+                (asked, unanswered)
+            })
+        })
+        .collect();
+    for n in 0..8 {
+        let out = m.ctl(&["upgrade"]);
+        assert!(
+            out.status.success(),
+            "upgrade {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done.store(true, Ordering::Relaxed);
+    for asker in askers {
+        let (asked, unanswered) = asker.join().expect("asker");
+        eprintln!("resume: {asked} asked, {unanswered} closed unanswered");
+        assert_eq!(unanswered, 0, "of {asked}");
+    }
+}
