@@ -48,13 +48,38 @@ fn call(
     let mut pause = Duration::from_millis(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let reply = call_on(connect(args)?, request, left, &mut on_reply)?;
+        let reply = match call_on(connect(args)?, request, left, &mut on_reply) {
+            // An in-place upgrade's exec closes every connection whose request the old
+            // image had not read yet. A question that changes nothing is asked again
+            // (of the new image); anything else may or may not have been read, so it
+            // is not repeated behind the user's back.
+            Err(e) if e.is::<Unanswered>() && asks_only(request) => {
+                if Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(500));
+                continue;
+            }
+            reply => reply?,
+        };
         if !matches!(reply, Reply::Busy { .. }) || Instant::now() + pause >= deadline {
             return Ok(reply);
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(500));
     }
+}
+
+/// The manager closed the connection without a final answer (it exited, or executed
+/// itself anew in an upgrade).
+#[derive(Debug, thiserror::Error)]
+#[error("the manager closed the connection without an answer")]
+struct Unanswered;
+
+/// A request that only reads the manager's state: safe to send twice.
+fn asks_only(request: &Request) -> bool {
+    matches!(request, Request::Status | Request::Metrics)
 }
 
 /// `call` on a connection made already.
@@ -82,7 +107,7 @@ fn call_on(
         match reader.read_line(&mut line) {
             Ok(0) => {
                 sent.context("cannot send the request")?;
-                bail!("the manager closed the connection without an answer")
+                return Err(Unanswered.into());
             }
             Ok(_) => {}
             Err(e)
