@@ -57,15 +57,14 @@ fn status_and_metrics_answer_across_in_place_upgrades() {
     }
 }
 
-/// 2. The same exec closes any other request it had not read yet: a `handover resume`
+/// 2. The same exec closed any other request it had not read yet: a `handover resume`
 ///    (answered at once, "not paused", whenever the manager reads it) sent during an
 ///    upgrade got "the manager closed the connection without an answer" (1 of 150 beside
-///    20 upgrades by hand; this test: 5 of 78). Such a request may change something, so
-///    the client cannot simply ask again: the old image must answer or hand over what it
-///    accepted before it execs (src/supervisor/task/upgrade.rs, `finish_upgrade`), which
-///    is not done yet: `--run-ignored all` shows it.
+///    20 upgrades by hand; this test: 5 of 76 before). Such a request may change
+///    something, so the client cannot simply ask again: the old image now writes the
+///    answers it gave and tells every connection still unanswered "busy" before its exec
+///    (src/control/unanswered.rs), and the client asks the new image.
 #[test]
-#[ignore = "open: a control request read by no image across an upgrade's exec (issue 20)"]
 fn every_request_sent_during_an_upgrade_gets_an_answer() {
     let m = Arc::new(Manager::start(
         &["--workers", "1"],
