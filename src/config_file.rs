@@ -46,9 +46,9 @@ use toml::{Spanned, Value};
 
 use crate::sockets::ListenSpec;
 use crate::units::{
-    Batch, Readiness, StopTo, Warmup, parse_graceful_timeout, parse_hold, parse_max_lifetime,
-    parse_probation, parse_ready_timeout, parse_reload_timeout, parse_signal, parse_size,
-    parse_switch, parse_watchdog,
+    Batch, MAX_WORKERS, Readiness, StopTo, Warmup, parse_graceful_timeout, parse_hold,
+    parse_max_lifetime, parse_probation, parse_ready_timeout, parse_reload_timeout, parse_signal,
+    parse_size, parse_switch, parse_watchdog,
 };
 
 /// The settings a config file may give; `None` (or an empty `env`) means not given.
@@ -354,7 +354,12 @@ field!(command: String, |v| string(v).and_then(|s| match s.is_empty() {
     false => Ok(s),
 }));
 field!(args: [String], string);
-field!(workers: u32, |v| number(v, 1, 4096, "a whole number from 1 to 4096"));
+field!(workers: u32, |v| number(
+    v,
+    1,
+    MAX_WORKERS,
+    &format!("a whole number from 1 to {MAX_WORKERS}")
+));
 field!(listen: [ListenSpec], |v| parsed(v, ListenSpec::from_str));
 field!(ready: Readiness, |v| parsed(v, Readiness::from_str));
 field!(ready_timeout: Duration, |v| parsed(v, parse_ready_timeout));
@@ -364,8 +369,13 @@ field!(warmup: Warmup, |v| parsed(v, Warmup::from_str));
 field!(graceful_timeout: Duration, |v| parsed(v, parse_graceful_timeout));
 field!(batch: Batch, |v| match v {
     Value::String(s) if s == "auto" => Ok(Batch::Memory),
-    _ => number(v, 0, 4096, "\"auto\" or a whole number from 0 (all at once) to 4096")
-        .map(Batch::Workers),
+    _ => number(
+        v,
+        0,
+        MAX_WORKERS,
+        &format!("\"auto\" or a whole number from 0 (all at once) to {MAX_WORKERS}"),
+    )
+    .map(Batch::Workers),
 });
 field!(max_lifetime: Duration, |v| parsed(v, parse_max_lifetime));
 field!(max_memory: u64, |v| parsed(v, parse_size));
