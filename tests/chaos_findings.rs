@@ -17,26 +17,42 @@ use common::{HANDOVER, Manager};
 
 #[test]
 fn status_and_metrics_answer_across_in_place_upgrades() {
+    for (what, answers) in ask_across_upgrades(&["status", "metrics", "status"]) {
+        let asked = answers.len();
+        let failed: Vec<&String> = answers
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, e)| e)
+            .collect();
+        eprintln!("{what}: {asked} asked, {} failed", failed.len());
+        assert!(failed.is_empty(), "{what}: {failed:?}");
+    }
+}
+
+/// Each of `asks` asked over and over by a thread of its own while a manager upgrades
+/// itself in place 8 times: per asker, what it asked and each answer.
+/// Each answer: whether the client exited 0, and what it said on stderr.
+type Answers = Vec<(bool, String)>;
+
+fn ask_across_upgrades(asks: &[&'static str]) -> Vec<(&'static str, Answers)> {
     let m = Arc::new(Manager::start(
         &["--workers", "1"],
         &[HANDOVER, "demo-worker", "--drain-idle", "1s"],
     ));
     m.wait_ready(1);
     let done = Arc::new(AtomicBool::new(false));
-    let askers: Vec<_> = ["status", "metrics", "status"]
-        .into_iter()
-        .map(|what| {
+    let askers: Vec<_> = asks
+        .iter()
+        .map(|&what| {
             let (m, done) = (Arc::clone(&m), Arc::clone(&done));
             std::thread::spawn(move || {
-                let (mut asked, mut failed) = (0, Vec::new());
+                let mut answers = Vec::new();
                 while !done.load(Ordering::Relaxed) {
                     let out = m.ctl(&[what]);
-                    asked += 1;
-                    if !out.status.success() {
-                        failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
-                    }
+                    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+                    answers.push((out.status.success(), said));
                 }
-                (what, asked, failed)
+                (what, answers)
             })
         })
         .collect();
@@ -50,11 +66,10 @@ fn status_and_metrics_answer_across_in_place_upgrades() {
         std::thread::sleep(Duration::from_millis(50));
     }
     done.store(true, Ordering::Relaxed);
-    for asker in askers {
-        let (what, asked, failed) = asker.join().expect("asker");
-        eprintln!("{what}: {asked} asked, {} failed", failed.len());
-        assert!(failed.is_empty(), "{what}: {failed:?}");
-    }
+    askers
+        .into_iter()
+        .map(|a| a.join().expect("asker"))
+        .collect()
 }
 
 /// 2. The same exec closed any other request it had not read yet: a `handover resume`
@@ -66,41 +81,12 @@ fn status_and_metrics_answer_across_in_place_upgrades() {
 ///    (src/control/unanswered.rs), and the client asks the new image.
 #[test]
 fn every_request_sent_during_an_upgrade_gets_an_answer() {
-    let m = Arc::new(Manager::start(
-        &["--workers", "1"],
-        &[HANDOVER, "demo-worker", "--drain-idle", "1s"],
-    ));
-    m.wait_ready(1);
-    let done = Arc::new(AtomicBool::new(false));
-    let askers: Vec<_> = (0..3)
-        .map(|_| {
-            let (m, done) = (Arc::clone(&m), Arc::clone(&done));
-            std::thread::spawn(move || {
-                let (mut asked, mut unanswered) = (0, 0);
-                while !done.load(Ordering::Relaxed) {
-                    let out = m.ctl(&["resume"]);
-                    asked += 1;
-                    let said = String::from_utf8_lossy(&out.stderr);
-                    if said.contains("without an answer") {
-                        unanswered += 1;
-                    }
-                }
-                (asked, unanswered)
-            })
-        })
-        .collect();
-    for n in 0..8 {
-        let out = m.ctl(&["upgrade"]);
-        assert!(
-            out.status.success(),
-            "upgrade {n}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done.store(true, Ordering::Relaxed);
-    for asker in askers {
-        let (asked, unanswered) = asker.join().expect("asker");
+    for (_, answers) in ask_across_upgrades(&["resume", "resume", "resume"]) {
+        let asked = answers.len();
+        let unanswered = answers
+            .iter()
+            .filter(|(_, said)| said.contains("without an answer"))
+            .count();
         eprintln!("resume: {asked} asked, {unanswered} closed unanswered");
         assert_eq!(unanswered, 0, "of {asked}");
     }
