@@ -28,6 +28,7 @@
 
 mod body;
 mod grab;
+mod hide;
 mod relay;
 mod tcp;
 mod watch;
@@ -100,6 +101,8 @@ struct Shared {
     cap: usize,
     /// The manager stops: no more relays (the serving generation is draining too).
     closing: AtomicBool,
+    /// The manager settles (before an exec or its exit): nothing stays hidden.
+    settling: AtomicBool,
     /// Stopping trees that may still accept (`Accepting`), and its fall to 0: a relay
     /// waits for that, or the relay's connection could land on a stopping worker, which
     /// would close it unanswered.
@@ -133,6 +136,7 @@ impl Takeover {
                 held: AtomicUsize::new(0),
                 cap: cap.min(MAX_HELD),
                 closing: AtomicBool::new(false),
+                settling: AtomicBool::new(false),
                 accepting: AtomicUsize::new(0),
                 quiet: tokio::sync::Notify::new(),
                 ledgers: Mutex::new(HashMap::new()),
@@ -190,11 +194,14 @@ impl Takeover {
     /// Waits (at most `limit`) until nothing is held: before an in-place upgrade's exec
     /// or the manager's exit, which would close every held connection.
     pub async fn settle(&self, limit: Duration) {
+        self.shared.settling.store(true, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + limit;
         while self.shared.held.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // An upgrade whose exec fails goes on in this image.
+        self.shared.settling.store(false, Ordering::Relaxed);
     }
 
     /// Counts on from an earlier image's (an in-place upgrade: nothing is held across it).
@@ -295,7 +302,15 @@ impl Batch {
     fn grab(&mut self, found: &[grab::SocketFd]) -> Vec<(grab::Held, Claim)> {
         let s = &self.shared;
         let room = s.cap.saturating_sub(s.held.load(Ordering::Relaxed));
-        let grabbed = grab::grab(found, &self.listeners, room, &mut self.seen);
+        let mut grabbed = grab::grab(found, &self.listeners, room, &mut self.seen);
+        let (now, settling) = (
+            tokio::time::Instant::now(),
+            s.settling.load(Ordering::Relaxed),
+        );
+        for h in &mut grabbed.held {
+            h.hidden = hide::at_take(&h.fd, now, settling);
+            h.copy = hide::waiting_request(&h.fd);
+        }
         if grabbed.missed > 0 && !s.capped.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "takeover: {} connections of a stopping worker left to it: {} are held \

@@ -41,6 +41,10 @@ pub(super) struct Held {
     pub(super) upstream: Upstream,
     /// Its byte counts when taken (TCP only), to tell a request read since.
     pub(super) mark: Option<super::tcp::Mark>,
+    /// Whether its next request is hidden from the worker (see `hide`).
+    pub(super) hidden: super::hide::Hidden,
+    /// A copy of the request that waited unread when it was taken (see `hide`).
+    pub(super) copy: Option<Vec<u8>>,
 }
 
 /// What a grab found.
@@ -151,6 +155,8 @@ pub(super) fn grab(
         }
         out.held.push(Held {
             mark: super::tcp::mark(&dup),
+            hidden: super::hide::Hidden::Never,
+            copy: None,
             fd: dup,
             inode,
             upstream,

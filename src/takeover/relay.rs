@@ -37,21 +37,38 @@ pub(super) async fn serve(held: Held, mut claim: Claim, params: Params) {
     // anything on, failed after.
 }
 
-async fn answer(held: Held, claim: &mut Claim, hold: Duration) -> io::Result<()> {
+async fn answer(mut held: Held, claim: &mut Claim, hold: Duration) -> io::Result<()> {
     match tcp::judge(&held.fd, held.mark) {
         Some(Tcp::FinSent) => claim.fin_sent(),
-        Some(Tcp::Unanswered) => claim.unanswered(),
-        Some(Tcp::Open) | None => return relay_next(held, claim, hold).await,
+        Some(Tcp::Unanswered) => match dropped_copy(&mut held) {
+            // The request that waited at the take, read and dropped: sent on from its copy.
+            Some(copy) => return relay_next(held, claim, hold, copy).await,
+            None => claim.unanswered(),
+        },
+        Some(Tcp::Open) | None => return relay_next(held, claim, hold, Vec::new()).await,
     }
     Ok(())
 }
 
-/// The client's next request on a connection that can still carry one, relayed.
-async fn relay_next(held: Held, claim: &mut Claim, hold: Duration) -> io::Result<()> {
+/// The copy of the request that waited unread at the take, if what the worker read since
+/// is exactly it (and it never answered: the caller judged so).
+fn dropped_copy(held: &mut Held) -> Option<Vec<u8>> {
+    let read = tcp::read_since(&held.fd, held.mark?)?;
+    held.copy.take().filter(|c| c.len() as u64 == read)
+}
+
+/// The client's next request on a connection that can still carry one (`first`: a copy
+/// of it the worker read and dropped), relayed.
+async fn relay_next(
+    held: Held,
+    claim: &mut Claim,
+    hold: Duration,
+    first: Vec<u8>,
+) -> io::Result<()> {
     match &held.upstream {
         Upstream::Tcp(addr) => {
             let client = tcp(held.fd)?;
-            exchange(client, claim, hold, || {
+            exchange(client, claim, hold, first, || {
                 tokio::net::TcpStream::connect(*addr)
             })
             .await
@@ -60,7 +77,7 @@ async fn relay_next(held: Held, claim: &mut Claim, hold: Duration) -> io::Result
             let std = std::os::unix::net::UnixStream::from(held.fd);
             std.set_nonblocking(true)?;
             let client = tokio::net::UnixStream::from_std(std)?;
-            exchange(client, claim, hold, || {
+            exchange(client, claim, hold, first, || {
                 tokio::net::UnixStream::connect(path)
             })
             .await
@@ -69,6 +86,8 @@ async fn relay_next(held: Held, claim: &mut Claim, hold: Duration) -> io::Result
 }
 
 fn tcp(fd: OwnedFd) -> io::Result<tokio::net::TcpStream> {
+    // Its requests may have been hidden from the worker: not from the relay.
+    super::hide::show(&fd, super::hide::Hidden::Never);
     let std = std::net::TcpStream::from(fd);
     // Only now: O_NONBLOCK is shared with every duplicate, and the worker's are gone.
     std.set_nonblocking(true)?;
@@ -80,6 +99,7 @@ async fn exchange<C, U, F>(
     mut client: C,
     claim: &mut Claim,
     hold: Duration,
+    mut buf: Vec<u8>,
     connect: impl Fn() -> F,
 ) -> io::Result<()>
 where
@@ -87,11 +107,13 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
     F: std::future::Future<Output = io::Result<U>>,
 {
-    let mut buf = Vec::with_capacity(8192);
-    match tokio::time::timeout(hold, client.read_buf(&mut buf)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        // Nothing within the hold, EOF or an error: closed, as the worker meant.
-        _ => return Ok(()),
+    if buf.is_empty() {
+        buf.reserve(8192);
+        match tokio::time::timeout(hold, client.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            // Nothing within the hold, EOF or an error: closed, as the worker meant.
+            _ => return Ok(()),
+        }
     }
     let head = loop {
         match body::parse_head(&buf) {

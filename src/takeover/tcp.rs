@@ -34,6 +34,11 @@ pub(super) fn mark(fd: &OwnedFd) -> Option<Mark> {
     })
 }
 
+/// How much the worker read of `fd` since its mark `taken`.
+pub(super) fn read_since(fd: &OwnedFd, taken: Mark) -> Option<u64> {
+    Some(mark(fd)?.read.saturating_sub(taken.read))
+}
+
 /// Judges a released connection, taken with `taken` (its mark then).
 pub(super) fn judge(fd: &OwnedFd, taken: Option<Mark>) -> Option<Tcp> {
     let info = info(fd)?;
@@ -76,7 +81,7 @@ fn info(fd: &OwnedFd) -> Option<libc::tcp_info> {
 }
 
 /// Bytes waiting unread in the receive queue.
-fn unread(fd: &OwnedFd) -> Option<u64> {
+pub(super) fn unread(fd: &OwnedFd) -> Option<u64> {
     let mut unread: libc::c_int = 0;
     // SAFETY: FIONREAD writes one c_int into the live variable.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) };

@@ -18,7 +18,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::grab::{Held, sockets_of};
-use super::{Accepting, Batch, Claim, Params, relay};
+use std::sync::atomic::Ordering;
+
+use super::{Accepting, Batch, Claim, Params, hide, relay};
 
 /// How often a batch's tree is looked at while it still holds some of the connections.
 const EVERY: Duration = Duration::from_millis(20);
@@ -52,12 +54,15 @@ pub(super) async fn watch(
         let open: HashSet<u64> = found.iter().map(|(_, _, inode)| *inode).collect();
         // It may still accept while it has a held socket open (for at most NEW_WINDOW:
         // a worker that keeps fd 3 to its exit would be looked at until then).
-        if start.elapsed() >= NEW_WINDOW || !batch.listeners.inodes.iter().any(|l| open.contains(l))
-        {
+        let holds_listener = batch.listeners.inodes.iter().any(|l| open.contains(l));
+        let lets_go_of_listeners = accepting.is_some() && !holds_listener;
+        if start.elapsed() >= NEW_WINDOW || !holds_listener {
             // No more: relays waiting for it may go (the drop says so).
             accepting = None;
         }
-        if accepting.is_some() {
+        if accepting.is_some() || lets_go_of_listeners {
+            // The look that finds the listeners closed still takes what the tree accepted
+            // before it closed them: it can accept no more.
             waiting.extend(batch.grab(&found));
         }
         let (kept, released): (Vec<_>, Vec<_>) = waiting
@@ -67,10 +72,19 @@ pub(super) async fn watch(
             tokio::spawn(relay::serve(held, claim, params));
         }
         waiting = kept;
-        if (waiting.is_empty() && accepting.is_none()) || Instant::now() >= give_up {
+        let now = Instant::now();
+        let settling = batch.shared.settling.load(Ordering::Relaxed);
+        let phase = hide::phase(now - start, params.bound, settling);
+        for (held, _) in &mut waiting {
+            held.hidden = hide::step(&held.fd, held.hidden, phase, now);
+        }
+        if (waiting.is_empty() && accepting.is_none()) || now >= give_up {
             // Dropping what is left closes the duplicates (the worker's own fds, where
-            // some process still has them, keep the connections open) and counts them
-            // unused.
+            // some process still has them, keep the connections open, shown to it) and
+            // counts them unused.
+            for (held, _) in &waiting {
+                hide::show(&held.fd, hide::Hidden::Never);
+            }
             return;
         }
         let pace = match start.elapsed() {
