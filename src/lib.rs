@@ -50,6 +50,7 @@ pub mod procs;
 pub mod readiness;
 pub mod release;
 pub mod run;
+pub mod settings;
 pub mod sockets;
 pub mod spawn;
 pub mod supervisor;

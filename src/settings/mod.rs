@@ -1,0 +1,265 @@
+//! The run settings, each defined once: its help text and flag (clap), how the config
+//! file writes it and the bounds it is checked against, in one entry of the table below.
+//! The command line (`cli::RunArgs` flattens `RunSettings`), the config file
+//! (`config_file` deserializes it) and `--help`, the man pages and the completions
+//! (`generate`) all read this table; `config::RunConfig::load` layers the flags over the
+//! file with the one generic `RunSettings::over` and applies the defaults.
+//!
+//! Adding a setting is one entry here (doc, flag, file reader) and one line where
+//! `RunConfig::load` hands it to what uses it.
+
+pub mod file;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::builder::RangedI64ValueParser;
+use nix::sys::signal::Signal;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use toml::Value;
+
+use crate::sockets::ListenSpec;
+use crate::units::{
+    Batch, MAX_WORKERS, Readiness, StopTo, Warmup, parse_graceful_timeout, parse_hold,
+    parse_max_lifetime, parse_probation, parse_ready_timeout, parse_reload_timeout, parse_signal,
+    parse_size, parse_switch, parse_watchdog,
+};
+use file::{EnvTable, Key, Read, Slot, number, parsed, path, string};
+
+/// A number of workers from `lo` to MAX_WORKERS, as a flag's parser.
+pub fn workers_from(lo: u32) -> RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(i64::from(lo)..=i64::from(MAX_WORKERS))
+}
+
+/// Defines `RunSettings` from the table: each entry is a field with its doc and clap
+/// attributes, then `=>` how the file reads it: `{ CONVERTER }` (a `file::Conv` of one
+/// value, applied to each element of a list) or `[SEED]` (a seed of its own).
+macro_rules! run_settings {
+    ($(
+        $(#[$attr:meta])*
+        $field:ident: $ty:ty => $read:tt
+    ),* $(,)?) => {
+        /// The run settings as one source (the flags, or the config file) gives them:
+        /// every field unset (`None`, empty, false) unless that source gives it.
+        #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+        pub struct RunSettings {
+            $( $(#[$attr])* pub $field: $ty, )*
+        }
+
+        impl RunSettings {
+            /// The config file's keys, in the order an unknown key's error lists them.
+            pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// `self` over `under`, field by field: the first source that gives a setting
+            /// wins (`file::Slot::over`).
+            pub fn over(self, under: Self) -> Self {
+                RunSettings { $( $field: Slot::over(self.$field, under.$field), )* }
+            }
+
+            /// Reads the value of the file's key `key` (one of FIELDS) into its field.
+            fn read<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+                match key {
+                    $( stringify!($field) => self.$field = map.next_value_seed(seed!($field, $ty, $read))?, )*
+                    _ => {}
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+/// The seed that reads one entry's value out of the file.
+macro_rules! seed {
+    ($field:ident, $ty:ty, {$conv:expr}) => {
+        Read::<$ty>::new(stringify!($field), $conv)
+    };
+    ($field:ident, $ty:ty, [$seed:expr]) => {
+        $seed
+    };
+}
+
+run_settings! {
+    /// The worker program (config file only; on the command line it follows `--`).
+    #[arg(skip)]
+    command: Option<String> => { |v| string(v).and_then(|s| match s.is_empty() {
+        true => Err("must not be empty: give a path or a program name".into()),
+        false => Ok(s),
+    }) },
+
+    /// The worker program's arguments (config file only).
+    #[arg(skip)]
+    args: Option<Vec<String>> => { string },
+
+    /// Number of worker processes per generation [default: 2].
+    #[arg(long, short = 'w', value_parser = workers_from(1))]
+    workers: Option<u32> => { |v| number(v, 1, MAX_WORKERS, &format!("a whole number from 1 to {MAX_WORKERS}")) },
+
+    /// Bind this socket yourself instead of (or besides) taking systemd's LISTEN_FDS.
+    /// Forms: `127.0.0.1:8080`, `[::]:80`, `tcp:HOST:PORT`, `udp:HOST:PORT`,
+    /// `unix:/run/app.sock` or `unix:/run/app.sock,mode=0660`; prefix `NAME=` to set the
+    /// name workers see in LISTEN_FDNAMES. Repeatable; fds are passed in this order.
+    #[arg(long = "listen", value_name = "SPEC")]
+    listen: Vec<ListenSpec> => { |v| parsed(v, ListenSpec::from_str) },
+
+    /// How a new worker proves it serves [default: auto]. `auto`: a process of its tree
+    /// is seen waiting for connections on a held socket, and a worker that speaks
+    /// sd_notify has also sent READY=1; `listen`: the socket alone; `notify`: READY=1
+    /// alone; `delay:DURATION`: a timer (weaker: a slow start is taken for a ready one).
+    #[arg(long, value_name = "MODE")]
+    ready: Option<Readiness> => { |v| parsed(v, Readiness::from_str) },
+
+    /// A worker not ready after this long fails (and a reload rolls back); at least 1s
+    /// [default: 60s].
+    #[arg(long, value_parser = parse_ready_timeout, value_name = "DURATION")]
+    ready_timeout: Option<Duration> => { |v| parsed(v, parse_ready_timeout) },
+
+    /// Signal that asks an old worker to drain and exit [default: SIGTERM].
+    #[arg(long, value_parser = parse_signal, value_name = "SIGNAL")]
+    stop_signal: Option<Signal> => { |v| parsed(v, parse_signal) },
+
+    /// Where the stop signal goes: `group` (the worker's process group, so a wrapper
+    /// without `exec` passes nothing and its server still drains) or `main` (only the
+    /// process handover started) [default: group].
+    #[arg(long, value_name = "TARGET")]
+    stop_to: Option<StopTo> => { |v| parsed(v, StopTo::from_str) },
+
+    /// How a starting generation runs until it is ready: `low` (a low CPU weight, or a
+    /// nice value, so a CPU-heavy start leaves the serving workers alone) or `normal`
+    /// [default: low].
+    #[arg(long, value_name = "MODE")]
+    warmup: Option<Warmup> => { |v| parsed(v, Warmup::from_str) },
+
+    /// How long a draining worker may take before it is killed with SIGKILL [default: 30s].
+    #[arg(long, value_parser = parse_graceful_timeout, value_name = "DURATION")]
+    graceful_timeout: Option<Duration> => { |v| parsed(v, parse_graceful_timeout) },
+
+    /// Off the journal, prefix every line the workers write with `gen=N slot=S pid=P`
+    /// (handover then copies their output). Under journald each worker has a journal
+    /// stream of its own instead (`journalctl _PID=…`, identifier `NAME-genN`).
+    #[arg(long)]
+    log_prefix: bool => { |v| match v {
+        Value::Boolean(b) => Ok(*b),
+        _ => Err(format!("{v} is not true or false")),
+    } },
+
+    /// The takeover: a stopping worker's connections are held by handover, and the next
+    /// HTTP/1.x request on each one it lets go (a server closing its idle keep-alive
+    /// connections) is answered by the serving generation with `Connection: close`, so
+    /// no client sees a reset at a reload [default: on].
+    #[arg(long, value_parser = parse_switch, value_name = "on|off")]
+    takeover: Option<bool> => { |v| match v {
+        Value::Boolean(b) => Ok(*b),
+        _ => parsed(v, parse_switch),
+    } },
+
+    /// How long a connection a stopping worker let go waits for its next request before
+    /// handover closes it (a client waiting for a close-delimited end gets its EOF at
+    /// most this late) [default: 1s].
+    #[arg(long, value_parser = parse_hold, value_name = "DURATION")]
+    takeover_hold: Option<Duration> => { |v| parsed(v, parse_hold) },
+
+    /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat (0:
+    /// the whole generation at once); `auto`: as many new workers as the memory left
+    /// fits, measured before each batch (all at once when everything fits) [default: auto].
+    #[arg(long, value_name = "K|auto")]
+    batch: Option<Batch> => { |v| match v {
+        Value::String(s) if s == "auto" => Ok(Batch::Memory),
+        _ => number(
+            v,
+            0,
+            MAX_WORKERS,
+            &format!("\"auto\" or a whole number from 0 (all at once) to {MAX_WORKERS}"),
+        )
+        .map(Batch::Workers),
+    } },
+
+    /// Replace a worker older than this (plus up to 10 % jitter), its successor ready
+    /// before it stops; at least 1s.
+    #[arg(long, value_parser = parse_max_lifetime, value_name = "DURATION")]
+    max_lifetime: Option<Duration> => { |v| parsed(v, parse_max_lifetime) },
+
+    /// Replace a worker whose private memory (its tree's USS) exceeds this (e.g. 512M),
+    /// successor first.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    max_memory: Option<u64> => { |v| parsed(v, parse_size) },
+
+    /// Worker watchdog: workers get WATCHDOG_USEC and must send WATCHDOG=1 at least this
+    /// often (at least 1s); a silent one is replaced, successor first.
+    #[arg(long, value_parser = parse_watchdog, value_name = "DURATION")]
+    watchdog: Option<Duration> => { |v| parsed(v, parse_watchdog) },
+
+    /// Probation: once a reload's new workers are ready, the old generation keeps serving
+    /// beside them this long; a new worker that exits meanwhile rolls the reload back.
+    /// `handover reload` returns after the window [default: none].
+    #[arg(long, value_parser = parse_probation, value_name = "DURATION")]
+    probation: Option<Duration> => { |v| parsed(v, parse_probation) },
+
+    /// Canary: a reload starts K new workers first; once they are ready (and have served
+    /// the probation, if set) beside the whole old generation, the rest follows by
+    /// `--batch` [default: none].
+    #[arg(long, value_name = "K", value_parser = workers_from(1))]
+    canary: Option<u32> => { |v| number(v, 1, MAX_WORKERS, "a whole number of canary workers from 1 to workers, or leave it out") },
+
+    /// The time a reload may take: keep it below the unit's TimeoutStartSec (which bounds
+    /// `systemctl reload`) and pass the same to `handover reload --timeout`; a probation
+    /// that cannot fit in it is refused [default: 80s].
+    #[arg(long, value_parser = parse_reload_timeout, value_name = "DURATION")]
+    reload_timeout: Option<Duration> => { |v| parsed(v, parse_reload_timeout) },
+
+    /// Working directory of the workers. Resolved (symlinks followed) when a generation
+    /// is created and pinned for its life: a `current` symlink switched by a deploy takes
+    /// effect at the next reload and never reaches a running generation. A relative
+    /// command (`./server`) is found in this directory.
+    #[arg(long, value_name = "DIR")]
+    chdir: Option<PathBuf> => { path },
+
+    // The environment is layered, not overridden (`RunSettings::environment`).
+    /// Read KEY=VALUE lines for the workers' environment from FILE (read at every reload).
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf> => { path },
+
+    /// Write the manager's pid here once the sockets are held (kept across an in-place
+    /// upgrade, removed at exit); a file naming a running handover refuses the start.
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf> => { path },
+
+    /// Write the metrics (as `handover metrics` prints them) to this file at every change,
+    /// atomically, for node_exporter's textfile collector (e.g.
+    /// /var/lib/node_exporter/textfile/myapp.prom). Read at start only.
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf> => { path },
+
+    /// Set an environment variable for the workers (KEY=VALUE). Repeatable.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    env: Vec<(OsString, OsString)> => [EnvTable],
+}
+
+impl<'de> Deserialize<'de> for RunSettings {
+    /// The config file's schema: the keys of the table above, each read by its entry.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Table;
+        impl<'de> Visitor<'de> for Table {
+            type Value = RunSettings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table of settings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RunSettings, A::Error> {
+                let mut out = RunSettings::default();
+                while let Some(key) = map.next_key_seed(Key(RunSettings::FIELDS))? {
+                    out.read(&key, &mut map)?;
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_struct("RunSettings", RunSettings::FIELDS, Table)
+    }
+}
+
+fn parse_env_pair(s: &str) -> Result<(OsString, OsString), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
