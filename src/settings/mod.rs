@@ -33,14 +33,40 @@ pub fn workers_from(lo: u32) -> RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(i64::from(lo)..=i64::from(MAX_WORKERS))
 }
 
-/// Defines `RunSettings` from the table: each entry is a field with its doc and clap
-/// attributes, then `=>` how the file reads it: `{ CONVERTER }` (a `file::Conv` of one
-/// value, applied to each element of a list) or `[SEED]` (a seed of its own).
+/// Defines `RunSettings` from the table. Each entry is a field with its doc and clap
+/// attributes, then `=>` how the file reads it:
+/// - `parse(F)`: as the flag does, by `F: fn(&str) -> Result<T, String>` (also the flag's
+///   `value_parser`); a TOML number or boolean is read as its text (`30` seconds);
+/// - `{ CONV }`: by a `file::Conv` of one value (each element of a list);
+/// - `[SEED]`: by a seed of its own.
+///
+/// The entries are first brought to one form (`@entry`), then the struct is written
+/// (`@emit`).
 macro_rules! run_settings {
-    ($(
-        $(#[$attr:meta])*
-        $field:ident: $ty:ty => $read:tt
-    ),* $(,)?) => {
+    (@entry [$($done:tt)*]
+        $(#[$attr:meta])* $field:ident: $ty:ty => parse($parse:path), $($rest:tt)*
+    ) => {
+        run_settings!(@entry [$($done)*
+            [$(#[$attr])* #[arg(value_parser = $parse)]] $field: $ty
+                => (Read::<$ty>::new(stringify!($field), |v| parsed(v, $parse)));
+        ] $($rest)*);
+    };
+    (@entry [$($done:tt)*]
+        $(#[$attr:meta])* $field:ident: $ty:ty => {$conv:expr}, $($rest:tt)*
+    ) => {
+        run_settings!(@entry [$($done)*
+            [$(#[$attr])*] $field: $ty => (Read::<$ty>::new(stringify!($field), $conv));
+        ] $($rest)*);
+    };
+    (@entry [$($done:tt)*]
+        $(#[$attr:meta])* $field:ident: $ty:ty => [$seed:expr], $($rest:tt)*
+    ) => {
+        run_settings!(@entry [$($done)* [$(#[$attr])*] $field: $ty => ($seed);] $($rest)*);
+    };
+    (@entry [$($done:tt)*]) => {
+        run_settings!(@emit $($done)*);
+    };
+    (@emit $([$(#[$attr:meta])*] $field:ident: $ty:ty => ($seed:expr);)*) => {
         /// The run settings as one source (the flags, or the config file) gives them:
         /// every field unset (`None`, empty, false) unless that source gives it.
         #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
@@ -59,24 +85,21 @@ macro_rules! run_settings {
             }
 
             /// Reads the value of the file's key `key` (one of FIELDS) into its field.
-            fn read<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+            fn read<'de, A: MapAccess<'de>>(
+                &mut self,
+                key: &str,
+                map: &mut A,
+            ) -> Result<(), A::Error> {
                 match key {
-                    $( stringify!($field) => self.$field = map.next_value_seed(seed!($field, $ty, $read))?, )*
+                    $( stringify!($field) => self.$field = map.next_value_seed($seed)?, )*
                     _ => {}
                 }
                 Ok(())
             }
         }
     };
-}
-
-/// The seed that reads one entry's value out of the file.
-macro_rules! seed {
-    ($field:ident, $ty:ty, {$conv:expr}) => {
-        Read::<$ty>::new(stringify!($field), $conv)
-    };
-    ($field:ident, $ty:ty, [$seed:expr]) => {
-        $seed
+    ($($entries:tt)*) => {
+        run_settings!(@entry [] $($entries)*);
     };
 }
 
@@ -101,39 +124,39 @@ run_settings! {
     /// `unix:/run/app.sock` or `unix:/run/app.sock,mode=0660`; prefix `NAME=` to set the
     /// name workers see in LISTEN_FDNAMES. Repeatable; fds are passed in this order.
     #[arg(long = "listen", value_name = "SPEC")]
-    listen: Vec<ListenSpec> => { |v| parsed(v, ListenSpec::from_str) },
+    listen: Vec<ListenSpec> => parse(ListenSpec::from_str),
 
     /// How a new worker proves it serves [default: auto]. `auto`: a process of its tree
     /// is seen waiting for connections on a held socket, and a worker that speaks
     /// sd_notify has also sent READY=1; `listen`: the socket alone; `notify`: READY=1
     /// alone; `delay:DURATION`: a timer (weaker: a slow start is taken for a ready one).
     #[arg(long, value_name = "MODE")]
-    ready: Option<Readiness> => { |v| parsed(v, Readiness::from_str) },
+    ready: Option<Readiness> => parse(Readiness::from_str),
 
     /// A worker not ready after this long fails (and a reload rolls back); at least 1s
     /// [default: 60s].
-    #[arg(long, value_parser = parse_ready_timeout, value_name = "DURATION")]
-    ready_timeout: Option<Duration> => { |v| parsed(v, parse_ready_timeout) },
+    #[arg(long, value_name = "DURATION")]
+    ready_timeout: Option<Duration> => parse(parse_ready_timeout),
 
     /// Signal that asks an old worker to drain and exit [default: SIGTERM].
-    #[arg(long, value_parser = parse_signal, value_name = "SIGNAL")]
-    stop_signal: Option<Signal> => { |v| parsed(v, parse_signal) },
+    #[arg(long, value_name = "SIGNAL")]
+    stop_signal: Option<Signal> => parse(parse_signal),
 
     /// Where the stop signal goes: `group` (the worker's process group, so a wrapper
     /// without `exec` passes nothing and its server still drains) or `main` (only the
     /// process handover started) [default: group].
     #[arg(long, value_name = "TARGET")]
-    stop_to: Option<StopTo> => { |v| parsed(v, StopTo::from_str) },
+    stop_to: Option<StopTo> => parse(StopTo::from_str),
 
     /// How a starting generation runs until it is ready: `low` (a low CPU weight, or a
     /// nice value, so a CPU-heavy start leaves the serving workers alone) or `normal`
     /// [default: low].
     #[arg(long, value_name = "MODE")]
-    warmup: Option<Warmup> => { |v| parsed(v, Warmup::from_str) },
+    warmup: Option<Warmup> => parse(Warmup::from_str),
 
     /// How long a draining worker may take before it is killed with SIGKILL [default: 30s].
-    #[arg(long, value_parser = parse_graceful_timeout, value_name = "DURATION")]
-    graceful_timeout: Option<Duration> => { |v| parsed(v, parse_graceful_timeout) },
+    #[arg(long, value_name = "DURATION")]
+    graceful_timeout: Option<Duration> => parse(parse_graceful_timeout),
 
     /// Off the journal, prefix every line the workers write with `gen=N slot=S pid=P`
     /// (handover then copies their output). Under journald each worker has a journal
@@ -157,8 +180,8 @@ run_settings! {
     /// How long a connection a stopping worker let go waits for its next request before
     /// handover closes it (a client waiting for a close-delimited end gets its EOF at
     /// most this late) [default: 1s].
-    #[arg(long, value_parser = parse_hold, value_name = "DURATION")]
-    takeover_hold: Option<Duration> => { |v| parsed(v, parse_hold) },
+    #[arg(long, value_name = "DURATION")]
+    takeover_hold: Option<Duration> => parse(parse_hold),
 
     /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat (0:
     /// the whole generation at once); `auto`: as many new workers as the memory left
@@ -177,24 +200,24 @@ run_settings! {
 
     /// Replace a worker older than this (plus up to 10 % jitter), its successor ready
     /// before it stops; at least 1s.
-    #[arg(long, value_parser = parse_max_lifetime, value_name = "DURATION")]
-    max_lifetime: Option<Duration> => { |v| parsed(v, parse_max_lifetime) },
+    #[arg(long, value_name = "DURATION")]
+    max_lifetime: Option<Duration> => parse(parse_max_lifetime),
 
     /// Replace a worker whose private memory (its tree's USS) exceeds this (e.g. 512M),
     /// successor first.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    max_memory: Option<u64> => { |v| parsed(v, parse_size) },
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<u64> => parse(parse_size),
 
     /// Worker watchdog: workers get WATCHDOG_USEC and must send WATCHDOG=1 at least this
     /// often (at least 1s); a silent one is replaced, successor first.
-    #[arg(long, value_parser = parse_watchdog, value_name = "DURATION")]
-    watchdog: Option<Duration> => { |v| parsed(v, parse_watchdog) },
+    #[arg(long, value_name = "DURATION")]
+    watchdog: Option<Duration> => parse(parse_watchdog),
 
     /// Probation: once a reload's new workers are ready, the old generation keeps serving
     /// beside them this long; a new worker that exits meanwhile rolls the reload back.
     /// `handover reload` returns after the window [default: none].
-    #[arg(long, value_parser = parse_probation, value_name = "DURATION")]
-    probation: Option<Duration> => { |v| parsed(v, parse_probation) },
+    #[arg(long, value_name = "DURATION")]
+    probation: Option<Duration> => parse(parse_probation),
 
     /// Canary: a reload starts K new workers first; once they are ready (and have served
     /// the probation, if set) beside the whole old generation, the rest follows by
@@ -205,8 +228,8 @@ run_settings! {
     /// The time a reload may take: keep it below the unit's TimeoutStartSec (which bounds
     /// `systemctl reload`) and pass the same to `handover reload --timeout`; a probation
     /// that cannot fit in it is refused [default: 80s].
-    #[arg(long, value_parser = parse_reload_timeout, value_name = "DURATION")]
-    reload_timeout: Option<Duration> => { |v| parsed(v, parse_reload_timeout) },
+    #[arg(long, value_name = "DURATION")]
+    reload_timeout: Option<Duration> => parse(parse_reload_timeout),
 
     /// Working directory of the workers. Resolved (symlinks followed) when a generation
     /// is created and pinned for its life: a `current` symlink switched by a deploy takes
