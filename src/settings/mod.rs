@@ -37,6 +37,8 @@ pub fn workers_from(lo: u32) -> RangedI64ValueParser<u32> {
 /// attributes, then `=>` how the file reads it:
 /// - `parse(F)`: as the flag does, by `F: fn(&str) -> Result<T, String>` (also the flag's
 ///   `value_parser`); a TOML number or boolean is read as its text (`30` seconds);
+/// - `count(LO, WHAT)`: a number of workers from LO to MAX_WORKERS (the flag's parser
+///   too); WHAT says what is allowed;
 /// - `{ CONV }`: by a `file::Conv` of one value (each element of a list);
 /// - `[SEED]`: by a seed of its own.
 ///
@@ -49,6 +51,14 @@ macro_rules! run_settings {
         run_settings!(@entry [$($done)*
             [$(#[$attr])* #[arg(value_parser = $parse)]] $field: $ty
                 => (Read::<$ty>::new(stringify!($field), |v| parsed(v, $parse)));
+        ] $($rest)*);
+    };
+    (@entry [$($done:tt)*]
+        $(#[$attr:meta])* $field:ident: $ty:ty => count($lo:expr, $what:expr), $($rest:tt)*
+    ) => {
+        run_settings!(@entry [$($done)*
+            [$(#[$attr])* #[arg(value_parser = workers_from($lo))]] $field: $ty
+                => (Read::<$ty>::new(stringify!($field), |v| number(v, $lo, MAX_WORKERS, &$what)));
         ] $($rest)*);
     };
     (@entry [$($done:tt)*]
@@ -116,8 +126,8 @@ run_settings! {
     args: Option<Vec<String>> => { string },
 
     /// Number of worker processes per generation [default: 2].
-    #[arg(long, short = 'w', value_parser = workers_from(1))]
-    workers: Option<u32> => { |v| number(v, 1, MAX_WORKERS, &format!("a whole number from 1 to {MAX_WORKERS}")) },
+    #[arg(long, short = 'w')]
+    workers: Option<u32> => count(1, format!("a whole number from 1 to {MAX_WORKERS}")),
 
     /// Bind this socket yourself instead of (or besides) taking systemd's LISTEN_FDS.
     /// Forms: `127.0.0.1:8080`, `[::]:80`, `tcp:HOST:PORT`, `udp:HOST:PORT`,
@@ -222,8 +232,8 @@ run_settings! {
     /// Canary: a reload starts K new workers first; once they are ready (and have served
     /// the probation, if set) beside the whole old generation, the rest follows by
     /// `--batch` [default: none].
-    #[arg(long, value_name = "K", value_parser = workers_from(1))]
-    canary: Option<u32> => { |v| number(v, 1, MAX_WORKERS, "a whole number of canary workers from 1 to workers, or leave it out") },
+    #[arg(long, value_name = "K")]
+    canary: Option<u32> => count(1, "a whole number of canary workers from 1 to workers, or leave it out"),
 
     /// The time a reload may take: keep it below the unit's TimeoutStartSec (which bounds
     /// `systemctl reload`) and pass the same to `handover reload --timeout`; a probation
@@ -284,5 +294,80 @@ fn parse_env_pair(s: &str) -> Result<(OsString, OsString), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
         _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn flags(args: &[&str]) -> RunSettings {
+        let argv = [&["handover", "run"][..], args, &["--", "x"]].concat();
+        match Cli::parse_from(argv).command {
+            Command::Run(run) => run.settings,
+            _ => unreachable!("parsed as `run`"),
+        }
+    }
+
+    fn file(text: &str) -> RunSettings {
+        crate::config_file::parse(text, Path::new("/h.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_flags_stand_over_the_file_setting_by_setting() {
+        let under = file(
+            "workers = 2\ncanary = 1\nlisten = [\"127.0.0.1:1\"]\nlog_prefix = true\n\
+             takeover = false\n[env]\nA = \"1\"\n",
+        );
+        let over = flags(&["-w", "3", "--listen", "127.0.0.1:2", "--takeover", "on"]);
+        let got = over.over(under);
+        assert_eq!(got.workers, Some(3));
+        assert_eq!(got.canary, Some(1));
+        assert_eq!(got.listen, vec!["127.0.0.1:2".parse().unwrap()]);
+        assert!(got.log_prefix);
+        assert_eq!(got.takeover, Some(true));
+        assert_eq!(got.env, vec![("A".into(), "1".into())]);
+        assert_eq!(
+            flags(&[]).over(RunSettings::default()),
+            RunSettings::default()
+        );
+    }
+
+    #[test]
+    fn a_value_reads_the_same_as_a_flag_and_in_the_file() {
+        let by_flags = flags(&[
+            "--ready",
+            "delay:2s",
+            "--stop-signal",
+            "quit",
+            "--max-memory",
+            "512M",
+            "--takeover-hold",
+            "500ms",
+        ]);
+        let in_file = file(
+            "ready = \"delay:2s\"\nstop_signal = \"quit\"\nmax_memory = \"512M\"\n\
+             takeover_hold = \"500ms\"\n",
+        );
+        assert_eq!(by_flags, in_file);
+    }
+
+    /// Every key of the file but the worker command and the `[env]` table is a flag of
+    /// `handover run` (and so in `--help`, the man page and the completions).
+    #[test]
+    fn every_setting_is_a_flag_and_a_key() {
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").expect("a run subcommand");
+        let longs: Vec<&str> = run.get_arguments().filter_map(|a| a.get_long()).collect();
+        for key in RunSettings::FIELDS {
+            let flag = key.replace('_', "-");
+            let file_only = ["command", "args"].contains(key);
+            assert_eq!(longs.contains(&flag.as_str()), !file_only, "{key}");
+        }
     }
 }
