@@ -2,37 +2,26 @@
 //! unit's command line. Every error is one line naming the file, the line and the field,
 //! and saying what is allowed, because a person reads it in `systemctl status`.
 //!
+//! The file's keys are the run settings (`settings::RunSettings`, where each is defined
+//! with its flag): a flag's name with `_` for `-`, plus `command`, `args` and an `[env]`
+//! table (`examples/handover.toml` is a commented example):
+//!
 //! ```toml
 //! command = "/srv/app/current/bin/server"   # a path, or a name looked up in PATH
 //! args = ["--port-fd", "3"]
 //! workers = 4                              # 1 to 4096
-//! listen = ["127.0.0.1:8080"]              # only when handover binds the sockets itself
-//! ready = "auto"                           # or "listen", "notify", "delay:2s"
 //! ready_timeout = "60s"
-//! stop_signal = "SIGTERM"
-//! stop_to = "group"                        # or "main": the process handover started
-//! warmup = "low"                           # or "normal": starting workers' CPU priority
-//! graceful_timeout = "30s"
-//! batch = "auto"                           # rolling reload: "auto" = sized by memory (default), K at a time, 0 = all at once
-//! probation = "30s"                        # new workers serve beside the old this long
-//! canary = 1                               # new workers on probation before the rest
-//! reload_timeout = "80s"                   # below TimeoutStartSec; probation fits in it
-//! chdir = "/srv/app/current"
-//! log_prefix = false                       # off the journal: `gen=N slot=S pid=P` lines
-//! takeover = true                          # answer what a stopping worker lets go
-//! takeover_hold = "1s"                     # how long such a connection waits for a request
 //! env_file = "/etc/myapp/env"              # relative: against this file's directory
-//! pid_file = "/run/myapp/handover.pid"     # read at start only
-//! metrics_file = "/var/lib/node_exporter/textfile/myapp.prom"  # read at start only
 //! [env]
 //! RUST_LOG = "info"
 //! ```
 //!
 //! Every field is optional; unknown fields are errors. Durations and signals may also be
 //! bare numbers (seconds, signal numbers). A duration is above 0 and at most a year;
-//! ready_timeout, reload_timeout, max_lifetime and watchdog at least 1s (`units`). The env file has `KEY=VALUE` lines, `#`
-//! comments and blank lines, an optional `export ` prefix and optional matching single or
-//! double quotes around the value; a key is `[A-Za-z_][A-Za-z0-9_]*`.
+//! ready_timeout, reload_timeout, max_lifetime and watchdog at least 1s (`units`). The
+//! env file has `KEY=VALUE` lines, `#` comments and blank lines, an optional `export `
+//! prefix and optional matching single or double quotes around the value; a key is
+//! `[A-Za-z_][A-Za-z0-9_]*`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -272,6 +261,13 @@ A_FIRST = "x=y"
         assert!(err("worker = 2").ends_with(
             ", batch, max_lifetime, max_memory, watchdog, probation, canary, reload_timeout, chdir, env_file, pid_file, metrics_file, env"
         ));
+    }
+
+    /// The shipped example is a valid file.
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../examples/handover.toml");
+        parse(text, Path::new("examples/handover.toml")).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]
