@@ -5,8 +5,9 @@
 //! (`generate`) all read this table; `config::RunConfig::load` layers the flags over the
 //! file with the one generic `RunSettings::over` and applies the defaults.
 //!
-//! Adding a setting is one entry here (doc, flag, file reader) and one line where
-//! `RunConfig::load` hands it to what uses it.
+//! Adding a setting is one entry here (doc, flag, file reader, bounds) and one line where
+//! `config` hands it, with its default, to what uses it (`config::supervisor_settings`
+//! for the supervisor's `Settings`), plus its line in `handover check`'s output.
 
 pub mod file;
 
@@ -89,7 +90,7 @@ macro_rules! run_settings {
             pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
 
             /// `self` over `under`, field by field: the first source that gives a setting
-            /// wins (`file::Slot::over`).
+            /// wins (`file::Slot::over`). Not for env_file and env, which are layered.
             pub fn over(self, under: Self) -> Self {
                 RunSettings { $( $field: Slot::over(self.$field, under.$field), )* }
             }
@@ -248,7 +249,8 @@ run_settings! {
     #[arg(long, value_name = "DIR")]
     chdir: Option<PathBuf> => { path },
 
-    // The environment is layered, not overridden (`RunSettings::environment`).
+    // env_file and env are layered, not overridden: `config::RunConfig::load` takes each
+    // source's env_file then env, the file's before the flags'.
     /// Read KEY=VALUE lines for the workers' environment from FILE (read at every reload).
     #[arg(long, value_name = "FILE")]
     env_file: Option<PathBuf> => { path },
