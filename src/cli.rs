@@ -1,5 +1,6 @@
-//! The command line, defined once with clap: `--help` (and later the man page and shell
-//! completions) come from these definitions, so a flag is documented exactly here.
+//! The command line, defined once with clap: `--help`, the man pages and the shell
+//! completions come from these definitions, so a flag is documented exactly here. The run
+//! settings the config file gives too are defined in `settings` and flattened in.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -8,12 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::demo_worker::DemoWorkerArgs;
+use crate::settings::{RunSettings, workers_from};
 use crate::sockets::ListenSpec;
-use crate::units::{
-    Batch, MAX_WORKERS, Readiness, StopTo, Warmup, parse_duration, parse_graceful_timeout,
-    parse_hold, parse_max_lifetime, parse_probation, parse_ready_timeout, parse_reload_timeout,
-    parse_signal, parse_size, parse_switch, parse_wait, parse_watchdog,
-};
+use crate::units::{parse_duration, parse_wait};
 
 /// Zero-downtime restarts for any server under systemd.
 ///
@@ -88,136 +86,13 @@ pub struct RunArgs {
     #[arg(long, short = 'c', value_name = "FILE", env = "HANDOVER_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Bind this socket yourself instead of (or besides) taking systemd's LISTEN_FDS.
-    /// Forms: `127.0.0.1:8080`, `[::]:80`, `tcp:HOST:PORT`, `udp:HOST:PORT`,
-    /// `unix:/run/app.sock` or `unix:/run/app.sock,mode=0660`; prefix `NAME=` to set the
-    /// name workers see in LISTEN_FDNAMES. Repeatable; fds are passed in this order.
-    #[arg(long = "listen", value_name = "SPEC")]
-    pub listen: Vec<ListenSpec>,
-
-    /// Number of worker processes per generation [default: 2].
-    #[arg(long, short = 'w', value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
-    pub workers: Option<u32>,
-
-    /// How a new worker proves it serves [default: auto]. `auto`: a process of its tree
-    /// is seen waiting for connections on a held socket, and a worker that speaks
-    /// sd_notify has also sent READY=1; `listen`: the socket alone; `notify`: READY=1
-    /// alone; `delay:DURATION`: a timer (weaker: a slow start is taken for a ready one).
-    #[arg(long, value_name = "MODE")]
-    pub ready: Option<Readiness>,
-
-    /// A worker not ready after this long fails (and a reload rolls back); at least 1s
-    /// [default: 60s].
-    #[arg(long, value_parser = parse_ready_timeout, value_name = "DURATION")]
-    pub ready_timeout: Option<Duration>,
-
-    /// Signal that asks an old worker to drain and exit [default: SIGTERM].
-    #[arg(long, value_parser = parse_signal, value_name = "SIGNAL")]
-    pub stop_signal: Option<nix::sys::signal::Signal>,
-
-    /// Where the stop signal goes: `group` (the worker's process group, so a wrapper
-    /// without `exec` passes nothing and its server still drains) or `main` (only the
-    /// process handover started) [default: group].
-    #[arg(long, value_name = "TARGET")]
-    pub stop_to: Option<StopTo>,
-
-    /// How a starting generation runs until it is ready: `low` (a low CPU weight, or a
-    /// nice value, so a CPU-heavy start leaves the serving workers alone) or `normal`
-    /// [default: low].
-    #[arg(long, value_name = "MODE")]
-    pub warmup: Option<Warmup>,
-
-    /// How long a draining worker may take before it is killed with SIGKILL [default: 30s].
-    #[arg(long, value_parser = parse_graceful_timeout, value_name = "DURATION")]
-    pub graceful_timeout: Option<Duration>,
-
-    /// Rolling reload: start K new workers, wait for them, stop K old ones, repeat (0:
-    /// the whole generation at once); `auto`: as many new workers as the memory left
-    /// fits, measured before each batch (all at once when everything fits) [default: auto].
-    #[arg(long, value_name = "K|auto")]
-    pub batch: Option<Batch>,
-
-    /// Probation: once a reload's new workers are ready, the old generation keeps serving
-    /// beside them this long; a new worker that exits meanwhile rolls the reload back.
-    /// `handover reload` returns after the window [default: none].
-    #[arg(long, value_parser = parse_probation, value_name = "DURATION")]
-    pub probation: Option<Duration>,
-
-    /// Canary: a reload starts K new workers first; once they are ready (and have served
-    /// the probation, if set) beside the whole old generation, the rest follows by
-    /// `--batch` [default: none].
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
-    pub canary: Option<u32>,
-
-    /// The time a reload may take: keep it below the unit's TimeoutStartSec (which bounds
-    /// `systemctl reload`) and pass the same to `handover reload --timeout`; a probation
-    /// that cannot fit in it is refused [default: 80s].
-    #[arg(long, value_parser = parse_reload_timeout, value_name = "DURATION")]
-    pub reload_timeout: Option<Duration>,
-
-    /// Replace a worker older than this (plus up to 10 % jitter), its successor ready
-    /// before it stops; at least 1s.
-    #[arg(long, value_parser = parse_max_lifetime, value_name = "DURATION")]
-    pub max_lifetime: Option<Duration>,
-
-    /// Replace a worker whose private memory (its tree's USS) exceeds this (e.g. 512M),
-    /// successor first.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub max_memory: Option<u64>,
-
-    /// Worker watchdog: workers get WATCHDOG_USEC and must send WATCHDOG=1 at least this
-    /// often (at least 1s); a silent one is replaced, successor first.
-    #[arg(long, value_parser = parse_watchdog, value_name = "DURATION")]
-    pub watchdog: Option<Duration>,
-
-    /// Set an environment variable for the workers (KEY=VALUE). Repeatable.
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env_pair)]
-    pub env: Vec<(OsString, OsString)>,
-
-    /// Read KEY=VALUE lines for the workers' environment from FILE (read at every reload).
-    #[arg(long, value_name = "FILE")]
-    pub env_file: Option<PathBuf>,
-
-    /// Working directory of the workers. Resolved (symlinks followed) when a generation
-    /// is created and pinned for its life: a `current` symlink switched by a deploy takes
-    /// effect at the next reload and never reaches a running generation. A relative
-    /// command (`./server`) is found in this directory.
-    #[arg(long, value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-
-    /// Off the journal, prefix every line the workers write with `gen=N slot=S pid=P`
-    /// (handover then copies their output). Under journald each worker has a journal
-    /// stream of its own instead (`journalctl _PID=…`, identifier `NAME-genN`).
-    #[arg(long)]
-    pub log_prefix: bool,
-
-    /// The takeover: a stopping worker's connections are held by handover, and the next
-    /// HTTP/1.x request on each one it lets go (a server closing its idle keep-alive
-    /// connections) is answered by the serving generation with `Connection: close`, so
-    /// no client sees a reset at a reload [default: on].
-    #[arg(long, value_parser = parse_switch, value_name = "on|off")]
-    pub takeover: Option<bool>,
-
-    /// How long a connection a stopping worker let go waits for its next request before
-    /// handover closes it (a client waiting for a close-delimited end gets its EOF at
-    /// most this late) [default: 1s].
-    #[arg(long, value_parser = parse_hold, value_name = "DURATION")]
-    pub takeover_hold: Option<Duration>,
+    // The settings the config file may give too (`crate::settings`).
+    #[command(flatten)]
+    pub settings: RunSettings,
 
     /// Control socket path [default: $RUNTIME_DIRECTORY/handover.sock under systemd].
     #[arg(long, value_name = "PATH", env = "HANDOVER_CONTROL")]
     pub control: Option<PathBuf>,
-
-    /// Write the manager's pid here once the sockets are held (kept across an in-place
-    /// upgrade, removed at exit); a file naming a running handover refuses the start.
-    #[arg(long, value_name = "PATH")]
-    pub pid_file: Option<PathBuf>,
-
-    /// Write the metrics (as `handover metrics` prints them) to this file at every change,
-    /// atomically, for node_exporter's textfile collector (e.g.
-    /// /var/lib/node_exporter/textfile/myapp.prom). Read at start only.
-    #[arg(long, value_name = "PATH")]
-    pub metrics_file: Option<PathBuf>,
 
     /// The worker command and its arguments (after `--`), unless the config file has it.
     #[arg(last = true, value_name = "CMD")]
@@ -305,7 +180,7 @@ pub struct ScaleArgs {
     #[command(flatten)]
     pub control: ControlArgs,
     /// The number of workers to run.
-    #[arg(value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
+    #[arg(value_parser = workers_from(1))]
     pub workers: u32,
 }
 
@@ -318,7 +193,7 @@ pub struct InitArgs {
     #[arg(long = "listen", value_name = "SPEC")]
     pub listen: Vec<ListenSpec>,
     /// Workers per generation, written into the config.
-    #[arg(long, short = 'w', default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
+    #[arg(long, short = 'w', default_value_t = 2, value_parser = workers_from(1))]
     pub workers: u32,
     /// Run the app as this existing user (`User=`), e.g. the deploy user that owns its
     /// files. Default: `DynamicUser=yes`, a fresh unprivileged user that systemd allocates
@@ -351,17 +226,10 @@ pub struct DemoArgs {
     pub listen: ListenSpec,
 
     /// Number of demo workers.
-    #[arg(long, short = 'w', default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
+    #[arg(long, short = 'w', default_value_t = 2, value_parser = workers_from(1))]
     pub workers: u32,
 
     /// Control socket, for `handover reload|status --control PATH`.
     #[arg(long, value_name = "PATH", env = "HANDOVER_CONTROL")]
     pub control: Option<PathBuf>,
-}
-
-fn parse_env_pair(s: &str) -> Result<(OsString, OsString), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
-    }
 }

@@ -1,16 +1,17 @@
-//! Validated run configuration: the flags turned into the settings the supervisor and the
-//! spawner use. Every error names the value at fault and what would be accepted, because
-//! a person reads it in a terminal or in `systemctl status`.
-
+//! Validated run configuration: the flags layered over the config file (both one
+//! `settings::RunSettings`), the defaults applied, and the result turned into the settings
+//! the supervisor and the spawner use. Every error names the value at fault and what would
+//! be accepted, because a person reads it in a terminal or in `systemctl status`.
 //!
-//! Imports: the flags (`cli`) and the file (`config_file`) come in, both built on the leaf
-//! types of `units`; neither of those imports this module.
+//! Imports: the flags (`cli`) and the file (`config_file`) come in, both built on
+//! `settings` and the leaf types of `units`; none of those imports this module.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::cli::RunArgs;
 use crate::release::{Release, ReleaseError};
+use crate::settings::RunSettings;
 use crate::sockets::ListenSpec;
 use crate::supervisor::Settings;
 use crate::units::{
@@ -77,102 +78,27 @@ impl RunConfig {
     pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => crate::config_file::load(path)?,
-            None => crate::config_file::FileConfig::default(),
+            None => RunSettings::default(),
         };
-        let (program, rest): (OsString, Vec<OsString>) = match args.command.split_first() {
-            Some((p, rest)) => (p.clone(), rest.to_vec()),
-            None => {
-                let p = file.command.clone().ok_or(ConfigError::NoCommand)?;
-                let rest = file.args.clone().unwrap_or_default();
-                (p.into(), rest.into_iter().map(OsString::from).collect())
-            }
-        };
-        let chdir = args.chdir.clone().or(file.chdir.clone());
-        // Later sources win: the file's env_file, its [env], --env-file, --env.
-        let mut env: Vec<(OsString, OsString)> = Vec::new();
-        let mut add = |pairs: Vec<(String, String)>| {
-            env.extend(pairs.into_iter().map(|(k, v)| (k.into(), v.into())));
-        };
-        if let Some(f) = &file.env_file {
-            add(crate::config_file::read_env_file(f)?);
-        }
-        add(file.env.clone());
-        if let Some(f) = &args.env_file {
-            add(crate::config_file::read_env_file(f)?);
-        }
-        env.extend(args.env.iter().cloned());
-        for (k, _) in &env {
-            if k.as_bytes().contains(&b'=') || k.as_bytes().contains(&0) || k.is_empty() {
-                return Err(ConfigError::BadEnv(k.to_string_lossy().into_owned()));
-            }
-            if let Some(how) = crate::spawn::reserved(k) {
-                return Err(ConfigError::ReservedEnv(
-                    k.to_string_lossy().into_owned(),
-                    how,
-                ));
-            }
-        }
+        let (program, rest) = command(&args.command, &file)?;
+        // Layered, not overridden: the file's env_file, its [env], --env-file, --env.
+        let mut env = environment(&file)?;
+        env.extend(environment(&args.settings)?);
+        check_env(&env)?;
+        let s = args.settings.clone().over(file);
         // The worker watchdog: workers read it as systemd's (sd_watchdog_enabled()).
-        if let Some(d) = args.watchdog.or(file.watchdog) {
+        if let Some(d) = s.watchdog {
             env.push(("WATCHDOG_USEC".into(), d.as_micros().to_string().into()));
         }
-        let listen = if args.listen.is_empty() {
-            file.listen.clone().unwrap_or_default()
-        } else {
-            args.listen.clone()
-        };
+        let path = std::env::var_os("PATH");
+        let release = Release::pin(&program, rest, env, s.chdir.as_deref(), path.as_deref())?;
         let config = RunConfig {
-            listen,
-            settings: Settings {
-                workers: args.workers.or(file.workers).unwrap_or(DEFAULT_WORKERS) as usize,
-                readiness: args.ready.or(file.ready).unwrap_or(Readiness::Auto),
-                ready_timeout: args
-                    .ready_timeout
-                    .or(file.ready_timeout)
-                    .unwrap_or(DEFAULT_READY_TIMEOUT),
-                stop_signal: args
-                    .stop_signal
-                    .or(file.stop_signal)
-                    .unwrap_or(DEFAULT_STOP_SIGNAL),
-                stop_to: args.stop_to.or(file.stop_to).unwrap_or_default(),
-                warmup: args.warmup.or(file.warmup).unwrap_or_default(),
-                graceful_timeout: args
-                    .graceful_timeout
-                    .or(file.graceful_timeout)
-                    .unwrap_or(DEFAULT_GRACEFUL_TIMEOUT),
-                // Paced by memory unless told otherwise: a reload that fits still goes
-                // all at once (BENCHMARKS.md, "A reload that fits in memory").
-                batch: match args.batch.or(file.batch) {
-                    Some(Batch::Workers(k)) => k as usize,
-                    Some(Batch::Memory) | None => 0,
-                },
-                batch_memory: args.batch.or(file.batch).is_none_or(|b| b == Batch::Memory),
-                max_lifetime: args.max_lifetime.or(file.max_lifetime),
-                max_memory: args.max_memory.or(file.max_memory),
-                watchdog: args.watchdog.or(file.watchdog),
-                probation: args.probation.or(file.probation),
-                canary: args.canary.or(file.canary).unwrap_or(0) as usize,
-                log_prefix: args.log_prefix || file.log_prefix.unwrap_or(false),
-                takeover: args.takeover.or(file.takeover).unwrap_or(true).then(|| {
-                    (args.takeover_hold)
-                        .or(file.takeover_hold)
-                        .unwrap_or(crate::takeover::DEFAULT_HOLD)
-                }),
-                ..Settings::default()
-            },
-            reload_timeout: args
-                .reload_timeout
-                .or(file.reload_timeout)
-                .unwrap_or(DEFAULT_RELOAD_TIMEOUT),
-            pid_file: args.pid_file.clone().or(file.pid_file.clone()),
-            metrics_file: args.metrics_file.clone().or(file.metrics_file.clone()),
-            release: Release::pin(
-                &program,
-                rest,
-                env,
-                chdir.as_deref(),
-                std::env::var_os("PATH").as_deref(),
-            )?,
+            settings: supervisor_settings(&s),
+            reload_timeout: s.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
+            listen: s.listen,
+            pid_file: s.pid_file,
+            metrics_file: s.metrics_file,
+            release,
         };
         config.check_reload()?;
         Ok(config)
@@ -206,6 +132,71 @@ impl RunConfig {
             _ => Ok(()),
         }
     }
+}
+
+/// The supervisor's settings from the layered ones, each default applied here (once).
+fn supervisor_settings(s: &RunSettings) -> Settings {
+    Settings {
+        workers: s.workers.unwrap_or(DEFAULT_WORKERS) as usize,
+        readiness: s.ready.unwrap_or(Readiness::Auto),
+        ready_timeout: s.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
+        stop_signal: s.stop_signal.unwrap_or(DEFAULT_STOP_SIGNAL),
+        stop_to: s.stop_to.unwrap_or_default(),
+        warmup: s.warmup.unwrap_or_default(),
+        graceful_timeout: s.graceful_timeout.unwrap_or(DEFAULT_GRACEFUL_TIMEOUT),
+        // Paced by memory unless told otherwise: a reload that fits still goes all at
+        // once (BENCHMARKS.md, "A reload that fits in memory").
+        batch: match s.batch {
+            Some(Batch::Workers(k)) => k as usize,
+            Some(Batch::Memory) | None => 0,
+        },
+        batch_memory: s.batch.is_none_or(|b| b == Batch::Memory),
+        max_lifetime: s.max_lifetime,
+        max_memory: s.max_memory,
+        watchdog: s.watchdog,
+        probation: s.probation,
+        canary: s.canary.unwrap_or(0) as usize,
+        log_prefix: s.log_prefix,
+        takeover: (s.takeover.unwrap_or(true))
+            .then(|| s.takeover_hold.unwrap_or(crate::takeover::DEFAULT_HOLD)),
+        ..Settings::default()
+    }
+}
+
+/// The worker command: after `--` on the command line, else the file's command and args.
+fn command(cmd: &[OsString], file: &RunSettings) -> Result<(OsString, Vec<OsString>), ConfigError> {
+    if let Some((program, rest)) = cmd.split_first() {
+        return Ok((program.clone(), rest.to_vec()));
+    }
+    let program = file.command.clone().ok_or(ConfigError::NoCommand)?;
+    let rest = file.args.iter().flatten().map(OsString::from).collect();
+    Ok((program.into(), rest))
+}
+
+/// One source's environment for the workers: its env_file's lines, then its own pairs.
+fn environment(s: &RunSettings) -> Result<Vec<(OsString, OsString)>, ConfigError> {
+    let mut env = match &s.env_file {
+        Some(f) => crate::config_file::read_env_file(f)?,
+        None => Vec::new(),
+    };
+    env.extend(s.env.iter().cloned());
+    Ok(env)
+}
+
+/// Every name must be one a process can have, and none one handover sets itself.
+fn check_env(env: &[(OsString, OsString)]) -> Result<(), ConfigError> {
+    for (k, _) in env {
+        if k.as_bytes().contains(&b'=') || k.as_bytes().contains(&0) || k.is_empty() {
+            return Err(ConfigError::BadEnv(k.to_string_lossy().into_owned()));
+        }
+        if let Some(how) = crate::spawn::reserved(k) {
+            return Err(ConfigError::ReservedEnv(
+                k.to_string_lossy().into_owned(),
+                how,
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for RunConfig {

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::cli::InitArgs;
 use crate::sockets::{ListenSpec, SpecKind};
+use crate::units::{DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_READY_TIMEOUT, Readiness, show_duration};
 
 /// The shipped service unit, whose hardening block every `init` unit carries.
 const SHIPPED_SERVICE: &str = include_str!("../systemd/myapp.service");
@@ -47,9 +48,9 @@ struct ConfigFile<'a> {
     command: &'a str,
     args: Vec<&'a str>,
     workers: u32,
-    ready: &'a str,
-    ready_timeout: &'a str,
-    graceful_timeout: &'a str,
+    ready: String,
+    ready_timeout: String,
+    graceful_timeout: String,
 }
 
 /// The sockets of one `.socket` unit: systemd names every fd of a unit alike
@@ -256,9 +257,10 @@ pub fn render(args: &InitArgs, handover: &Path) -> anyhow::Result<Vec<(PathBuf, 
             .map(|a| utf8(a))
             .collect::<anyhow::Result<_>>()?,
         workers: args.workers,
-        ready: "auto",
-        ready_timeout: "60s",
-        graceful_timeout: "30s",
+        // The defaults, written out so the file shows what the app runs with.
+        ready: Readiness::Auto.text(),
+        ready_timeout: show_duration(DEFAULT_READY_TIMEOUT),
+        graceful_timeout: show_duration(DEFAULT_GRACEFUL_TIMEOUT),
     };
     let body = toml::to_string(&config).context("cannot write the config as TOML")?;
     files.push((

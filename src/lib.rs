@@ -25,7 +25,8 @@
 //! (the workers' stdout and stderr), [`supervisor`] (the pure `Machine` + the task that
 //! executes it), [`takeover`] (the connections an old worker lets go, answered once by
 //! the serving generation), [`release`] (what a generation runs), [`units`] (leaf types and
-//! defaults), [`config`], [`config_file`] and [`cli`] (flags and file), [`logging`],
+//! defaults), [`settings`] (each run setting defined once, for the flags and the file),
+//! [`config`], [`config_file`] and [`cli`] (flags and file), [`logging`],
 //! [`demo_worker`] (the reference worker).
 
 pub mod cgroup;
@@ -50,6 +51,7 @@ pub mod procs;
 pub mod readiness;
 pub mod release;
 pub mod run;
+pub mod settings;
 pub mod sockets;
 pub mod spawn;
 pub mod supervisor;

@@ -9,6 +9,7 @@ use clap::Parser as _;
 use crate::cli::{Cli, Command, DemoArgs, RunArgs, UpgradeCheckArgs};
 use crate::config::RunConfig;
 use crate::notify::{Systemd, WorkerNotifySocket};
+use crate::settings::RunSettings;
 use crate::sockets::{self, HeldSocket, ListenEnv};
 use crate::supervisor::{Machine, task};
 use crate::upgrade;
@@ -84,8 +85,9 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
     let files = h.files.unwrap_or_else(|| {
         let config = RunConfig::load(args).ok();
         upgrade::Files {
-            pid_file: (args.pid_file.clone()).or_else(|| config.as_ref()?.pid_file.clone()),
-            metrics_file: (args.metrics_file.clone())
+            pid_file: (args.settings.pid_file.clone())
+                .or_else(|| config.as_ref()?.pid_file.clone()),
+            metrics_file: (args.settings.metrics_file.clone())
                 .or_else(|| config.as_ref()?.metrics_file.clone()),
         }
     });
@@ -164,29 +166,13 @@ fn demo_args(args: &DemoArgs) -> anyhow::Result<RunArgs> {
         std::env::current_exe().context("cannot find the handover binary for the demo worker")?;
     Ok(RunArgs {
         config: None,
-        listen: vec![args.listen.clone()],
-        workers: Some(args.workers),
-        ready: None,
-        ready_timeout: Some(std::time::Duration::from_secs(10)),
-        stop_signal: None,
-        stop_to: None,
-        warmup: None,
-        pid_file: None,
-        metrics_file: None,
-        probation: None,
-        canary: None,
-        reload_timeout: None,
-        graceful_timeout: Some(std::time::Duration::from_secs(10)),
-        batch: None,
-        max_lifetime: None,
-        max_memory: None,
-        watchdog: None,
-        env: Vec::new(),
-        env_file: None,
-        chdir: None,
-        log_prefix: false,
-        takeover: None,
-        takeover_hold: None,
+        settings: RunSettings {
+            listen: vec![args.listen.clone()],
+            workers: Some(args.workers),
+            ready_timeout: Some(std::time::Duration::from_secs(10)),
+            graceful_timeout: Some(std::time::Duration::from_secs(10)),
+            ..RunSettings::default()
+        },
         control: args.control.clone(),
         command: vec![exe.into(), "demo-worker".into()],
     })

@@ -1,8 +1,9 @@
 //! The leaf types of handover's settings, and every default, defined once: durations,
-//! sizes, signals, readiness modes and worker counts. The flags (`cli`), the config file
-//! (`config_file`) and the effective configuration (`config`) all parse through here, so a
-//! value reads the same and fails with the same message wherever it is given; this module
-//! imports nothing of the crate.
+//! sizes, signals, readiness modes and worker counts. Each run setting's entry in
+//! `settings` names its parser here, for its flag and its config-file key alike, and the
+//! effective configuration (`config`) takes its defaults from here, so a value reads the
+//! same and fails with the same message wherever it is given; this module imports
+//! nothing of the crate.
 
 use std::str::FromStr;
 use std::time::Duration;
