@@ -3,7 +3,7 @@
 //! close, and every worker keeps running — they are still this process's children.
 //!
 //! Before anything is touched the new binary is checked, off the event loop (the task's
-//! `upgrade.rs` runs it; this module judges): `upgrade-probe` must print our handoff
+//! `upgrade.rs` runs it; `judge` here judges): `upgrade-probe` must print our handoff
 //! version, then `upgrade-check -- ARGV` — the running manager's own argv, with the real
 //! handoff on its stdin (a memfd) — must parse that argv exactly as the real resume
 //! does, decode the handoff and the machine's snapshot, load the configuration when this
