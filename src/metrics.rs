@@ -79,7 +79,16 @@ fn escape_help(v: &str) -> String {
 /// The exposition text of `v`.
 pub fn render(v: &View) -> String {
     let mut t = Text(String::new());
-    let c = &v.counters;
+    manager(&mut t, v);
+    reloads(&mut t, v);
+    workers(&mut t, v);
+    trees(&mut t, &v.trees);
+    takeover(&mut t, &v.takeover);
+    t.0
+}
+
+/// The manager's own families: version, start, serving generation, size, pause.
+fn manager(t: &mut Text, v: &View) {
     t.family("handover_info", "gauge", "handover's version (always 1).");
     t.sample("handover_info", &[("version", &v.version)], 1);
     if let Some(s) = v.start_time {
@@ -108,6 +117,11 @@ pub fn render(v: &View) -> String {
         "1 while paused by `handover pause` (sockets held, connections queue), else 0.",
         u8::from(v.paused),
     );
+}
+
+/// What the manager has done: reloads by outcome, restarts, recycles, upgrades.
+fn reloads(t: &mut Text, v: &View) {
+    let c = &v.counters;
     t.family(
         "handover_reloads_total",
         "counter",
@@ -152,6 +166,10 @@ pub fn render(v: &View) -> String {
         "In-place upgrades of the manager (same pid).",
         v.upgrades,
     );
+}
+
+/// The live workers by generation and state, and each generation's memory.
+fn workers(t: &mut Text, v: &View) {
     t.family(
         "handover_workers",
         "gauge",
@@ -181,9 +199,6 @@ pub fn render(v: &View) -> String {
             bytes,
         );
     }
-    trees(&mut t, &v.trees);
-    takeover(&mut t, &v.takeover);
-    t.0
 }
 
 /// A family of `trees`: its name, help and which figure it shows.

@@ -32,161 +32,23 @@
 //!
 //! Lines are split at `\n` and `\r`, as systemd splits them. Never done here: acting on a
 //! message (the supervisor does), or trusting a pid the kernel did not vouch for.
+//!
+//! This file is the socket; `datagram` receives one datagram with its pid and fds,
+//! `message` parses what it says.
+
+mod datagram;
+mod message;
 
 use std::io;
-use std::mem::size_of;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, UnixAddr, bind, setsockopt, socket, sockopt,
 };
 
-/// What a worker said in one datagram (unknown keys are ignored, as systemd does).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct WorkerMessage {
-    /// `READY=1`: started (or done reloading).
-    pub ready: bool,
-    /// `RELOADING=1`: the worker reloads itself (it is not ready again until `READY=1`).
-    pub reloading: bool,
-    /// `STOPPING=1`: the worker is shutting down.
-    pub stopping: bool,
-    /// `WATCHDOG=1`: the keep-alive ping.
-    pub watchdog: bool,
-    /// `STATUS=…`, the last one in the datagram; `Some("")` clears the status.
-    pub status: Option<String>,
-    /// `MAINPID=N` with N > 0: the process that really is the worker.
-    pub mainpid: Option<i32>,
-    /// `ERRNO=N`: the worker's failure reason, as an errno.
-    pub errno: Option<i32>,
-    /// `BARRIER=1`: already answered by closing its fd when this is returned.
-    pub barrier: bool,
-    /// `FDSTORE=1`: the fds it sent were closed (a worker's fd store is not kept).
-    pub fdstore: bool,
-}
-
-/// Parses a `KEY=VALUE\n…` notify datagram.
-pub fn parse_message(data: &[u8]) -> WorkerMessage {
-    let mut m = WorkerMessage::default();
-    for line in data.split(|&b| b == b'\n' || b == b'\r') {
-        let Some(eq) = line.iter().position(|&b| b == b'=') else {
-            continue;
-        };
-        let (key, value) = (&line[..eq], &line[eq + 1..]);
-        match key {
-            b"READY" => m.ready |= value == b"1",
-            b"RELOADING" => m.reloading |= value == b"1",
-            b"STOPPING" => m.stopping |= value == b"1",
-            b"WATCHDOG" => m.watchdog |= value == b"1",
-            b"BARRIER" => m.barrier |= value == b"1",
-            b"FDSTORE" => m.fdstore |= value == b"1",
-            b"STATUS" => m.status = Some(String::from_utf8_lossy(value).into_owned()),
-            b"MAINPID" => m.mainpid = number(value).filter(|&p| p > 0).or(m.mainpid),
-            b"ERRNO" => m.errno = number(value).or(m.errno),
-            _ => {}
-        }
-    }
-    m
-}
-
-fn number(value: &[u8]) -> Option<i32> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
-}
-
-/// The most fds one datagram can carry (the kernel's SCM_MAX_FD).
-const MAX_FDS: usize = 253;
-
-/// One datagram as it came off the socket.
-struct Datagram {
-    len: usize,
-    /// The sender's pid from SCM_CREDENTIALS; 0 if the kernel attached none.
-    pid: i32,
-    /// Every fd that came with it; closed when this is dropped.
-    fds: Vec<OwnedFd>,
-    /// The data did not fit the buffer (MSG_TRUNC).
-    truncated: bool,
-    /// The control data did not fit (MSG_CTRUNC): the kernel dropped the fds beyond it.
-    cut: bool,
-}
-
-/// Receives one datagram without blocking, with room for the credentials and `max_fds`
-/// fds. The control data is walked by hand rather than with nix's iterator, which
-/// refuses a message with MSG_CTRUNC and would so leave its fds open.
-fn recv_datagram(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-    max_fds: usize,
-) -> io::Result<Option<Datagram>> {
-    let int = size_of::<libc::c_int>();
-    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
-    let space = unsafe {
-        libc::CMSG_SPACE(size_of::<libc::ucred>() as u32) + libc::CMSG_SPACE((max_fds * int) as u32)
-    } as usize;
-    // u64s: the control buffer must be aligned for cmsghdr.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty one; we fill in the pointers below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: msg points at iov (into buf) and at control, both alive and as long as
-    // their lengths say; the kernel writes only within them.
-    let n = unsafe {
-        libc::recvmsg(
-            fd.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::WouldBlock {
-            return Ok(None);
-        }
-        return Err(e);
-    }
-    let mut d = Datagram {
-        len: n as usize,
-        pid: 0,
-        fds: Vec::new(),
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-        cut: msg.msg_flags & libc::MSG_CTRUNC != 0,
-    };
-    // SAFETY: the kernel set msg_controllen to what it wrote; CMSG_FIRSTHDR/NXTHDR never
-    // step past it, and each header's cmsg_len bounds its payload (shortened by the
-    // kernel when it cut the message). Unaligned reads: CMSG_DATA is only int-aligned.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            let data = libc::CMSG_DATA(c);
-            let payload = ((*c).cmsg_len as usize).saturating_sub(data as usize - c as usize);
-            match ((*c).cmsg_level, (*c).cmsg_type) {
-                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
-                    for i in 0..payload / int {
-                        let raw = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
-                        if raw >= 0 {
-                            // The kernel installed it in our table for us alone.
-                            d.fds.push(OwnedFd::from_raw_fd(raw));
-                        }
-                    }
-                }
-                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
-                    if payload >= size_of::<libc::ucred>() =>
-                {
-                    d.pid = std::ptr::read_unaligned(data.cast::<libc::ucred>()).pid;
-                }
-                _ => {}
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok(Some(d))
-}
+use datagram::{MAX_FDS, recv_datagram};
+pub use message::{WorkerMessage, parse_message};
 
 /// handover's notify socket for its workers. The directory and socket are removed on drop.
 pub struct WorkerNotifySocket {
@@ -305,56 +167,6 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-
-    #[test]
-    fn parses_messages() {
-        let m = parse_message(b"READY=1\nSTATUS=serving 3 sockets\nMAINPID=5");
-        assert!(m.ready && !m.stopping);
-        assert_eq!(m.status.as_deref(), Some("serving 3 sockets"));
-        assert_eq!(m.mainpid, Some(5));
-        assert_eq!(parse_message(b"READY=0\nX"), WorkerMessage::default());
-        assert!(parse_message(b"STOPPING=1\n").stopping);
-    }
-
-    #[test]
-    fn parses_every_assignment_systemd_accepts() {
-        let m = parse_message(
-            b"RELOADING=1\nMONOTONIC_USEC=123\nSTATUS=first\rSTATUS=reloading config\n\
-              ERRNO=2\nWATCHDOG=1\nBARRIER=1\nFDSTORE=1\nFDNAME=x\nEXTEND_TIMEOUT_USEC=9\n\
-              X_CUSTOM=1\nNOTIFYACCESS=all\nnonsense",
-        );
-        assert_eq!(
-            m,
-            WorkerMessage {
-                reloading: true,
-                watchdog: true,
-                status: Some("reloading config".into()),
-                errno: Some(2),
-                barrier: true,
-                fdstore: true,
-                ..WorkerMessage::default()
-            }
-        );
-        assert_eq!(parse_message(b"STATUS=").status.as_deref(), Some(""));
-        assert_eq!(
-            parse_message(b"STATUS=a=b c").status.as_deref(),
-            Some("a=b c")
-        );
-    }
-
-    #[test]
-    fn a_mainpid_must_be_a_positive_pid() {
-        for bad in [&b"MAINPID=0"[..], b"MAINPID=-4", b"MAINPID=x", b"MAINPID="] {
-            assert_eq!(parse_message(bad).mainpid, None, "{bad:?}");
-        }
-        assert_eq!(parse_message(b"MAINPID=77\n").mainpid, Some(77));
-        assert_eq!(parse_message(b"MAINPID=77\nMAINPID=0").mainpid, Some(77));
-        assert_eq!(parse_message(b"ERRNO=zero").errno, None);
-        assert_eq!(
-            parse_message(b"STOPPING=1\nSTATUS=bye").status.as_deref(),
-            Some("bye")
-        );
-    }
 
     #[test]
     fn receives_with_sender_pid() {

@@ -31,80 +31,30 @@ pub(super) fn waiting(
     let Some(call) = Call::of(nr) else {
         return Ok(None);
     };
-    let waiting = |fd, how| Waiting { pid, tid, fd, how };
-    // An fd a wait for input on counts: a held socket, or an epoll set watching one.
-    let mut counts = |fd: RawFd| -> Result<Option<Waiting>, Failed> {
-        if fds.sockets.contains(&fd) {
-            return Ok(Some(waiting(fd, How::Accept)));
-        }
-        if !fds.epolls.contains(&fd) {
-            return Ok(None);
-        }
-        let watched = match watches.get(&fd) {
-            Some(w) => *w,
-            None => {
-                let w = epoll_watches(pid, fd, sockets)?;
-                watches.insert(fd, w);
-                w
-            }
-        };
-        Ok(watched.map(|sock| waiting(sock, How::Epoll { epfd: fd })))
+    let mut thread = Thread {
+        pid,
+        tid,
+        fds,
+        sockets,
+        watches,
     };
-    let arg_fd = |i: usize| RawFd::try_from(args[i]).ok();
+    let arg_fd = RawFd::try_from(args[0]).ok();
     let found = match call {
-        Call::Accept => match arg_fd(0) {
-            Some(fd) if fds.sockets.contains(&fd) => Some(waiting(fd, How::Accept)),
+        Call::Accept => match arg_fd {
+            Some(fd) if fds.sockets.contains(&fd) => Some(thread.waiting(fd, How::Accept)),
             _ => None,
         },
         // Only a datagram socket can block a read: on a listener it fails at once.
-        Call::Recv => match arg_fd(0) {
-            Some(fd) if fds.sockets.contains(&fd) => Some(waiting(fd, How::Recv)),
+        Call::Recv => match arg_fd {
+            Some(fd) if fds.sockets.contains(&fd) => Some(thread.waiting(fd, How::Recv)),
             _ => None,
         },
-        Call::EpollWait => match arg_fd(0) {
-            Some(fd) if fds.epolls.contains(&fd) => counts(fd)?,
+        Call::EpollWait => match arg_fd {
+            Some(fd) if fds.epolls.contains(&fd) => thread.counts(fd)?,
             _ => None,
         },
-        Call::Poll => {
-            let n = args[1].min(MAX_POLL_FDS) as usize;
-            let Some(mem) = read_mem(pid, args[0], n * 8)? else {
-                return Ok(None);
-            };
-            let mut found = None;
-            for p in mem.chunks_exact(8) {
-                let fd = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
-                let events = i16::from_ne_bytes([p[4], p[5]]);
-                if events & libc::POLLIN != 0
-                    && let Some(w) = counts(fd)?
-                {
-                    found = Some(w);
-                    break;
-                }
-            }
-            found.map(|w| with_how(w, How::Poll))
-        }
-        Call::Select => {
-            let nfds = args[0].min(MAX_SELECT_FDS) as usize;
-            let word = size_of::<usize>();
-            let Some(mem) = read_mem(pid, args[1], nfds.div_ceil(word * 8) * word)? else {
-                return Ok(None);
-            };
-            let words: Vec<usize> = mem
-                .chunks_exact(word)
-                // chunks_exact yields slices of exactly `word` bytes.
-                .map(|c| usize::from_ne_bytes(c.try_into().expect("a word")))
-                .collect();
-            let mut found = None;
-            for fd in 0..nfds {
-                if words[fd / (word * 8)] >> (fd % (word * 8)) & 1 == 1
-                    && let Some(w) = counts(fd as RawFd)?
-                {
-                    found = Some(w);
-                    break;
-                }
-            }
-            found.map(|w| with_how(w, How::Select))
-        }
+        Call::Poll => thread.in_poll(&args)?,
+        Call::Select => thread.in_select(&args)?,
     };
     // The fd sets were read while the thread could have left the call: count them only if
     // it is still blocked in the same one.
@@ -113,6 +63,86 @@ pub(super) fn waiting(
         return Ok(None);
     }
     Ok(found)
+}
+
+/// One thread being looked at, with what it may be waiting on.
+struct Thread<'a> {
+    pid: i32,
+    tid: i32,
+    fds: &'a Fds,
+    sockets: &'a [SocketId],
+    /// Per epoll fd of the process, the held socket it watches (read once per look).
+    watches: &'a mut HashMap<RawFd, Option<RawFd>>,
+}
+
+impl Thread<'_> {
+    fn waiting(&self, fd: RawFd, how: How) -> Waiting {
+        Waiting {
+            pid: self.pid,
+            tid: self.tid,
+            fd,
+            how,
+        }
+    }
+
+    /// An fd a wait for input on counts: a held socket, or an epoll set watching one.
+    fn counts(&mut self, fd: RawFd) -> Result<Option<Waiting>, Failed> {
+        if self.fds.sockets.contains(&fd) {
+            return Ok(Some(self.waiting(fd, How::Accept)));
+        }
+        if !self.fds.epolls.contains(&fd) {
+            return Ok(None);
+        }
+        let watched = match self.watches.get(&fd) {
+            Some(w) => *w,
+            None => {
+                let w = epoll_watches(self.pid, fd, self.sockets)?;
+                self.watches.insert(fd, w);
+                w
+            }
+        };
+        Ok(watched.map(|sock| self.waiting(sock, How::Epoll { epfd: fd })))
+    }
+
+    /// poll/ppoll: the first pollfd asking for input on an fd that counts.
+    fn in_poll(&mut self, args: &[u64; 6]) -> Result<Option<Waiting>, Failed> {
+        let n = args[1].min(MAX_POLL_FDS) as usize;
+        let Some(mem) = read_mem(self.pid, args[0], n * 8)? else {
+            return Ok(None);
+        };
+        for p in mem.chunks_exact(8) {
+            let fd = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
+            let events = i16::from_ne_bytes([p[4], p[5]]);
+            if events & libc::POLLIN != 0
+                && let Some(w) = self.counts(fd)?
+            {
+                return Ok(Some(with_how(w, How::Poll)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// select/pselect6: the first fd of the read set that counts.
+    fn in_select(&mut self, args: &[u64; 6]) -> Result<Option<Waiting>, Failed> {
+        let nfds = args[0].min(MAX_SELECT_FDS) as usize;
+        let word = size_of::<usize>();
+        let Some(mem) = read_mem(self.pid, args[1], nfds.div_ceil(word * 8) * word)? else {
+            return Ok(None);
+        };
+        let words: Vec<usize> = mem
+            .chunks_exact(word)
+            // chunks_exact yields slices of exactly `word` bytes.
+            .map(|c| usize::from_ne_bytes(c.try_into().expect("a word")))
+            .collect();
+        for fd in 0..nfds {
+            if words[fd / (word * 8)] >> (fd % (word * 8)) & 1 == 1
+                && let Some(w) = self.counts(fd as RawFd)?
+            {
+                return Ok(Some(with_how(w, How::Select)));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// A wait on an epoll set stays an epoll wait, seen through poll or select.

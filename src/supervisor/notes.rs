@@ -93,8 +93,33 @@ pub enum Note {
 }
 
 impl Note {
-    /// Writes the note to the log, with the worker's fields for the journal.
+    /// Writes the note to the log, with the worker's fields for the journal. Listed whole
+    /// here so that a new variant must be given a home.
     pub fn log(&self) {
+        match self {
+            Note::WorkerStarted { .. }
+            | Note::WorkerReady { .. }
+            | Note::WorkerStopped { .. }
+            | Note::WorkerExited { .. }
+            | Note::SpawnFailed { .. }
+            | Note::RestartScheduled { .. }
+            | Note::NotReady { .. } => self.log_worker(),
+            Note::GroupDraining { .. }
+            | Note::Adopted { .. }
+            | Note::KilledLate { .. }
+            | Note::WatchdogOnProbation { .. }
+            | Note::Replacing { .. }
+            | Note::ReplacementFailed { .. } => self.log_stopping(),
+            Note::ReloadQueued
+            | Note::ReloadIgnored
+            | Note::ReloadWhilePaused
+            | Note::Pausing { .. }
+            | Note::Scaled { .. } => self.log_manager(),
+        }
+    }
+
+    /// A worker's life from start to exit, and its restarts.
+    fn log_worker(&self) {
         match self {
             Note::WorkerStarted {
                 generation,
@@ -153,6 +178,14 @@ impl Note {
             } => {
                 tracing::warn!(generation, pid, "worker not ready after {timeout:?}")
             }
+            // The others are sorted out by `log`.
+            _ => {}
+        }
+    }
+
+    /// A worker or its tree being stopped, killed or replaced.
+    fn log_stopping(&self) {
+        match self {
             Note::GroupDraining { generation, pid } => tracing::info!(
                 generation,
                 pid,
@@ -166,23 +199,9 @@ impl Note {
             Note::KilledLate { generation, pid } => {
                 tracing::warn!(generation, pid, "worker did not stop in time: SIGKILL")
             }
-            Note::ReloadQueued => {
-                tracing::info!("reload requested during a reload: one more will follow")
-            }
-            Note::ReloadIgnored => tracing::info!("reload ignored: not running"),
-            Note::ReloadWhilePaused => {
-                tracing::warn!("reload ignored: paused (`handover resume` first)")
-            }
             Note::WatchdogOnProbation { generation, pid } => {
                 tracing::warn!(generation, pid, "no WATCHDOG=1 on probation")
             }
-            Note::Pausing { generation, max } => {
-                tracing::info!(
-                    generation,
-                    "pausing: workers drain, connections queue for at most {max:?}"
-                )
-            }
-            Note::Scaled { from, to } => tracing::info!("workers: {from} -> {to}"),
             Note::Replacing {
                 generation,
                 pid,
@@ -196,6 +215,30 @@ impl Note {
                 pid,
                 "replacement failed; the old worker keeps serving"
             ),
+            // The others are sorted out by `log`.
+            _ => {}
+        }
+    }
+
+    /// The manager's own doings: reloads held or refused, pausing, scaling.
+    fn log_manager(&self) {
+        match self {
+            Note::ReloadQueued => {
+                tracing::info!("reload requested during a reload: one more will follow")
+            }
+            Note::ReloadIgnored => tracing::info!("reload ignored: not running"),
+            Note::ReloadWhilePaused => {
+                tracing::warn!("reload ignored: paused (`handover resume` first)")
+            }
+            Note::Pausing { generation, max } => {
+                tracing::info!(
+                    generation,
+                    "pausing: workers drain, connections queue for at most {max:?}"
+                )
+            }
+            Note::Scaled { from, to } => tracing::info!("workers: {from} -> {to}"),
+            // The others are sorted out by `log`.
+            _ => {}
         }
     }
 }

@@ -89,12 +89,49 @@ impl Manager {
         opts: &[&str],
         cmd: &[&str],
     ) -> Manager {
-        let addr = listener.local_addr().expect("local addr");
+        Manager::launch(dir, binary, Some(listener), env, opts, cmd)
+    }
+
+    /// Like `start_with_env` with no fd 3 and no LISTEN_FDS: the manager binds its own
+    /// sockets (`--listen` in `opts`). `addr` is then 0.0.0.0:0, naming nothing.
+    pub fn start_without_fd3(
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        opts: &[&str],
+        cmd: &[&str],
+    ) -> Manager {
+        Manager::launch(dir, HANDOVER, None, env, opts, cmd)
+    }
+
+    /// Every constructor ends here: `listener`, if any, is handed in as fd 3.
+    fn launch(
+        dir: tempfile::TempDir,
+        binary: &str,
+        listener: Option<TcpListener>,
+        env: &[(&str, &str)],
+        opts: &[&str],
+        cmd: &[&str],
+    ) -> Manager {
+        let addr = listener.as_ref().map_or(([0, 0, 0, 0], 0).into(), |l| {
+            l.local_addr().expect("local addr")
+        });
         let notify_path = dir.path().join("systemd-notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
         let log = dir.path().join("handover.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new("/bin/sh");
+        // Set first, so that `env` may change them.
+        match &listener {
+            Some(l) => {
+                command.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "http");
+                pass_as_fd3(&mut command, l.as_raw_fd());
+            }
+            None => {
+                command
+                    .env_remove("LISTEN_FDS")
+                    .env_remove("LISTEN_FDNAMES");
+            }
+        }
         // LISTEN_PID must be handover's own pid: the shell exports its pid, then execs.
         command
             .args([
@@ -108,8 +145,6 @@ impl Manager {
             .args(opts)
             .arg("--")
             .args(cmd)
-            .env("LISTEN_FDS", "1")
-            .env("LISTEN_FDNAMES", "http")
             .env("NOTIFY_SOCKET", &notify_path)
             .env("HANDOVER_LOG", "info")
             .env("NO_COLOR", "1")
@@ -117,7 +152,6 @@ impl Manager {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file);
-        pass_as_fd3(&mut command, listener.as_raw_fd());
         let child = command.spawn().expect("spawn handover");
         drop(listener);
         Manager {
