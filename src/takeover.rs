@@ -19,6 +19,10 @@
 //!    `hold`) goes to the serving generation over a fresh connection to the same held
 //!    socket, marked `Connection: close`, and the response comes back byte for byte; then
 //!    the connection is closed. Anything else is closed as the worker meant it to be.
+//! 4. While a connection is still the worker's, a request seen waiting unread on it is
+//!    copied (`copy`), in case the worker reads it and drops it (Go's idle-close race),
+//!    and its next request is hidden from the worker (`hide`) just after the stop signal
+//!    and just before the kill, the two moments a stopping server drops what it reads.
 //!
 //! Bounds: a watch ends at the stopping generation's graceful timeout (+1 s: the worker
 //! was killed by then); a relay, from its release to its end, at the graceful timeout;
@@ -27,6 +31,7 @@
 //! socket) and never waits on a client.
 
 mod body;
+mod copy;
 mod grab;
 mod hide;
 mod relay;
@@ -165,9 +170,12 @@ impl Takeover {
             listeners: Arc::clone(&self.listeners),
             pids: self.tree(root),
             seen: HashSet::new(),
+            blocking: false,
         };
         let accepting = Accepting::new(&self.shared);
-        let first = batch.grab(&grab::sockets_of(&batch.pids));
+        let mut first = batch.grab(&grab::sockets_of(&batch.pids));
+        // Before the stop signal: what waits is copied, and the rest hidden (see `hide`).
+        watch::look_after(&mut batch, &mut first, Duration::ZERO, params.bound);
         tokio::spawn(watch::watch(batch, first, accepting, params));
     }
 
@@ -294,6 +302,8 @@ struct Batch {
     pids: Vec<i32>,
     /// Every socket of the tree looked at so far.
     seen: HashSet<u64>,
+    /// A connection of the tree was seen in blocking mode: none is hidden (see `hide`).
+    blocking: bool,
 }
 
 impl Batch {
@@ -302,15 +312,7 @@ impl Batch {
     fn grab(&mut self, found: &[grab::SocketFd]) -> Vec<(grab::Held, Claim)> {
         let s = &self.shared;
         let room = s.cap.saturating_sub(s.held.load(Ordering::Relaxed));
-        let mut grabbed = grab::grab(found, &self.listeners, room, &mut self.seen);
-        let (now, settling) = (
-            tokio::time::Instant::now(),
-            s.settling.load(Ordering::Relaxed),
-        );
-        for h in &mut grabbed.held {
-            h.hidden = hide::at_take(&h.fd, now, settling);
-            h.copy = hide::waiting_request(&h.fd);
-        }
+        let grabbed = grab::grab(found, &self.listeners, room, &mut self.seen);
         if grabbed.missed > 0 && !s.capped.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "takeover: {} connections of a stopping worker left to it: {} are held \

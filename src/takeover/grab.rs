@@ -43,8 +43,8 @@ pub(super) struct Held {
     pub(super) mark: Option<super::tcp::Mark>,
     /// Whether its next request is hidden from the worker (see `hide`).
     pub(super) hidden: super::hide::Hidden,
-    /// A copy of the request that waited unread when it was taken (see `hide`).
-    pub(super) copy: Option<Vec<u8>>,
+    /// A copy of the request waiting unread (see `copy`).
+    pub(super) copy: Option<super::copy::Copy>,
 }
 
 /// What a grab found.
@@ -155,7 +155,7 @@ pub(super) fn grab(
         }
         out.held.push(Held {
             mark: super::tcp::mark(&dup),
-            hidden: super::hide::Hidden::Never,
+            hidden: super::hide::Hidden::No,
             copy: None,
             fd: dup,
             inode,

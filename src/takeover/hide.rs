@@ -1,91 +1,64 @@
-//! Keeping a stopping worker from starting on a request it would then drop: the client's
-//! next request on a held connection is hidden from the worker for a moment, so that it
-//! waits unread in the kernel, where the relay can still answer it.
+//! Keeping a stopping worker from starting on a request it would then drop: at the two
+//! moments a stopping server drops what it reads, the client's next request on a held
+//! connection is hidden from the worker, so that it waits unread in the kernel, where
+//! the relay answers it once the worker has let the connection go.
 //!
-//! Why: a server told to stop races its own clients twice. At the stop, it closes its idle
-//! keep-alive connections; a request that came in just then may already have been read
-//! (Go's `Shutdown` and Node's `closeIdleConnections` close as idle a connection whose
-//! next request they have begun to read), and what was read is lost with the close. At
-//! the graceful timeout the worker is killed, and whatever it had read and not answered
-//! then (Node keeps serving busy keep-alive connections after `server.close()` until it is
-//! killed) is lost too. A request the worker never read is not lost: the relay answers it.
+//! Why: at its stop, a server closes its idle keep-alive connections, and a request that
+//! came in just then may already have been read (Go's `Shutdown` and Node's
+//! `closeIdleConnections` close as idle a connection whose next request they have begun
+//! to read); so for `AT_STOP` after the stop signal (long enough for that close; then
+//! shown, so a server that drains properly answers them itself, that much later). And a
+//! server may go on serving busy keep-alive connections until it is killed (Node's
+//! `server.close()` does), losing the request it is on: so for `BEFORE_KILL` before the
+//! graceful timeout. A request the worker never read is not lost.
 //!
-//! How: `SO_RCVLOWAT` set to its largest on the socket (shared with the worker's fd: it is
-//! one socket) makes epoll report it readable only once megabytes wait, so an event-driven
-//! worker is not woken by the next request; one that reads anyway still gets it (a
-//! non-blocking read returns what is there). Setting it back wakes the worker at once
-//! (the kernel checks readiness on the change). Only non-blocking TCP sockets are hidden:
-//! a blocking read would wait for the megabytes, and epoll on a unix socket ignores the
-//! option. A hidden connection whose unread bytes are not the start of a request (the
-//! rest of a body the worker is reading) is shown again at once: the worker needs them.
+//! How: `SO_RCVLOWAT` set to its largest on the socket (one socket with the worker's fd)
+//! makes epoll report it readable only once megabytes wait, so an event-driven worker is
+//! not woken by the next request, and finishes the one it is on. Setting it back wakes a
+//! waiter at once (the kernel checks readiness on the change); the relay always does.
 //!
-//! When: from the take (just before the stop signal) for `AT_STOP`, long enough for a
-//! server to close its idle connections; then shown, so a server that drains properly
-//! answers them itself, at most `AT_STOP` later. And for the last `BEFORE_KILL` before
-//! the graceful timeout, so that the kill finds nothing half answered. A connection
-//! released to the relay, or still held when the manager settles (an upgrade's exec, its
-//! exit), is always shown first.
+//! Only for a worker seen reading its connections without blocking: a blocking read
+//! reckons how much to wait for when it begins, so one begun on a hidden socket would
+//! wait for the megabytes even after the socket is shown, with the request taken from
+//! the kernel. So no connection of a worker is hidden once any of its connections was
+//! seen in blocking mode (gunicorn's gthread switches its connections to blocking for
+//! each request); unix sockets never are (epoll ignores the option there). A hidden connection whose unread bytes are not the start of a request
+//! (the rest of a body the worker is reading) is shown again at once: the worker needs
+//! them. Nothing stays hidden while the manager settles (an upgrade's exec, its exit).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 /// How long a stopping worker's connections are hidden after its stop signal.
 pub(super) const AT_STOP: Duration = Duration::from_millis(100);
 /// How long before the graceful timeout (the kill) they are hidden again.
 pub(super) const BEFORE_KILL: Duration = Duration::from_millis(500);
 
+/// Whether connections are hidden `elapsed` into a stop with a graceful timeout `bound`.
+pub(super) fn wanted(elapsed: Duration, bound: Duration) -> bool {
+    elapsed < AT_STOP || elapsed >= bound.saturating_sub(BEFORE_KILL)
+}
+
 /// Where one held connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Hidden {
     /// Not hidden: the worker sees its requests.
     No,
-    /// Hidden since then.
-    Since(Instant),
-    /// Shown for good: the worker was reading a request on it, or it cannot be hidden.
+    /// Hidden from the worker.
+    Yes,
+    /// Never to be hidden: the worker was reading a request on it.
     Never,
 }
 
-/// Which part of a stop the watch is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
-    /// The worker drains in its own way.
-    Draining,
-    /// The last moments before the kill.
-    BeforeKill,
-    /// The manager settles (exec or exit): nothing may stay hidden.
-    Settling,
-}
-
-/// The phase of a stop `elapsed` into it, with a graceful timeout `bound`.
-pub(super) fn phase(elapsed: Duration, bound: Duration, settling: bool) -> Phase {
-    match () {
-        _ if settling => Phase::Settling,
-        _ if elapsed >= bound.saturating_sub(BEFORE_KILL) => Phase::BeforeKill,
-        _ => Phase::Draining,
-    }
-}
-
-/// The state of a connection just taken: hidden if it can be.
-pub(super) fn at_take(fd: &OwnedFd, now: Instant, settling: bool) -> Hidden {
-    match !settling && hideable(fd) && set_lowat(fd, i32::MAX) {
-        true => Hidden::Since(now),
-        false => Hidden::Never,
-    }
-}
-
-/// One look at a held connection in `phase`: its new state.
-pub(super) fn step(fd: &OwnedFd, state: Hidden, phase: Phase, now: Instant) -> Hidden {
-    match (state, phase) {
-        (Hidden::Since(_), Phase::Settling) => show(fd, Hidden::Never),
-        (Hidden::Since(_), _) if reading(fd) => show(fd, Hidden::Never),
-        (Hidden::Since(since), Phase::Draining) if now - since >= AT_STOP => show(fd, Hidden::No),
-        (Hidden::No, Phase::BeforeKill) => match set_lowat(fd, i32::MAX) {
-            true => Hidden::Since(now),
-            false => Hidden::Never,
-        },
-        (state, _) => state,
+/// One look at a held connection: hidden if `hide` (the caller tells whether the time
+/// and its worker allow it), shown when not, for good if the manager is to `settle` or
+/// the worker is reading a request on it.
+pub(super) fn step(fd: &OwnedFd, state: Hidden, hide: bool, settle: bool) -> Hidden {
+    match state {
+        Hidden::Yes if settle || reading(fd) => show(fd, Hidden::Never),
+        Hidden::Yes if !hide => show(fd, Hidden::No),
+        Hidden::No if hide && !settle && set_lowat(fd, i32::MAX) => Hidden::Yes,
+        state => state,
     }
 }
 
@@ -95,57 +68,19 @@ pub(super) fn show(fd: &OwnedFd, then: Hidden) -> Hidden {
     then
 }
 
-/// A non-blocking TCP socket: one whose worker waits for it in epoll.
-fn hideable(fd: &OwnedFd) -> bool {
-    let tcp = socket2::SockRef::from(fd)
-        .domain()
-        .is_ok_and(|d| d == socket2::Domain::IPV4 || d == socket2::Domain::IPV6);
+/// The socket is in blocking mode: its worker reads it with blocking calls.
+pub(super) fn blocking(fd: &OwnedFd) -> bool {
     let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap_or(0);
-    tcp && nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK)
+    !nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK)
 }
 
 /// Bytes wait unread that are not the start of a request: the rest of one the worker is
 /// reading.
 fn reading(fd: &OwnedFd) -> bool {
-    peek(fd, super::body::MAX_HEAD).is_some_and(|b| super::body::parse_head(&b).is_err())
-}
-
-/// The largest request copied at the take.
-const MAX_COPY: usize = 16 * 1024;
-
-/// A copy of the request waiting unread on `fd`, when it is one whole idempotent request.
-///
-/// Why: the worker may have been woken for it before it was hidden (the readiness was
-/// reported already). If the worker then reads it and closes the connection as idle
-/// without answering (Go's `Shutdown` race), the relay sends the copy on instead: an
-/// idempotent request only, since the worker may have begun on it (nginx resends the
-/// same ones to another server).
-pub(super) fn waiting_request(fd: &OwnedFd) -> Option<Vec<u8>> {
-    let bytes = peek(fd, MAX_COPY)?;
-    let head = super::body::parse_head(&bytes).ok()??;
-    let whole = matches!(head.framing, super::body::Framing::Length(n)
-        if head.len as u64 + n == bytes.len() as u64);
-    (whole && head.idempotent).then_some(bytes)
-}
-
-/// The bytes waiting unread on `fd` (at most `max`), left there; None if there are none.
-fn peek(fd: &OwnedFd, max: usize) -> Option<Vec<u8>> {
-    if super::tcp::unread(fd).is_none_or(|n| n == 0) {
-        return None;
-    }
-    let mut buf = vec![0u8; max];
-    // SAFETY: recv writes at most buf.len() bytes into the live buffer; MSG_PEEK leaves
-    // them in the socket for whoever reads it.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    buf.truncate(usize::try_from(n).ok().filter(|n| *n > 0)?);
-    Some(buf)
+    // The start is enough: a request line is told from the rest of a body in its first
+    // bytes (a head cut short here only reads as incomplete). Looked at every tick.
+    const START: usize = 256;
+    super::copy::peek(fd, START).is_some_and(|b| super::body::parse_head(&b).is_err())
 }
 
 fn set_lowat(fd: &OwnedFd, bytes: i32) -> bool {
@@ -163,19 +98,28 @@ fn set_lowat(fd: &OwnedFd, bytes: i32) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
     /// (client, the worker's end, the manager's duplicate of it)
-    fn held() -> (TcpStream, TcpStream, OwnedFd) {
+    pub(in crate::takeover) fn held() -> (TcpStream, TcpStream, OwnedFd) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let worker = l.accept().unwrap().0;
         worker.set_nonblocking(true).unwrap();
         let dup = OwnedFd::from(worker.try_clone().unwrap());
         (client, worker, dup)
+    }
+
+    /// Until `n` bytes wait unread (loopback delivers at once, but not always within the
+    /// sender's write call).
+    pub(in crate::takeover) fn wait_unread(fd: &OwnedFd, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while super::super::tcp::unread(fd) != Some(n) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
     }
 
     fn readable(s: &TcpStream) -> bool {
@@ -189,70 +133,47 @@ mod tests {
         p.revents & libc::POLLIN != 0
     }
 
-    #[tokio::test]
-    async fn a_hidden_request_wakes_no_one_until_shown_and_the_rest_of_a_body_is_shown() {
+    #[test]
+    fn a_hidden_request_wakes_no_one_until_shown_and_the_rest_of_a_body_is_shown() {
         let (mut client, mut worker, dup) = held();
-        let t = Instant::now();
-        let state = at_take(&dup, t, false);
-        assert_eq!(state, Hidden::Since(t));
+        assert!(!blocking(&dup));
+        // Hidden at the stop and before the kill, not while the worker drains between.
+        let bound = Duration::from_secs(10);
+        assert!(wanted(Duration::ZERO, bound) && wanted(Duration::from_millis(9_600), bound));
+        assert!(!wanted(AT_STOP, bound));
+        assert_eq!(step(&dup, Hidden::No, false, false), Hidden::No);
+        let state = step(&dup, Hidden::No, true, false);
+        assert_eq!(state, Hidden::Yes);
         client
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
+        wait_unread(&dup, 27);
         assert!(!readable(&worker), "a hidden request woke the worker");
-        // Still hidden within AT_STOP, shown after it.
-        assert_eq!(step(&dup, state, Phase::Draining, t), state);
-        let state = step(&dup, state, Phase::Draining, t + AT_STOP);
-        assert_eq!(state, Hidden::No);
+        assert_eq!(step(&dup, state, true, false), Hidden::Yes);
+        // Shown when no longer wanted: readable at once.
+        assert_eq!(step(&dup, state, false, false), Hidden::No);
         assert!(readable(&worker));
         let mut buf = [0u8; 64];
         assert_eq!(worker.read(&mut buf).unwrap(), 27);
 
-        // Hidden again before the kill; the rest of a body shows it for good.
-        let state = step(&dup, state, Phase::BeforeKill, t);
-        assert_eq!(state, Hidden::Since(t));
+        // The rest of a body shows it for good.
+        let (mut client, worker, dup) = held();
+        let state = step(&dup, Hidden::No, true, false);
         client.write_all(b"name=value&more").unwrap();
-        while super::super::tcp::unread(&dup) != Some(15) {
-            std::thread::yield_now();
-        }
-        assert_eq!(step(&dup, state, Phase::BeforeKill, t), Hidden::Never);
+        wait_unread(&dup, 15);
+        assert_eq!(step(&dup, state, true, false), Hidden::Never);
         assert!(readable(&worker));
+        // And so does the manager's settling.
+        let (_client, worker, dup) = held();
+        let state = step(&dup, Hidden::No, true, false);
+        assert_eq!(step(&dup, state, true, true), Hidden::Never);
+        drop(worker);
     }
 
     #[test]
-    fn only_one_whole_idempotent_request_waiting_is_copied() {
-        let cases: [(&[u8], bool); 5] = [
-            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", true),
-            (b"PUT /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nab", true),
-            (b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab", false),
-            (b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n", false),
-            (b"GET / HTTP/1.1\r\nHost", false),
-        ];
-        for (bytes, copied) in cases {
-            let (mut client, _worker, dup) = held();
-            client.write_all(bytes).unwrap();
-            while super::super::tcp::unread(&dup) != Some(bytes.len() as u64) {
-                std::thread::yield_now();
-            }
-            let copy = waiting_request(&dup);
-            assert_eq!(copy.is_some(), copied, "{}", String::from_utf8_lossy(bytes));
-            if let Some(copy) = copy {
-                assert_eq!(copy, bytes);
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn blocking_and_unix_sockets_are_never_hidden() {
+    fn a_socket_in_blocking_mode_is_told() {
         let (_client, worker, dup) = held();
         worker.set_nonblocking(false).unwrap();
-        assert_eq!(at_take(&dup, Instant::now(), false), Hidden::Never);
-        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        assert_eq!(
-            at_take(&OwnedFd::from(a), Instant::now(), false),
-            Hidden::Never
-        );
-        let (_client, _worker, dup) = held();
-        assert_eq!(at_take(&dup, Instant::now(), true), Hidden::Never);
+        assert!(blocking(&dup));
     }
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::body::{self, Framing, Head};
 use super::grab::{Held, Upstream};
 use super::tcp::{self, Tcp};
-use super::{Claim, Outcome, Params};
+use super::{Claim, Outcome, Params, copy};
 
 /// After the response, how long the client's further bytes are read and dropped before
 /// the close, and how many at most.
@@ -40,21 +40,14 @@ pub(super) async fn serve(held: Held, mut claim: Claim, params: Params) {
 async fn answer(mut held: Held, claim: &mut Claim, hold: Duration) -> io::Result<()> {
     match tcp::judge(&held.fd, held.mark) {
         Some(Tcp::FinSent) => claim.fin_sent(),
-        Some(Tcp::Unanswered) => match dropped_copy(&mut held) {
-            // The request that waited at the take, read and dropped: sent on from its copy.
+        Some(Tcp::Unanswered) => match copy::dropped(&held.fd, held.copy.take()) {
+            // A request the worker read and dropped: sent on from its copy.
             Some(copy) => return relay_next(held, claim, hold, copy).await,
             None => claim.unanswered(),
         },
         Some(Tcp::Open) | None => return relay_next(held, claim, hold, Vec::new()).await,
     }
     Ok(())
-}
-
-/// The copy of the request that waited unread at the take, if what the worker read since
-/// is exactly it (and it never answered: the caller judged so).
-fn dropped_copy(held: &mut Held) -> Option<Vec<u8>> {
-    let read = tcp::read_since(&held.fd, held.mark?)?;
-    held.copy.take().filter(|c| c.len() as u64 == read)
 }
 
 /// The client's next request on a connection that can still carry one (`first`: a copy

@@ -34,9 +34,13 @@ pub(super) fn mark(fd: &OwnedFd) -> Option<Mark> {
     })
 }
 
-/// How much the worker read of `fd` since its mark `taken`.
-pub(super) fn read_since(fd: &OwnedFd, taken: Mark) -> Option<u64> {
-    Some(mark(fd)?.read.saturating_sub(taken.read))
+/// How much the worker read of `fd`, and sent on it, since its mark `then`.
+pub(super) fn since(fd: &OwnedFd, then: Mark) -> Option<(u64, u64)> {
+    let now = mark(fd)?;
+    Some((
+        now.read - then.read.min(now.read),
+        now.sent - then.sent.min(now.sent),
+    ))
 }
 
 /// Judges a released connection, taken with `taken` (its mark then).

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::grab::{Held, sockets_of};
 use std::sync::atomic::Ordering;
 
-use super::{Accepting, Batch, Claim, Params, hide, relay};
+use super::{Accepting, Batch, Claim, Params, copy, hide, relay};
 
 /// How often a batch's tree is looked at while it still holds some of the connections.
 const EVERY: Duration = Duration::from_millis(20);
@@ -73,11 +73,7 @@ pub(super) async fn watch(
         }
         waiting = kept;
         let now = Instant::now();
-        let settling = batch.shared.settling.load(Ordering::Relaxed);
-        let phase = hide::phase(now - start, params.bound, settling);
-        for (held, _) in &mut waiting {
-            held.hidden = hide::step(&held.fd, held.hidden, phase, now);
-        }
+        look_after(&mut batch, &mut waiting, now - start, params.bound);
         if (waiting.is_empty() && accepting.is_none()) || now >= give_up {
             // Dropping what is left closes the duplicates (the worker's own fds, where
             // some process still has them, keep the connections open, shown to it) and
@@ -93,6 +89,26 @@ pub(super) async fn watch(
             _ => EVERY,
         };
         tokio::time::sleep(pace).await;
+    }
+}
+
+/// Copies what waits unread on the connections still the worker's, and hides their next
+/// requests from it when `hide` wants, `elapsed` into a stop bounded by `bound`, unless
+/// the worker reads them with blocking calls.
+pub(super) fn look_after(
+    batch: &mut Batch,
+    waiting: &mut [(Held, Claim)],
+    elapsed: Duration,
+    bound: Duration,
+) {
+    let settle = batch.shared.settling.load(Ordering::Relaxed);
+    for (held, _) in waiting.iter_mut().filter(|(h, _)| h.mark.is_some()) {
+        batch.blocking |= hide::blocking(&held.fd);
+        held.copy = copy::refresh(&held.fd, held.copy.take());
+    }
+    let hide = hide::wanted(elapsed, bound) && !batch.blocking;
+    for (held, _) in waiting.iter_mut().filter(|(h, _)| h.mark.is_some()) {
+        held.hidden = hide::step(&held.fd, held.hidden, hide, settle);
     }
 }
 
