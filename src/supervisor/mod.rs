@@ -20,7 +20,7 @@ pub mod notes;
 pub mod task;
 mod waiters;
 
-pub use machine::{Action, Event, GenId, Machine, Outcome, Settings, Spec};
+pub use machine::{Action, Admission, Event, GenId, Machine, Outcome, Settings, Spec};
 
 #[cfg(test)]
 mod tests;

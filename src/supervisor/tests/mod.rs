@@ -67,9 +67,14 @@ impl Driver {
     }
 
     /// Steps one event; with `auto_spawn`, the answers to its spawns are stepped too and
-    /// their actions appended.
+    /// their actions appended. A look for strays before the exit finds none, as the task
+    /// tells it (a story that has strays sends them).
     fn send(&mut self, event: Event) -> Vec<Action> {
         let mut out = self.sup.step(event, self.now);
+        if out.contains(&Action::FindStrays) {
+            let found_none = self.sup.step(Event::NoStrays, self.now);
+            out.extend(found_none);
+        }
         let mut asked = Vec::new();
         let mut loads = Vec::new();
         for a in &out {
@@ -891,4 +896,5 @@ mod pause;
 mod readiness;
 mod takeover;
 mod trees;
+mod upgrade;
 mod warmup;
