@@ -14,6 +14,12 @@
 //! so the task never spins. A candidate may serve a *probation* window (and start with
 //! *canaries*) before the old generation stops (`probation.rs`); a *paused* manager has a
 //! current generation with no workers, the sockets queueing connections (`pause.rs`).
+//!
+//! The task decides nothing the machine can: what a control request does
+//! (`requests.rs`), what is held during an in-place upgrade and what the unanswered are
+//! told at its exec (`upgrade.rs`), which starting workers are probed at a tick
+//! (`probing.rs`), that a pause that did not take is answered (`pause.rs`), and that the
+//! manager exits only once no stray process is left (`Action::FindStrays`, below).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

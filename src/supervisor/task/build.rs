@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::inputs::Sources;
 use super::signals::Signals;
-use super::{Context, Parts, Resume, Task, cgroups, hands, intake, metrics, readiness, reap};
+use super::{Context, Io, Resume, Task, cgroups, hands, intake, metrics, readiness, reap};
 use crate::config::RunConfig;
 use crate::control::{self, ControlServer, Incoming};
 use crate::notify::SdState;
@@ -42,7 +42,7 @@ pub(super) async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Resul
         .filter(|s| s.takeover)
         .map(|s| s.fd.as_fd())
         .collect();
-    let parts = Parts {
+    let parts = Io {
         sockets: ctx.sockets,
         notify: &notify_socket,
         env: WorkerEnv {
@@ -78,7 +78,7 @@ pub(super) async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Resul
         // WatchdogSec= in the unit: ping from this very loop, so a stuck manager is caught.
         watchdog: sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2)),
         // With a metrics file, its memory figures are refreshed now and then.
-        metrics: (task.metrics.as_ref()).map(|_| tokio::time::interval(metrics::REFRESH)),
+        metrics: (task.io.metrics.as_ref()).map(|_| tokio::time::interval(metrics::REFRESH)),
         memory: None,
         probes: None,
         removals: None,
@@ -176,7 +176,7 @@ impl Task<'_> {
     /// the old image took in during the upgrade).
     fn resume(&mut self, machine: &Machine, r: Resume) -> VecDeque<Event> {
         self.upgrades = r.upgrades;
-        self.takeover.carry_on(r.takeover);
+        self.io.takeover.carry_on(r.takeover);
         self.statuses = intake::Statuses::adopt(r.statuses);
         self.outputs.adopt(r.log_pipes);
         let now = Instant::now();
@@ -189,7 +189,8 @@ impl Task<'_> {
             "upgraded in place: {}",
             machine.status()
         );
-        self.systemd
+        self.io
+            .systemd
             .send(&[SdState::Ready, SdState::Status(machine.status())]);
         let mut queue = VecDeque::new();
         reap::reap(machine, &mut queue);

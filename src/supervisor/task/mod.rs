@@ -96,62 +96,31 @@ pub async fn run(machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> {
     build::run(machine, ctx).await
 }
 
-/// What a task is made of beyond its own bookkeeping: bound and adopted by `build.rs`
-/// for the manager, made up by `tests.rs` for the task's tests.
-struct Parts<'a> {
-    sockets: &'a [HeldSocket],
-    notify: &'a WorkerNotifySocket,
-    env: WorkerEnv<'a>,
-    args: RunArgs,
-    initial: Option<RunConfig>,
-    listen: Option<Vec<ListenSpec>>,
-    pid_file: Option<PathBuf>,
-    systemd: notify::Systemd,
-    control: Option<(OwnedFd, PathBuf)>,
-    cgroups: cgroups::Cgroups,
-    metrics: Option<metrics::Published>,
-    start_time: Option<f64>,
-    takeover: Takeover,
-    guard: Option<crate::guard::Guard>,
-    hands: Box<dyn hands::Hands>,
-    prober: readiness::Prober,
-}
-
-/// The task's own bookkeeping beside the state machine.
-struct Task<'a> {
+/// The task's I/O: what it binds, adopts and talks to. `build.rs` makes the manager's;
+/// `tests.rs` makes one with fake hands, no cgroups, no guard and no sockets.
+struct Io<'a> {
     /// The held sockets, for `handover status` and an upgrade's handoff.
     sockets: &'a [HeldSocket],
     /// The workers' notify socket.
     notify: &'a WorkerNotifySocket,
     env: WorkerEnv<'a>,
+    /// The flags, to load the configuration again at each reload.
     args: RunArgs,
+    /// The first generation's configuration, loaded at start (None once used).
     initial: Option<RunConfig>,
-    /// The pid file this manager keeps, for the handoff of an upgrade.
-    pid_file: Option<PathBuf>,
     /// The sockets as configured at start, to warn when a reload's config changes them.
     listen: Option<Vec<ListenSpec>>,
-    waiters: Waiters,
+    /// The pid file this manager keeps, for the handoff of an upgrade.
+    pid_file: Option<PathBuf>,
     systemd: notify::Systemd,
-    last_reload: Option<(control::ReloadInfo, Instant)>,
-    start_failure: Option<String>,
-    /// The binary an upgrade re-executes, and the state it needs beyond the supervisor.
-    exe: PathBuf,
+    /// The control socket's fd and path, for the handoff of an upgrade.
     control: Option<(OwnedFd, PathBuf)>,
-    upgrades: u32,
-    /// Each worker's own last STATUS=.
-    statuses: intake::Statuses,
-    /// An in-place upgrade under way (its check runs; see upgrade.rs).
-    upgrading: Option<upgrade::Upgrading>,
     /// Generation cgroups and warm-up priorities (cgroups.rs).
     cgroups: cgroups::Cgroups,
-    /// The part of a reload in progress after the last step, for progress lines.
-    reload_phase: Option<&'static str>,
     /// `metrics_file`, and what it shows (metrics.rs).
     metrics: Option<metrics::Published>,
     /// When the manager process started, for the metrics.
     start_time: Option<f64>,
-    /// The workers' stdout and stderr: journal streams, or copiers for log_prefix.
-    outputs: output::Outputs,
     /// The connections stopping workers let go (crate::takeover): its own tasks.
     takeover: Takeover,
     /// What kills the workers' groups should this manager be killed (crate::guard).
@@ -160,6 +129,25 @@ struct Task<'a> {
     hands: Box<dyn hands::Hands>,
     /// Reads starting workers' trees (readiness.rs).
     prober: readiness::Prober,
+}
+
+/// The task's own bookkeeping beside the state machine, and its I/O.
+struct Task<'a> {
+    io: Io<'a>,
+    waiters: Waiters,
+    last_reload: Option<(control::ReloadInfo, Instant)>,
+    start_failure: Option<String>,
+    /// The binary an upgrade re-executes.
+    exe: PathBuf,
+    upgrades: u32,
+    /// Each worker's own last STATUS=.
+    statuses: intake::Statuses,
+    /// An in-place upgrade under way (its check runs; see upgrade.rs).
+    upgrading: Option<upgrade::Upgrading>,
+    /// The part of a reload in progress after the last step, for progress lines.
+    reload_phase: Option<&'static str>,
+    /// The workers' stdout and stderr: journal streams, or copiers for log_prefix.
+    outputs: output::Outputs,
     /// Where notify datagrams are read into.
     buf: Vec<u8>,
     /// The notify socket was not read to its end.
@@ -167,33 +155,18 @@ struct Task<'a> {
 }
 
 impl<'a> Task<'a> {
-    fn new(p: Parts<'a>) -> Task<'a> {
+    fn new(io: Io<'a>) -> Task<'a> {
         Task {
-            sockets: p.sockets,
-            notify: p.notify,
-            env: p.env,
-            args: p.args,
-            initial: p.initial,
-            pid_file: p.pid_file,
-            listen: p.listen,
+            io,
             waiters: Waiters::default(),
-            systemd: p.systemd,
             last_reload: None,
             start_failure: None,
             exe: self_upgrade::binary_path(),
-            control: p.control,
             upgrades: 0,
             statuses: intake::Statuses::default(),
             upgrading: None,
-            cgroups: p.cgroups,
             reload_phase: None,
-            metrics: p.metrics,
-            start_time: p.start_time,
             outputs: output::Outputs::new(),
-            takeover: p.takeover,
-            guard: p.guard,
-            hands: p.hands,
-            prober: p.prober,
             buf: vec![0u8; 4096],
             datagrams_left: false,
         }

@@ -88,7 +88,7 @@ impl Task<'_> {
             status: m.status(),
             current_generation: m.current_generation(),
             desired_workers: m.desired_workers(),
-            sockets: (self.sockets.iter())
+            sockets: (self.io.sockets.iter())
                 .map(|s| control::SocketInfo {
                     name: s.name.clone(),
                     address: s.address.clone(),
@@ -97,7 +97,7 @@ impl Task<'_> {
             workers,
             last_reload: self.last_reload_info(now),
             cgroups: self.cgroup_report(m),
-            takeover: self.takeover.totals(),
+            takeover: self.io.takeover.totals(),
         }
     }
 
@@ -109,8 +109,8 @@ impl Task<'_> {
             .filter_map(|g| {
                 Some(control::CgroupInfo {
                     generation: g,
-                    path: self.cgroups.path(g)?.display().to_string(),
-                    memory_bytes: self.cgroups.memory(g),
+                    path: self.io.cgroups.path(g)?.display().to_string(),
+                    memory_bytes: self.io.cgroups.memory(g),
                 })
             })
             .collect()
@@ -138,37 +138,8 @@ impl Task<'_> {
                 self.start_failure = Some(reason);
                 return;
             }
-            Outcome::Paused { generation } => {
-                tracing::info!(
-                    generation,
-                    "paused: every worker stopped, connections queue"
-                );
-                self.waiters.resolve_paused(Reply::ok(format!(
-                    "paused: every worker of gen {generation} stopped, connections queue until `handover resume`"
-                )));
-                return;
-            }
-            Outcome::PauseRefused { why } => {
-                self.waiters.resolve_paused(Reply::error(why));
-                return;
-            }
-            Outcome::Resumed {
-                generation,
-                after,
-                by_itself,
-            } => {
-                let after_ms = after.as_millis() as u64;
-                let how = if by_itself {
-                    "by itself (max pause)"
-                } else {
-                    "on request"
-                };
-                tracing::info!(generation, after_ms, "resumed {how}");
-                // A pause still draining when it ended never took full effect.
-                self.waiters.resolve_paused(Reply::error(format!(
-                    "resumed {how} after {after_ms} ms, before every worker had stopped"
-                )));
-                return;
+            Outcome::Paused { .. } | Outcome::PauseRefused { .. } | Outcome::Resumed { .. } => {
+                return self.on_pause_outcome(o);
             }
             Outcome::Reloaded { generation, took } => {
                 let took_ms = took.as_millis() as u64;
@@ -207,5 +178,41 @@ impl Task<'_> {
             ago_secs: 0.0,
         };
         self.last_reload = Some((info, now));
+    }
+
+    /// A pause took effect, did not, or ended: its client is answered.
+    fn on_pause_outcome(&mut self, o: Outcome) {
+        match o {
+            Outcome::Paused { generation } => {
+                tracing::info!(
+                    generation,
+                    "paused: every worker stopped, connections queue"
+                );
+                self.waiters.resolve_paused(Reply::ok(format!(
+                    "paused: every worker of gen {generation} stopped, connections queue until `handover resume`"
+                )));
+            }
+            Outcome::PauseRefused { why } => {
+                self.waiters.resolve_paused(Reply::error(why));
+            }
+            Outcome::Resumed {
+                generation,
+                after,
+                by_itself,
+            } => {
+                let after_ms = after.as_millis() as u64;
+                let how = if by_itself {
+                    "by itself (max pause)"
+                } else {
+                    "on request"
+                };
+                tracing::info!(generation, after_ms, "resumed {how}");
+                // A pause still draining when it ended never took full effect.
+                self.waiters.resolve_paused(Reply::error(format!(
+                    "resumed {how} after {after_ms} ms, before every worker had stopped"
+                )));
+            }
+            _ => {}
+        }
     }
 }

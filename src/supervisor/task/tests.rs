@@ -18,7 +18,7 @@ use super::hands::{Hands, Spawn};
 use super::inputs::{Input, Inputs, Wants};
 use super::signals::Sig;
 use super::upgrade::Upgrading;
-use super::{Parts, Task, cgroups, readiness};
+use super::{Io, Task, cgroups, readiness};
 use crate::cli::{Cli, Command, RunArgs};
 use crate::config::RunConfig;
 use crate::control::{Incoming, Reply, Request};
@@ -167,14 +167,10 @@ fn args() -> RunArgs {
     }
 }
 
-fn parts<'a>(
-    notify: &'a WorkerNotifySocket,
-    path: &'a Path,
-    world: &Rc<RefCell<World>>,
-) -> Parts<'a> {
+fn parts<'a>(notify: &'a WorkerNotifySocket, path: &'a Path, world: &Rc<RefCell<World>>) -> Io<'a> {
     let args = args();
     let config = RunConfig::load(&args).expect("the test's configuration loads");
-    Parts {
+    Io {
         sockets: &[],
         notify,
         env: WorkerEnv {
@@ -209,7 +205,8 @@ async fn drive<F: Future<Output = ()>>(script: impl FnOnce(Feed) -> F) -> anyhow
     let world = Rc::new(RefCell::new(World::default()));
     let mut task = Task::new(parts(&notify, &path, &world));
     let mut machine = Machine::new(
-        task.initial
+        task.io
+            .initial
             .as_ref()
             .map(|c| c.settings.clone())
             .unwrap_or_default(),

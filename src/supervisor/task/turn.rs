@@ -72,7 +72,7 @@ impl Task<'_> {
         self.reload_phase = m.reload_phase();
         if m.is_stopping() {
             // The serving generation drains too: released connections are closed.
-            self.takeover.close();
+            self.io.takeover.close();
         }
         for action in actions {
             if action == Action::FindStrays {
@@ -109,44 +109,26 @@ impl Task<'_> {
     ) -> Option<i32> {
         match action {
             Action::LoadConfig { generation } => answers.push(self.load_config(generation)),
-            Action::Spawn {
-                id,
-                generation,
-                slot,
-                release,
-            } => {
-                let log_prefix = (m.generation(generation)).is_some_and(|g| g.settings.log_prefix);
-                let placement = self.cgroups.placement(generation);
-                let spawned = self.hands.spawn(Spawn {
-                    outputs: &mut self.outputs,
-                    env: &self.env,
-                    release: &release,
-                    placement: &placement,
-                    who: output::Who { generation, slot },
-                    log_prefix,
-                });
-                // The machine logs a failure, with the worker's generation and slot.
-                answers.push(match spawned {
-                    Ok(pid) => Event::Spawned { id, pid },
-                    Err(error) => Event::SpawnFailed { id, error },
-                });
-            }
+            spawn @ Action::Spawn { .. } => answers.extend(self.spawn(spawn, m)),
             Action::TakeOver {
                 pid,
                 generation,
                 hold,
                 bound,
             } => self
+                .io
                 .takeover
                 .take(generation, pid, takeover::Params { hold, bound }),
-            Action::Signal { pid, signal, group } => self.hands.signal(pid, signal, group),
-            Action::Priority { generation, low } => self.cgroups.priority(generation, low, m),
-            Action::KillGeneration { generation } => self.cgroups.kill(generation),
+            Action::Signal { pid, signal, group } => self.io.hands.signal(pid, signal, group),
+            Action::Priority { generation, low } => self.io.cgroups.priority(generation, low, m),
+            Action::KillGeneration { generation } => self.io.cgroups.kill(generation),
             Action::MeasureMemory { generation } => answers.push(Event::MemoryMeasured {
                 generation,
-                figures: pacing::measure(m, generation, &mut self.cgroups),
+                figures: pacing::measure(m, generation, &mut self.io.cgroups),
             }),
-            Action::LimitMemory { generation, max } => self.cgroups.limit_memory(generation, max),
+            Action::LimitMemory { generation, max } => {
+                self.io.cgroups.limit_memory(generation, max)
+            }
             Action::Paced(pace) => {
                 tracing::info!(generation = pace.generation, "{pace}");
                 // `handover reload` hears it when the reload goes in batches.
@@ -154,9 +136,9 @@ impl Task<'_> {
                     self.waiters.progress(&pace.to_string(), Some("pacing"));
                 }
             }
-            Action::Notify(states) => self.notify(states),
+            Action::Notify(states) => self.tell_systemd(states),
             Action::Outcome(o) => self.on_outcome(o),
-            Action::Probe(pids) => self.prober.probe(m, &pids, answers),
+            Action::Probe(pids) => self.io.prober.probe(m, &pids, answers),
             Action::Upgrade(u) => self.on_upgrade_action(u, queue),
             // Taken in `take`.
             Action::FindStrays => {}
@@ -165,13 +147,44 @@ impl Task<'_> {
         None
     }
 
-    fn notify(&mut self, states: Vec<SdState>) {
+    /// Starts the worker `Action::Spawn` asks for; the machine's answer.
+    fn spawn(&mut self, spawn: Action, m: &Machine) -> Option<Event> {
+        let Action::Spawn {
+            id,
+            generation: g,
+            slot,
+            release,
+        } = spawn
+        else {
+            return None;
+        };
+        let log_prefix = m.generation(g).is_some_and(|g| g.settings.log_prefix);
+        let placement = self.io.cgroups.placement(g);
+        let spawned = self.io.hands.spawn(Spawn {
+            outputs: &mut self.outputs,
+            env: &self.io.env,
+            release: &release,
+            placement: &placement,
+            who: output::Who {
+                generation: g,
+                slot,
+            },
+            log_prefix,
+        });
+        // The machine logs a failure, with the worker's generation and slot.
+        Some(match spawned {
+            Ok(pid) => Event::Spawned { id, pid },
+            Err(error) => Event::SpawnFailed { id, error },
+        })
+    }
+
+    fn tell_systemd(&mut self, states: Vec<SdState>) {
         for s in &states {
             if let SdState::Status(status) = s {
                 self.waiters.progress(status, self.reload_phase);
             }
         }
-        self.systemd.send(&states);
+        self.io.systemd.send(&states);
     }
 
     fn on_upgrade_action(&mut self, u: UpgradeAction, queue: &mut VecDeque<Event>) {
@@ -196,12 +209,12 @@ impl Task<'_> {
     async fn exit(&mut self, code: i32, m: &Machine) -> anyhow::Result<i32> {
         // A relay still in flight is let finish, briefly (the manager's exit would cut
         // it); nothing new is relayed once stopping.
-        self.takeover.settle(takeover::EXIT_SETTLE).await;
-        self.cgroups.remove_all();
-        self.systemd.settle();
+        self.io.takeover.settle(takeover::EXIT_SETTLE).await;
+        self.io.cgroups.remove_all();
+        self.io.systemd.settle();
         self.publish_metrics(m, true);
         self.waiters.fail_all("the manager stopped");
-        if let Some(g) = &mut self.guard {
+        if let Some(g) = &mut self.io.guard {
             g.done();
         }
         self.outputs.finish().await;
@@ -217,15 +230,15 @@ impl Task<'_> {
     /// generation's last worker brings that generation back (trees.rs) before its cgroup
     /// would be killed under it.
     fn chores(&mut self, m: &Machine) -> Wants {
-        self.cgroups.sync(m);
+        self.io.cgroups.sync(m);
         self.tell_guard(m);
         self.publish_metrics(m, false);
         Wants {
             deadline: m.next_deadline(),
             memory: m.settings().max_memory.is_some(),
             probing: !m.probing().is_empty(),
-            removing: self.cgroups.removing(),
-            flush: self.systemd.has_pending(),
+            removing: self.io.cgroups.removing(),
+            flush: self.io.systemd.has_pending(),
             datagrams_left: self.datagrams_left,
         }
     }
@@ -244,7 +257,7 @@ impl Task<'_> {
                 // known, before its exit is.
                 self.read_datagrams(m, queue);
                 reap(m, queue);
-                self.cgroups.name_oom_kills(m, queue);
+                self.io.cgroups.name_oom_kills(m, queue);
             }
             Input::Signal(Sig::Usr2) => self.start_upgrade(m, None, queue),
             Input::Signal(sig) => queue.extend(sig.event()),
@@ -262,17 +275,18 @@ impl Task<'_> {
     fn on_clock(&mut self, clock: Clock, m: &Machine, queue: &mut VecDeque<Event>) {
         match clock {
             Clock::Deadline => queue.push_back(Event::Timer),
-            Clock::Watchdog => self.systemd.send(&[SdState::Watchdog]),
-            Clock::Flush => self.systemd.flush(),
+            Clock::Watchdog => self.io.systemd.send(&[SdState::Watchdog]),
+            Clock::Flush => self.io.systemd.flush(),
             Clock::Memory => sample_memory(m, queue),
-            Clock::Removals => self.cgroups.retry_removals(),
+            Clock::Removals => self.io.cgroups.retry_removals(),
             Clock::Metrics => self.publish_metrics(m, true),
             Clock::Probe => queue.push_back(Event::ProbeTick),
         }
     }
 
     fn read_datagrams(&mut self, m: &Machine, queue: &mut VecDeque<Event>) {
-        let drained = read_notifications(self.notify, m, &mut self.buf, &mut self.statuses, queue);
+        let drained =
+            read_notifications(self.io.notify, m, &mut self.buf, &mut self.statuses, queue);
         self.datagrams_left = !drained;
     }
 
@@ -280,12 +294,12 @@ impl Task<'_> {
     /// its release is resolved and pinned here, once.
     fn load_config(&mut self, generation: GenId) -> Event {
         self.waiters.attach_next(generation);
-        let loaded = match self.initial.take() {
+        let loaded = match self.io.initial.take() {
             Some(c) => Ok(c),
-            None => RunConfig::load(&self.args).map_err(|e| e.to_string()),
+            None => RunConfig::load(&self.io.args).map_err(|e| e.to_string()),
         };
         let result = loaded.map(|config| {
-            if self.listen.as_ref().is_some_and(|l| *l != config.listen) {
+            if self.io.listen.as_ref().is_some_and(|l| *l != config.listen) {
                 tracing::warn!("the sockets (listen) changed in the configuration: that takes a restart, not a reload");
             }
             Box::new(Spec {
@@ -301,11 +315,11 @@ impl Task<'_> {
 
     /// Tells the guard which worker groups exist now (a gone guard is said once).
     fn tell_guard(&mut self, m: &Machine) {
-        let Some(g) = &mut self.guard else { return };
+        let Some(g) = &mut self.io.guard else { return };
         let groups = m.workers().filter(|(_, _, w)| !w.adopted);
         if !g.sync(groups.filter_map(|(_, _, w)| w.pid)) {
             tracing::warn!("the guard is gone: a worker's children may outlive a killed manager");
-            self.guard = None;
+            self.io.guard = None;
         }
     }
 }

@@ -94,7 +94,7 @@ impl Task<'_> {
         };
         // The new binary must load the configuration too, unless this one cannot either
         // (a broken config file is no reason to refuse an upgrade; the next reload says so).
-        let config_loads = RunConfig::load(&self.args).is_ok();
+        let config_loads = RunConfig::load(&self.io.args).is_ok();
         tracing::info!(
             "upgrading in place: checking the new binary {}",
             self.exe.display()
@@ -132,7 +132,10 @@ impl Task<'_> {
         }
         // The exec closes every connection the takeover holds: what it holds now is
         // answered first, or given up after a moment (see crate::takeover).
-        self.takeover.settle(crate::takeover::UPGRADE_SETTLE).await;
+        self.io
+            .takeover
+            .settle(crate::takeover::UPGRADE_SETTLE)
+            .await;
         // From here a signal stays pending in the kernel, and crosses the exec.
         upgrade::block_signals();
         if let Err(why) = self.last_turns(m, inputs, queue).await {
@@ -151,15 +154,17 @@ impl Task<'_> {
         };
         tracing::info!("upgrading in place: exec {}", self.exe.display());
         let upgrading = format!("{}; upgrading handover in place", m.status());
-        self.systemd
+        self.io
+            .systemd
             .send(&[SdState::Reloading, SdState::Status(upgrading)]);
         // The new image starts with an empty queue: what waits goes first.
-        self.systemd.settle();
+        self.io.systemd.settle();
         // What is still unanswered is answered as the machine says (busy).
         self.take(Event::Upgrade(UpgradeEvent::Exec), m, queue);
         // Returns only if the exec failed (and then unblocked the signals).
         let why = upgrade::exec(&self.exe, &handoff);
-        self.systemd
+        self.io
+            .systemd
             .send(&[SdState::Ready, SdState::Status(m.status())]);
         give_up(why, queue);
     }
@@ -225,7 +230,7 @@ impl Task<'_> {
         let now = Instant::now();
         Ok(upgrade::Handoff {
             version: upgrade::HANDOFF_VERSION,
-            sockets: (self.sockets.iter())
+            sockets: (self.io.sockets.iter())
                 .map(|s| upgrade::SocketHandoff {
                     fd: s.fd.as_raw_fd(),
                     name: s.name.clone(),
@@ -234,24 +239,21 @@ impl Task<'_> {
                     takeover: s.takeover,
                 })
                 .collect(),
-            notify_fd: self.notify.as_fd().as_raw_fd(),
-            notify_dir: self.notify.directory().to_owned(),
-            control: self
-                .control
-                .as_ref()
-                .map(|(fd, p)| (fd.as_raw_fd(), p.clone())),
+            notify_fd: self.io.notify.as_fd().as_raw_fd(),
+            notify_dir: self.io.notify.directory().to_owned(),
+            control: (self.io.control.as_ref()).map(|(fd, p)| (fd.as_raw_fd(), p.clone())),
             supervisor: m.snapshot(now)?,
             last_reload: self.last_reload_info(now),
             upgrades: self.upgrades + 1,
             pending,
             worker_nofile: crate::fdlimit::limits().map(|l| l.worker_soft),
             log_pipes: self.outputs.handoff(),
-            takeover: self.takeover.totals(),
+            takeover: self.io.takeover.totals(),
             statuses: self.statuses.carried(),
-            guard_fd: self.guard.as_ref().map(crate::guard::Guard::raw_fd),
+            guard_fd: self.io.guard.as_ref().map(crate::guard::Guard::raw_fd),
             files: Some(upgrade::Files {
-                pid_file: self.pid_file.clone(),
-                metrics_file: (self.metrics.as_ref()).map(|p| p.file.path().to_owned()),
+                pid_file: self.io.pid_file.clone(),
+                metrics_file: (self.io.metrics.as_ref()).map(|p| p.file.path().to_owned()),
             }),
         })
     }

@@ -8,9 +8,7 @@ use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use super::machine::{
-    Action, Event, GenId as Generation, Machine, Outcome, Settings, Spec, WorkerId,
-};
+use super::machine::{Action, Event, GenId, Machine, Outcome, Settings, Spec, WorkerId};
 use crate::notify::SdState;
 use crate::release::Release;
 use crate::units::Readiness;
@@ -18,7 +16,7 @@ use crate::units::Readiness;
 /// A worker the fake spawner was asked for; `pid` once the spawn was answered.
 struct Proc {
     id: WorkerId,
-    generation: Generation,
+    generation: GenId,
     slot: usize,
     pid: Option<i32>,
     /// The release the spawn was asked to start.
@@ -39,7 +37,7 @@ struct Driver {
     release: Arc<Release>,
     /// Answer config loads at once (the task does); else they wait in `loads`.
     auto_load: bool,
-    loads: Vec<Generation>,
+    loads: Vec<GenId>,
 }
 
 impl Driver {
@@ -117,7 +115,7 @@ impl Driver {
 
     /// Answers the config load of `generation` with `next_settings` (or the current
     /// settings) and `release`.
-    fn load(&mut self, generation: Generation) -> Vec<Action> {
+    fn load(&mut self, generation: GenId) -> Vec<Action> {
         let settings = self
             .next_settings
             .take()
@@ -152,7 +150,7 @@ impl Driver {
     }
 
     /// Pids of generation `g`, in spawn order.
-    fn pids(&self, g: Generation) -> Vec<i32> {
+    fn pids(&self, g: GenId) -> Vec<i32> {
         self.procs
             .iter()
             .filter(|p| p.generation == g)
@@ -161,7 +159,7 @@ impl Driver {
     }
 
     /// Pid of the latest worker spawned for `slot` of generation `g`.
-    fn pid(&self, g: Generation, slot: usize) -> i32 {
+    fn pid(&self, g: GenId, slot: usize) -> i32 {
         let p = self
             .procs
             .iter()
@@ -174,7 +172,7 @@ impl Driver {
         self.send(Event::Ready { pid })
     }
 
-    fn ready_all(&mut self, g: Generation) -> Vec<Action> {
+    fn ready_all(&mut self, g: GenId) -> Vec<Action> {
         self.pids(g)
             .into_iter()
             .flat_map(|pid| self.ready(pid))
@@ -268,7 +266,7 @@ fn settled(signals: Vec<Action>, status_line: &str, outcome: Outcome) -> Vec<Act
     [signals, vec![notify, Action::Outcome(outcome)]].concat()
 }
 
-fn reloaded(generation: Generation, took: Duration) -> Outcome {
+fn reloaded(generation: GenId, took: Duration) -> Outcome {
     Outcome::Reloaded { generation, took }
 }
 
@@ -289,7 +287,7 @@ fn rolled_back(stopped: &[i32], serving: usize, reason: String, took: Duration) 
 }
 
 /// The warm-up priority of generation `g`: `low`, or back to normal.
-fn warmup(generation: Generation, low: bool) -> Action {
+fn warmup(generation: GenId, low: bool) -> Action {
     Action::Priority { generation, low }
 }
 
@@ -322,7 +320,7 @@ fn exits(a: &[Action]) -> Vec<i32> {
     pick!(a, Action::Exit(code) => *code)
 }
 
-fn spawns(a: &[Action]) -> Vec<(Generation, usize)> {
+fn spawns(a: &[Action]) -> Vec<(GenId, usize)> {
     pick!(a, Action::Spawn { generation, slot, .. } => (*generation, *slot))
 }
 
