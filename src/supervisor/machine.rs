@@ -18,7 +18,7 @@
 //! The task decides nothing the machine can: what a control request does
 //! (`requests.rs`), what is held during an in-place upgrade and what the unanswered are
 //! told at its exec (`upgrade.rs`), which starting workers are probed at a tick
-//! (`probing.rs`), that a pause that did not take is answered (`pause.rs`), and that the
+//! (`ready.rs`), that a pause that did not take is answered (`pause.rs`), and that the
 //! manager exits only once no stray process is left (`Action::FindStrays`, below).
 
 use std::collections::BTreeMap;
@@ -29,7 +29,6 @@ mod counters;
 mod pacing;
 mod pause;
 mod probation;
-pub mod probing;
 mod queries;
 mod ready;
 mod recycle;
@@ -41,6 +40,7 @@ mod trees;
 pub mod upgrade;
 mod workers;
 pub use counters::{Counters, ReloadEnd};
+pub use ready::{BRISK, PROBE_EVERY, SLOW_EVERY};
 pub use requests::Admission;
 pub use snapshot::Snapshot;
 pub use upgrade::{UpgradeAction, UpgradeEvent};
@@ -134,7 +134,7 @@ pub struct Machine {
     upgrade: Option<Vec<crate::upgrade::Carried>>,
     /// A pause was asked for and its client not answered yet (`pause.rs`).
     pause_unanswered: bool,
-    probe_clock: probing::ProbeClock,
+    probe_clock: ready::ProbeClock,
 }
 
 impl Machine {
@@ -154,7 +154,7 @@ impl Machine {
             counters: Counters::default(),
             upgrade: None,
             pause_unanswered: false,
-            probe_clock: probing::ProbeClock::default(),
+            probe_clock: ready::ProbeClock::default(),
         }
     }
 

@@ -4,9 +4,9 @@
 //! - `generation`: a generation as a value — its pinned release, settings and workers;
 //! - `machine`: the pure state machine that decides (`step(event, now) -> actions`);
 //!   `machine.rs` is "what happens on a reload", `machine/workers.rs` a worker's life,
-//!   `machine/ready.rs` readiness, `machine/trees.rs` process groups and strays,
-//!   `machine/upgrade.rs` what an in-place upgrade holds, `machine/requests.rs` what a
-//!   control request does, `machine/probing.rs` which starting workers are probed, with
+//!   `machine/ready.rs` readiness (and which starting workers are probed),
+//!   `machine/trees.rs` process groups and strays, `machine/upgrade.rs` what an
+//!   in-place upgrade holds, `machine/requests.rs` what a control request does, with
 //!   `machine/{recycle,snapshot,status,queries}`;
 //! - `notes`: what the machine says happened, logged by the task;
 //! - `task`: the one task that executes the machine's actions and feeds it events, built

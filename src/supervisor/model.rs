@@ -214,7 +214,7 @@ pub enum Event {
     },
     /// Start the paused generation's workers again.
     Resume,
-    /// The probe clock ticked: answer with `Action::Probe` (`machine/probing.rs`).
+    /// The probe clock ticked: answer with `Action::Probe` (`machine/ready.rs`).
     ProbeTick,
     /// Answer to `Action::FindStrays`: none is left (a found one is an `Event::Stray`).
     NoStrays,

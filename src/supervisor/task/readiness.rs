@@ -1,7 +1,7 @@
 //! How a starting worker is judged ready without its help: while the machine has
 //! workers whose readiness mode reads the kernel (`auto`, `listen`) and that have not yet
 //! been seen, the task's probe clock ticks every `PROBE_EVERY`; the machine says which
-//! of them are due at each tick (`machine/probing.rs`: slow starters less often), and
+//! of them are due at each tick (`machine/ready.rs`: slow starters less often), and
 //! this probes their trees (`crate::readiness` does the reading: waiting on a held
 //! socket, or holding a connection accepted from one; for a pool of processes, each of
 //! them) and feeds `Listening` or `ProbeFailed` back. With nothing pending there is no
@@ -14,7 +14,7 @@ use std::os::fd::BorrowedFd;
 use crate::readiness::{Memory, PoolGap, Served, SocketId, waiting_on_each};
 use crate::supervisor::{Event, Machine};
 
-pub use crate::supervisor::machine::probing::PROBE_EVERY;
+pub use crate::supervisor::machine::PROBE_EVERY;
 
 /// What every probe needs: the held sockets' identities and TCP addresses, and what
 /// earlier probes saw of the trees still pending.

@@ -183,7 +183,7 @@ fn probed(a: &[Action]) -> Vec<i32> {
 
 #[test]
 fn a_worker_pending_past_brisk_is_probed_at_one_tick_in_slow_every() {
-    use crate::supervisor::machine::probing::{BRISK, PROBE_EVERY, SLOW_EVERY};
+    use crate::supervisor::machine::{BRISK, PROBE_EVERY, SLOW_EVERY};
     // Serving, then its one worker crashes: its successor is pending.
     let mut d = running(Readiness::Listen, 1);
     d.exit(d.pid(1, 0), "exit status 1");
