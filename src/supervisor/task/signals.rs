@@ -107,3 +107,27 @@ pub fn drained_events(sigs: &[Sig]) -> Vec<Event> {
     events.dedup();
     events
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_gives_each_signal_its_event_and_a_drain_one_stop() {
+        let events: Vec<Option<Event>> = Sig::ALL.iter().map(|s| s.event()).collect();
+        let stop = Some(Event::Stop { fast: false });
+        let expected = [
+            Some(Event::Reload),
+            stop.clone(),
+            stop.clone(),
+            Some(Event::Stop { fast: true }),
+            None,
+            Some(Event::Scale(1)),
+            Some(Event::Scale(-1)),
+            None,
+        ];
+        assert_eq!(events, expected);
+        let drained = drained_events(&[Sig::Chld, Sig::Hup, Sig::Term, Sig::Int, Sig::Usr2]);
+        assert_eq!(drained, [Event::Reload, Event::Stop { fast: false }]);
+    }
+}

@@ -194,6 +194,16 @@ fn parts<'a>(notify: &'a WorkerNotifySocket, path: &'a Path, world: &Rc<RefCell<
     }
 }
 
+/// Runs a fresh task beside `script`, which feeds it from the moment gen 1 serves (its
+/// two workers ready); the task must then exit cleanly.
+async fn serving<F: Future<Output = ()>>(script: impl FnOnce(Feed) -> F) {
+    let script = |feed: Feed| async move {
+        feed.serving().await;
+        script(feed).await
+    };
+    assert_eq!(drive(script).await.expect("a clean exit"), 0);
+}
+
 /// Runs a fresh task beside `script`, which feeds it; returns the task's exit code.
 async fn drive<F: Future<Output = ()>>(script: impl FnOnce(Feed) -> F) -> anyhow::Result<i32> {
     assert!(
@@ -223,8 +233,7 @@ async fn drive<F: Future<Output = ()>>(script: impl FnOnce(Feed) -> F) -> anyhow
 
 #[tokio::test]
 async fn a_reload_asked_during_an_upgrade_is_held_then_given_back_when_it_fails() {
-    let code = drive(|feed| async move {
-        feed.serving().await;
+    serving(|feed| async move {
         let mut upgrade = feed.ask(Request::Upgrade);
         // A waiting client cannot cross the exec: busy. The others are held.
         let busy = feed.answer(Request::Reload { wait: true }).await;
@@ -252,13 +261,11 @@ async fn a_reload_asked_during_an_upgrade_is_held_then_given_back_when_it_fails(
         feed.exit_all(&[feed.pids(2), feed.pids(3)].concat());
     })
     .await;
-    assert_eq!(code.expect("a clean exit"), 0);
 }
 
 #[tokio::test]
 async fn a_stop_during_a_reload_rolls_it_back_and_stops_both_generations() {
-    let code = drive(|feed| async move {
-        feed.serving().await;
+    serving(|feed| async move {
         let mut client = feed.ask(Request::Reload { wait: true });
         assert_eq!(feed.status().await, "gen 1: 2/2 ready, gen 2 starting 0/2");
         let stop = feed.answer(Request::Stop).await;
@@ -274,13 +281,11 @@ async fn a_stop_during_a_reload_rolls_it_back_and_stops_both_generations() {
         feed.exit_all(&all);
     })
     .await;
-    assert_eq!(code.expect("a clean exit"), 0);
 }
 
 #[tokio::test]
 async fn a_control_client_that_disconnects_mid_reload_changes_nothing() {
-    let code = drive(|feed| async move {
-        feed.serving().await;
+    serving(|feed| async move {
         // The client goes away at once: its progress lines and outcome go nowhere.
         drop(feed.ask(Request::Reload { wait: true }));
         assert_eq!(feed.status().await, "gen 1: 2/2 ready, gen 2 starting 0/2");
@@ -301,5 +306,38 @@ async fn a_control_client_that_disconnects_mid_reload_changes_nothing() {
         feed.exit_all(&feed.pids(3));
     })
     .await;
-    assert_eq!(code.expect("a clean exit"), 0);
+}
+
+#[tokio::test]
+async fn a_stop_during_an_upgrade_cancels_it_and_the_manager_stops() {
+    serving(|feed| async move {
+        let mut upgrade = feed.ask(Request::Upgrade);
+        feed.send(Input::Signal(Sig::Hup));
+        feed.send(Input::Signal(Sig::Term));
+        let cancelled = "the upgrade was cancelled: the manager is stopping";
+        assert_eq!(upgrade.recv().await, Some(Reply::error(cancelled)));
+        // The reload it held is given back to a stopping manager: nothing starts.
+        assert_eq!(feed.status().await, "stopping: 2 workers left");
+        assert!(feed.pids(2).is_empty());
+        feed.exit_all(&feed.pids(1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pause_is_answered_once_its_workers_are_gone_and_a_bad_one_at_once() {
+    serving(|feed| async move {
+        let zero = feed.answer(Request::Pause { max_ms: 0 }).await;
+        assert_eq!(zero, Reply::error("pause: --max-pause must be above 0"));
+        let mut client = feed.ask(Request::Pause { max_ms: 5000 });
+        feed.taken().await;
+        assert!(client.try_recv().is_err(), "it waits for the workers");
+        feed.exit_all(&feed.pids(1));
+        let paused = client.recv().await.expect("answered");
+        let line =
+            "paused: every worker of gen 1 stopped, connections queue until `handover resume`";
+        assert_eq!(paused, Reply::ok(line));
+        feed.send(Input::Signal(Sig::Int));
+    })
+    .await;
 }
