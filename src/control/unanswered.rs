@@ -6,7 +6,8 @@
 //!
 //! The exec happens on the runtime's only thread, after a last turn in which every
 //! answer already given was written (task/upgrade.rs): so what is still registered then
-//! was not read, or was read and never handled. An `upgrade` request unregisters itself:
+//! was not read, or was read and never handled. That they are told "busy", and what, is
+//! the machine's decision (`UpgradeEvent::Exec`); this only writes it. An `upgrade` request unregisters itself:
 //! the exec closing its connection is its answer (the client then asks the new image).
 
 use std::collections::BTreeSet;
@@ -45,12 +46,13 @@ fn lock() -> std::sync::MutexGuard<'static, BTreeSet<RawFd>> {
     OPEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Right before an exec: tells every registered connection "busy", without blocking
-/// (a client that does not read gets nothing, as before). Returns how many were told.
-pub fn answer_busy_before_exec() -> usize {
+/// Right before an exec: tells every registered connection "busy" with `message` (the
+/// machine's: `supervisor/machine/upgrade.rs`), without blocking (a client that does not
+/// read gets nothing, as before). Returns how many were told.
+pub fn answer_busy_before_exec(message: &str) -> usize {
     let busy = Reply::Busy {
         v: super::VERSION,
-        message: "busy: the manager is upgrading itself in place; ask again".into(),
+        message: message.into(),
     };
     let Ok(mut line) = serde_json::to_vec(&busy) else {
         return 0;

@@ -14,6 +14,12 @@
 //! so the task never spins. A candidate may serve a *probation* window (and start with
 //! *canaries*) before the old generation stops (`probation.rs`); a *paused* manager has a
 //! current generation with no workers, the sockets queueing connections (`pause.rs`).
+//!
+//! The task decides nothing the machine can: what a control request does
+//! (`requests.rs`), what is held during an in-place upgrade and what the unanswered are
+//! told at its exec (`upgrade.rs`), which starting workers are probed at a tick
+//! (`ready.rs`), that a pause that did not take is answered (`pause.rs`), and that the
+//! manager exits only once no stray process is left (`Action::FindStrays`, below).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,12 +33,17 @@ mod queries;
 mod ready;
 mod recycle;
 mod reload;
+pub mod requests;
 mod snapshot;
 mod status;
 mod trees;
+pub mod upgrade;
 mod workers;
 pub use counters::{Counters, ReloadEnd};
+pub use ready::{BRISK, PROBE_EVERY, SLOW_EVERY};
+pub use requests::Admission;
 pub use snapshot::Snapshot;
+pub use upgrade::{UpgradeAction, UpgradeEvent};
 
 use super::generation::Generation;
 pub use super::model::{
@@ -119,6 +130,11 @@ pub struct Machine {
     last_status: String,
     notes: Vec<Note>,
     counters: Counters,
+    /// An in-place upgrade under way, with the requests held for the new image.
+    upgrade: Option<Vec<crate::upgrade::Carried>>,
+    /// A pause was asked for and its client not answered yet (`pause.rs`).
+    pause_unanswered: bool,
+    probe_clock: ready::ProbeClock,
 }
 
 impl Machine {
@@ -136,6 +152,9 @@ impl Machine {
             last_status: String::new(),
             notes: Vec::new(),
             counters: Counters::default(),
+            upgrade: None,
+            pause_unanswered: false,
+            probe_clock: ready::ProbeClock::default(),
         }
     }
 
@@ -168,18 +187,52 @@ impl Machine {
     /// Feeds one event in; returns what to do, in order.
     pub fn step(&mut self, event: Event, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
+        if self.hold(&event, &mut out) {
+            return out;
+        }
+        let swept = event == Event::NoStrays;
+        self.dispatch(event, now, &mut out);
+        self.forget_finished();
+        self.pace(&mut out);
+        self.announce_paused(now, &mut out);
+        self.answer_refused_pause(&mut out);
+        self.exit_once_empty(swept, &mut out);
+        self.attach_status(&mut out);
+        out
+    }
+
+    /// Once stopping and every worker is gone: exit, but only once no stray process is
+    /// left either (nothing of any generation may outlive the manager); the task looks
+    /// for them first (`Action::FindStrays`), and a stray found brings its generation
+    /// back to be stopped (`trees.rs`).
+    fn exit_once_empty(&mut self, swept: bool, out: &mut Vec<Action>) {
+        if let Phase::Stopping { code, .. } = self.phase
+            && self.generations.values().all(|g| g.workers.is_empty())
+            && !out
+                .iter()
+                .any(|a| matches!(a, Action::Exit(_) | Action::FindStrays))
+        {
+            out.push(if swept {
+                Action::Exit(code)
+            } else {
+                Action::FindStrays
+            });
+        }
+    }
+
+    fn dispatch(&mut self, event: Event, now: Instant, out: &mut Vec<Action>) {
         match event {
             Event::Start => {
                 if self.phase == Phase::Idle {
-                    self.request_generation(now, false, &mut out);
+                    self.request_generation(now, false, out);
                 }
             }
-            Event::Reload => self.on_reload(now, &mut out),
+            Event::Reload => self.on_reload(now, out),
             Event::ConfigLoaded { generation, result } => {
-                self.on_config_loaded(generation, result, now, &mut out)
+                self.on_config_loaded(generation, result, now, out)
             }
-            Event::Spawned { id, pid } => self.on_spawned(id, pid, now, &mut out),
-            Event::SpawnFailed { id, error } => self.on_spawn_failed(id, error, now, &mut out),
+            Event::Spawned { id, pid } => self.on_spawned(id, pid, now, out),
+            Event::SpawnFailed { id, error } => self.on_spawn_failed(id, error, now, out),
             Event::Ready { pid } => self.on_ack(
                 pid,
                 |a| {
@@ -187,14 +240,12 @@ impl Machine {
                     a.spoke = true;
                 },
                 now,
-                &mut out,
+                out,
             ),
-            Event::Spoke { pid } => self.on_ack(pid, |a| a.spoke = true, now, &mut out),
-            Event::Listening { pid } => self.on_ack(pid, |a| a.listening = true, now, &mut out),
-            Event::PoolGap { pid, gap } => {
-                self.on_ack(pid, |a| a.pool_gap = Some(gap), now, &mut out)
-            }
-            Event::ProbeFailed { pid, error } => self.on_probe_failed(pid, error, now, &mut out),
+            Event::Spoke { pid } => self.on_ack(pid, |a| a.spoke = true, now, out),
+            Event::Listening { pid } => self.on_ack(pid, |a| a.listening = true, now, out),
+            Event::PoolGap { pid, gap } => self.on_ack(pid, |a| a.pool_gap = Some(gap), now, out),
+            Event::ProbeFailed { pid, error } => self.on_probe_failed(pid, error, now, out),
             Event::Ping { pid } => {
                 if let Some((g, id)) = self.find(pid)
                     && let Some(w) = self.worker_mut(g, id)
@@ -205,42 +256,32 @@ impl Machine {
             Event::MemoryMeasured {
                 generation,
                 figures,
-            } => self.on_memory_measured(generation, figures, now, &mut out),
-            Event::Memory { pid, private_bytes } => {
-                self.on_memory(pid, private_bytes, now, &mut out)
-            }
+            } => self.on_memory_measured(generation, figures, now, out),
+            Event::Memory { pid, private_bytes } => self.on_memory(pid, private_bytes, now, out),
             Event::Exited {
                 pid,
                 how,
                 group_left,
-            } => self.on_exited(pid, how, group_left, now, &mut out),
+            } => self.on_exited(pid, how, group_left, now, out),
             Event::GroupGone { pgid } => self.on_group_gone(pgid),
             Event::Stray {
                 pid,
                 leader,
                 generation,
-            } => self.on_stray(pid, leader, generation, now, &mut out),
-            Event::Timer => self.on_timer(now, &mut out),
-            Event::Stop { fast } => self.on_stop(fast, now, &mut out),
+            } => self.on_stray(pid, leader, generation, now, out),
+            Event::Timer => self.on_timer(now, out),
+            Event::Stop { fast } => self.on_stop(fast, now, out),
             Event::Scale(delta) => {
                 let n = self.desired_workers() as i64 + i64::from(delta);
-                self.on_scale(n.clamp(1, i64::from(MAX_WORKERS)) as usize, now, &mut out)
+                self.on_scale(n.clamp(1, i64::from(MAX_WORKERS)) as usize, now, out)
             }
-            Event::ScaleTo(n) => self.on_scale(n.clamp(1, MAX_WORKERS as usize), now, &mut out),
-            Event::Pause { max } => self.on_pause(max, now, &mut out),
-            Event::Resume => self.on_resume(false, now, &mut out),
+            Event::ScaleTo(n) => self.on_scale(n.clamp(1, MAX_WORKERS as usize), now, out),
+            Event::Pause { max } => self.on_pause(max, now, out),
+            Event::Resume => self.on_resume(false, now, out),
+            Event::ProbeTick => self.on_probe_tick(now, out),
+            Event::NoStrays => {}
+            Event::Upgrade(e) => self.on_upgrade(e, out),
         }
-        self.forget_finished();
-        self.pace(&mut out);
-        self.announce_paused(now, &mut out);
-        if let Phase::Stopping { code, .. } = self.phase
-            && self.generations.values().all(|g| g.workers.is_empty())
-            && !out.iter().any(|a| matches!(a, Action::Exit(_)))
-        {
-            out.push(Action::Exit(code));
-        }
-        self.attach_status(&mut out);
-        out
     }
 
     /// Every Notify carries the current status; a status change alone gets its own.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
+use super::machine::upgrade::{UpgradeAction, UpgradeEvent};
 use crate::notify::SdState;
 use crate::readiness::PoolGap;
 use crate::release::Release;
@@ -213,6 +214,12 @@ pub enum Event {
     },
     /// Start the paused generation's workers again.
     Resume,
+    /// The probe clock ticked: answer with `Action::Probe` (`machine/ready.rs`).
+    ProbeTick,
+    /// Answer to `Action::FindStrays`: none is left (a found one is an `Event::Stray`).
+    NoStrays,
+    /// An in-place upgrade began, ended or is about to exec (`machine/upgrade.rs`).
+    Upgrade(UpgradeEvent),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,6 +279,12 @@ pub enum Action {
     Notify(Vec<SdState>),
     /// A reload (or the first start) finished; for logs and waiting clients.
     Outcome(Outcome),
+    /// Probe these starting workers' trees; answer with `Listening`, `PoolGap`, …
+    Probe(Vec<i32>),
+    /// Nothing is left but what re-parented to the manager: look for it; answer with
+    /// `Stray` events, or `NoStrays`. Exit waits for that answer.
+    FindStrays,
+    Upgrade(UpgradeAction),
     Exit(i32),
 }
 
@@ -332,6 +345,10 @@ pub enum Outcome {
         generation: GenId,
         after: Duration,
         by_itself: bool,
+    },
+    /// A pause asked for did not take (or ended before it took): `why`.
+    PauseRefused {
+        why: String,
     },
 }
 

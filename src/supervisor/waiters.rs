@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::GenId as Generation;
+use super::GenId;
 use crate::control::Reply;
 
 #[derive(Default)]
 pub struct Waiters {
     next: Vec<UnboundedSender<Reply>>,
-    by_generation: BTreeMap<Generation, Vec<UnboundedSender<Reply>>>,
+    by_generation: BTreeMap<GenId, Vec<UnboundedSender<Reply>>>,
     /// Clients of `handover pause`, answered once the last worker is gone.
     pausing: Vec<UnboundedSender<Reply>>,
 }
@@ -25,7 +25,7 @@ impl Waiters {
     }
 
     /// Generation `g` is starting: the clients waiting for "the next one" now wait for it.
-    pub fn attach_next(&mut self, g: Generation) {
+    pub fn attach_next(&mut self, g: GenId) {
         let next = std::mem::take(&mut self.next);
         self.by_generation.entry(g).or_default().extend(next);
     }
@@ -39,7 +39,7 @@ impl Waiters {
     }
 
     /// Answers and releases the clients waiting for generation `g`.
-    pub fn resolve(&mut self, g: Generation, reply: Reply) {
+    pub fn resolve(&mut self, g: GenId, reply: Reply) {
         for c in self.by_generation.remove(&g).unwrap_or_default() {
             let _ = c.send(reply.clone());
         }

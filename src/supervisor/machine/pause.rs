@@ -11,6 +11,10 @@
 //! finish on their own clock (their graceful timeout), and the pause is said done once
 //! the serving workers are gone. Its `max` window starts then, when the client is told
 //! "paused", so an operator gets the whole window however long the drain took.
+//!
+//! Whether a pause may be asked for at all (its `--max-pause`, an upgrade under way) is
+//! `requests.rs`'s `check_pause`; a pause that was asked for and then did not take is
+//! answered here (`Outcome::PauseRefused`), so that its client is never left waiting.
 
 use std::time::Duration;
 
@@ -55,6 +59,8 @@ impl Machine {
     }
 
     pub(super) fn on_pause(&mut self, max: Duration, now: Instant, out: &mut Vec<Action>) {
+        // Its client waits: for `Outcome::Paused`, `Resumed` or `PauseRefused`.
+        self.pause_unanswered = true;
         if self.pause_refusal().is_some() {
             return;
         }
@@ -73,6 +79,7 @@ impl Machine {
             return;
         };
         self.phase = Phase::Running;
+        self.pause_unanswered = false;
         self.reconcile(now, out);
         if let Some(generation) = self.current {
             out.push(Action::Outcome(Outcome::Resumed {
@@ -107,7 +114,19 @@ impl Machine {
             && left == 0
         {
             *until = Some(now + *max);
+            self.pause_unanswered = false;
             out.push(Action::Outcome(Outcome::Paused { generation }));
+        }
+    }
+
+    /// A pause asked for that the machine is not in (it did not take: a reload was
+    /// queued just before it; or it ended before it took: a stop) is answered so.
+    pub(super) fn answer_refused_pause(&mut self, out: &mut Vec<Action>) {
+        if self.pause_unanswered && !self.is_paused() {
+            self.pause_unanswered = false;
+            let why = self.pause_refusal().unwrap_or_default();
+            let why = format!("not paused: {why}");
+            out.push(Action::Outcome(Outcome::PauseRefused { why }));
         }
     }
 

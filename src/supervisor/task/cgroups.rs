@@ -51,6 +51,22 @@ pub struct Cgroups {
 }
 
 impl Cgroups {
+    /// No cgroups at all, and the manager's nice value left alone: what the task's tests
+    /// run with (the manager's starts from `new`).
+    #[cfg(test)]
+    pub fn off() -> Cgroups {
+        Cgroups {
+            tree: None,
+            gens: BTreeMap::new(),
+            removing: Vec::new(),
+            normal_nice: 0,
+            can_renice: false,
+            nice_low: BTreeSet::new(),
+            said_no_warmup: true,
+            oom_seen: BTreeMap::new(),
+        }
+    }
+
     /// Sets up the delegated subtree if there is one (`fresh`: not resuming after an
     /// upgrade), and says which path is used.
     pub fn new(fresh: bool, m: &Machine) -> Cgroups {

@@ -89,26 +89,28 @@ impl Task<'_> {
         metrics::render(&view(
             m,
             self.upgrades,
-            self.start_time,
-            Some(&self.cgroups),
-            self.takeover.totals(),
+            self.io.start_time,
+            Some(&self.io.cgroups),
+            self.io.takeover.totals(),
         ))
     }
 
     /// Rewrites the metrics file if what it shows changed (or always, with `refresh`).
     pub(super) fn publish_metrics(&mut self, m: &Machine, refresh: bool) {
-        let Some(p) = &mut self.metrics else { return };
+        let Some(p) = &mut self.io.metrics else {
+            return;
+        };
         let now = view(
             m,
             self.upgrades,
-            self.start_time,
+            self.io.start_time,
             None,
-            self.takeover.totals(),
+            self.io.takeover.totals(),
         );
         if !refresh && p.shown.as_ref() == Some(&now) {
             return;
         }
-        let (memory, trees) = generation_memory(m, &self.cgroups);
+        let (memory, trees) = generation_memory(m, &self.io.cgroups);
         let text = metrics::render(&View {
             memory,
             trees,

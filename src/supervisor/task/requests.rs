@@ -7,105 +7,52 @@ use tokio::time::Instant;
 
 use super::Task;
 use crate::control::{self, Incoming, Reply, Request, StatusReport};
-use crate::sockets::HeldSocket;
-use crate::supervisor::{Event, Machine, Outcome};
-use crate::units;
-
-/// Why a waiting reload is not taken during an in-place upgrade.
-pub(super) const UPGRADING: &str =
-    "upgrading itself in place; nothing was queued: ask again once it is done";
+use crate::supervisor::{Admission, Event, Machine, Outcome};
 
 impl Task<'_> {
+    /// Answers a control request, as the machine admits it (`machine/requests.rs`).
     pub(super) fn on_control(
         &mut self,
         incoming: Incoming,
         m: &Machine,
-        sockets: &[HeldSocket],
         queue: &mut VecDeque<Event>,
     ) {
         let Incoming { request, reply } = incoming;
         tracing::debug!(?request, "control request");
-        let answer = match request {
-            Request::Status => Reply::Status {
+        let answer = match m.admit(&request) {
+            Admission::Refused(why) => Reply::error(why),
+            Admission::Busy(message) => Reply::Busy {
                 v: control::VERSION,
-                status: self.report(m, sockets),
+                message,
             },
-            Request::Metrics => Reply::Metrics {
-                v: control::VERSION,
-                text: self.metrics_text(m),
-            },
-            _ if m.is_stopping() => Reply::error("the manager is stopping"),
-            Request::Reload { .. } if m.reload_refusal().is_some() => {
-                Reply::error(m.reload_refusal().unwrap_or_default())
+            Admission::Taken(event, message) => {
+                queue.push_back(event);
+                Reply::ok(message)
             }
-            // A reload is held across an upgrade, but its client's connection is not:
-            // the exec closes it. So the client is told "busy" and nothing is queued; it
-            // asks again (as it does for any busy answer) and the new image answers it
-            // with the outcome of the very reload it asked for.
-            Request::Reload { wait: true } if self.upgrading.is_some() => Reply::Busy {
-                v: control::VERSION,
-                message: UPGRADING.to_owned(),
-            },
-            Request::Reload { wait: false } if self.upgrading.is_some() => {
+            Admission::WaitReload => {
                 queue.push_back(Event::Reload);
-                Reply::ok("reload held: it runs right after the in-place upgrade under way")
+                return self.waiters.wait_next(reply);
             }
-            Request::Reload { wait } => {
-                queue.push_back(Event::Reload);
-                if wait {
-                    self.waiters.wait_next(reply);
-                    return;
-                }
-                Reply::ok("reload started")
+            Admission::WaitPause(max) => {
+                queue.push_back(Event::Pause { max });
+                return self.waiters.wait_paused(reply);
             }
-            Request::Scale { workers } => match units::check_workers(u64::from(workers)) {
-                Ok(n) => {
-                    let before = m.desired_workers();
-                    queue.push_back(Event::ScaleTo(n));
-                    Reply::ok(format!(
-                        "workers: {before} -> {n} (kept across reloads until the configuration's workers changes)"
-                    ))
-                }
-                Err(e) => Reply::error(format!("scale: {e}")),
+            Admission::Task => match request {
+                Request::Status => Reply::Status {
+                    v: control::VERSION,
+                    status: self.report(m),
+                },
+                Request::Metrics => Reply::Metrics {
+                    v: control::VERSION,
+                    text: self.metrics_text(m),
+                },
+                _ => Reply::error("handled by the task"),
             },
-            Request::Upgrade => Reply::error("handled by the task"),
-            Request::Pause { .. } if self.upgrading.is_some() => {
-                Reply::error("an upgrade is under way: pause once it is done")
-            }
-            Request::Pause { max_ms } => match m.pause_refusal() {
-                Some(why) => Reply::error(why),
-                None if max_ms == 0 => Reply::error("pause: --max-pause must be above 0"),
-                None if u128::from(max_ms) > units::MAX_PAUSE.as_millis() => Reply::error(format!(
-                    "pause: --max-pause is at most {:?}",
-                    units::MAX_PAUSE
-                )),
-                None => {
-                    let max = std::time::Duration::from_millis(max_ms);
-                    queue.push_back(Event::Pause { max });
-                    self.waiters.wait_paused(reply);
-                    return;
-                }
-            },
-            Request::Resume => match m.resume_refusal() {
-                Some(why) => Reply::error(why),
-                None => {
-                    queue.push_back(Event::Resume);
-                    Reply::ok(format!(
-                        "resuming: starting {} workers of gen {}",
-                        m.desired_workers(),
-                        m.current_generation().unwrap_or_default()
-                    ))
-                }
-            },
-            Request::Stop => {
-                queue.push_back(Event::Stop { fast: false });
-                Reply::ok("stopping")
-            }
         };
         let _ = reply.send(answer);
     }
 
-    fn report(&self, m: &Machine, sockets: &[HeldSocket]) -> StatusReport {
+    fn report(&self, m: &Machine) -> StatusReport {
         let now = Instant::now();
         let table = crate::procs::processes();
         // smaps_rollup where it can be read, else VmRSS alone.
@@ -141,8 +88,7 @@ impl Task<'_> {
             status: m.status(),
             current_generation: m.current_generation(),
             desired_workers: m.desired_workers(),
-            sockets: sockets
-                .iter()
+            sockets: (self.io.sockets.iter())
                 .map(|s| control::SocketInfo {
                     name: s.name.clone(),
                     address: s.address.clone(),
@@ -151,7 +97,7 @@ impl Task<'_> {
             workers,
             last_reload: self.last_reload_info(now),
             cgroups: self.cgroup_report(m),
-            takeover: self.takeover.totals(),
+            takeover: self.io.takeover.totals(),
         }
     }
 
@@ -163,8 +109,8 @@ impl Task<'_> {
             .filter_map(|g| {
                 Some(control::CgroupInfo {
                     generation: g,
-                    path: self.cgroups.path(g)?.display().to_string(),
-                    memory_bytes: self.cgroups.memory(g),
+                    path: self.io.cgroups.path(g)?.display().to_string(),
+                    memory_bytes: self.io.cgroups.memory(g),
                 })
             })
             .collect()
@@ -192,33 +138,8 @@ impl Task<'_> {
                 self.start_failure = Some(reason);
                 return;
             }
-            Outcome::Paused { generation } => {
-                tracing::info!(
-                    generation,
-                    "paused: every worker stopped, connections queue"
-                );
-                self.waiters.resolve_paused(Reply::ok(format!(
-                    "paused: every worker of gen {generation} stopped, connections queue until `handover resume`"
-                )));
-                return;
-            }
-            Outcome::Resumed {
-                generation,
-                after,
-                by_itself,
-            } => {
-                let after_ms = after.as_millis() as u64;
-                let how = if by_itself {
-                    "by itself (max pause)"
-                } else {
-                    "on request"
-                };
-                tracing::info!(generation, after_ms, "resumed {how}");
-                // A pause still draining when it ended never took full effect.
-                self.waiters.resolve_paused(Reply::error(format!(
-                    "resumed {how} after {after_ms} ms, before every worker had stopped"
-                )));
-                return;
+            Outcome::Paused { .. } | Outcome::PauseRefused { .. } | Outcome::Resumed { .. } => {
+                return self.on_pause_outcome(o);
             }
             Outcome::Reloaded { generation, took } => {
                 let took_ms = took.as_millis() as u64;
@@ -257,5 +178,41 @@ impl Task<'_> {
             ago_secs: 0.0,
         };
         self.last_reload = Some((info, now));
+    }
+
+    /// A pause took effect, did not, or ended: its client is answered.
+    fn on_pause_outcome(&mut self, o: Outcome) {
+        match o {
+            Outcome::Paused { generation } => {
+                tracing::info!(
+                    generation,
+                    "paused: every worker stopped, connections queue"
+                );
+                self.waiters.resolve_paused(Reply::ok(format!(
+                    "paused: every worker of gen {generation} stopped, connections queue until `handover resume`"
+                )));
+            }
+            Outcome::PauseRefused { why } => {
+                self.waiters.resolve_paused(Reply::error(why));
+            }
+            Outcome::Resumed {
+                generation,
+                after,
+                by_itself,
+            } => {
+                let after_ms = after.as_millis() as u64;
+                let how = if by_itself {
+                    "by itself (max pause)"
+                } else {
+                    "on request"
+                };
+                tracing::info!(generation, after_ms, "resumed {how}");
+                // A pause still draining when it ended never took full effect.
+                self.waiters.resolve_paused(Reply::error(format!(
+                    "resumed {how} after {after_ms} ms, before every worker had stopped"
+                )));
+            }
+            _ => {}
+        }
     }
 }

@@ -1,6 +1,6 @@
-//! The task's side of an in-place upgrade: check the new binary off the event loop, hold
-//! back what comes in meanwhile, then hand everything over and exec (`crate::upgrade`
-//! judges the checks and does the exec itself).
+//! The task's side of an in-place upgrade: check the new binary off the event loop, then
+//! hand everything over and exec (`crate::upgrade` judges the checks and does the exec
+//! itself; the machine decides what is held meanwhile: `machine/upgrade.rs`).
 //!
 //! An upgrade has two halves:
 //!
@@ -21,12 +21,13 @@
 //! cannot be snapshotted at that moment refuses the upgrade.
 //!
 //! Meanwhile a reload or scale request (SIGHUP, TTIN/TTOU, `handover reload --no-wait`,
-//! `handover scale`) is held back and carried in the handoff: the new image does it
-//! first. A `handover reload` that waits for its outcome is answered "busy" instead,
-//! nothing queued: its connection cannot cross the exec, so its client asks again and
-//! the new image answers it with the outcome of that reload. A refused upgrade
-//! gives them back to this image at once. A stop (SIGTERM, SIGINT, SIGQUIT, `handover
-//! stop`) cancels the upgrade and drains and stops as always.
+//! `handover scale`) is held by the machine and carried in the handoff: the new image
+//! does it first. A `handover reload` that waits for its outcome is answered "busy"
+//! instead, nothing queued (`machine/requests.rs`). A refused upgrade gives them back to
+//! this image at once. A stop (SIGTERM, SIGINT, SIGQUIT, `handover stop`) cancels the
+//! upgrade and drains and stops as always. The task tells the machine the upgrade began
+//! (`UpgradeEvent::Begun`), will not happen (`Ended`) or is about to exec (`Exec`), and
+//! carries out what it answers.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -40,15 +41,17 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
+use super::Task;
+use super::inputs::{Input, Inputs};
 use super::reap;
-use super::{Signals, Task};
+use super::signals::drained_events;
 use crate::config::RunConfig;
-use crate::control::{Incoming, Reply, Request};
-use crate::notify::{SdState, WorkerNotifySocket};
-use crate::sockets::HeldSocket;
+use crate::control::{Reply, Request};
+use crate::notify::SdState;
+use crate::supervisor::machine::UpgradeEvent;
 use crate::supervisor::{Event, Machine};
 use crate::upgrade::{self, Carried, Ended};
 
@@ -58,17 +61,6 @@ pub(super) struct Upgrading {
     /// `handover upgrade` clients: answered only if it does not happen (an exec closes
     /// their connection; they then see the new image in `handover status`).
     clients: Vec<UnboundedSender<Reply>>,
-    /// Requests held back for the new image.
-    deferred: Vec<Carried>,
-}
-
-/// The events a carried request becomes in the image that acts on it.
-pub(super) fn carried_event(c: Carried) -> Event {
-    match c {
-        Carried::Reload => Event::Reload,
-        Carried::Scale(d) => Event::Scale(d),
-        Carried::ScaleTo(n) => Event::ScaleTo(n),
-    }
 }
 
 /// Resolves when the upgrade's check is done; never while there is none.
@@ -80,13 +72,13 @@ pub(super) async fn checked(upgrading: &mut Option<Upgrading>) -> Result<(), Str
 }
 
 impl Task<'_> {
-    /// Starts an upgrade (SIGUSR2, or `handover upgrade` whose replies go to `client`).
+    /// Starts an upgrade (SIGUSR2, or `handover upgrade` whose replies go to `client`),
+    /// and tells the machine, which holds reloads and scales meanwhile.
     pub(super) fn start_upgrade(
         &mut self,
         m: &Machine,
-        sockets: &[HeldSocket],
-        notify: &WorkerNotifySocket,
         client: Option<UnboundedSender<Reply>>,
+        queue: &mut VecDeque<Event>,
     ) {
         if let Some(u) = &mut self.upgrading {
             tracing::info!("an upgrade is already under way");
@@ -94,7 +86,7 @@ impl Task<'_> {
             return;
         }
         let json = self
-            .handoff(m, sockets, notify, Vec::new())
+            .handoff(m, Vec::new())
             .and_then(|h| upgrade::encode(&h));
         let json = match json {
             Ok(j) => j,
@@ -102,7 +94,7 @@ impl Task<'_> {
         };
         // The new binary must load the configuration too, unless this one cannot either
         // (a broken config file is no reason to refuse an upgrade; the next reload says so).
-        let config_loads = RunConfig::load(&self.args).is_ok();
+        let config_loads = RunConfig::load(&self.io.args).is_ok();
         tracing::info!(
             "upgrading in place: checking the new binary {}",
             self.exe.display()
@@ -110,38 +102,13 @@ impl Task<'_> {
         self.upgrading = Some(Upgrading {
             check: Box::pin(check(self.exe.clone(), json, config_loads)),
             clients: client.into_iter().collect(),
-            deferred: Vec::new(),
         });
+        queue.push_back(Event::Upgrade(UpgradeEvent::Begun));
     }
 
-    /// During an upgrade: moves reload and scale requests out of `queue` into the ones
-    /// carried over; a stop cancels the upgrade.
-    pub(super) fn hold_during_upgrade(&mut self, queue: &mut VecDeque<Event>) {
-        let Some(u) = &mut self.upgrading else { return };
-        let mut stop = false;
-        queue.retain(|e| {
-            let carried = match e {
-                Event::Reload => Carried::Reload,
-                Event::Scale(d) => Carried::Scale(*d),
-                Event::ScaleTo(n) => Carried::ScaleTo(*n),
-                Event::Stop { .. } => {
-                    stop = true;
-                    return true;
-                }
-                _ => return true,
-            };
-            tracing::info!(request = ?carried, "held until the upgrade is done");
-            u.deferred.push(carried);
-            false
-        });
-        if stop {
-            self.end_upgrade("the upgrade was cancelled: the manager is stopping", queue);
-        }
-    }
-
-    /// The upgrade did not (or will not) happen: `why` goes to its clients and the log;
-    /// what was held back for the new image is given to this one.
-    fn end_upgrade(&mut self, why: &str, queue: &mut VecDeque<Event>) {
+    /// The upgrade did not (or will not) happen (the machine said so: `UpgradeAction::End`,
+    /// which gives back what it held): `why` goes to its clients and the log.
+    pub(super) fn end_upgrade(&mut self, why: &str) {
         let Some(u) = self.upgrading.take() else {
             return;
         };
@@ -149,108 +116,121 @@ impl Task<'_> {
             let _ = c.send(Reply::error(why));
         }
         tracing::error!("upgrade failed, this image keeps running: {why}");
-        queue.extend(u.deferred.into_iter().map(carried_event));
     }
 
-    /// The check is done: refuse, or exec. Returns only if this image keeps running.
-    #[allow(clippy::too_many_arguments)]
+    /// The check is done: refuse, or exec. Returns only if this image keeps running (the
+    /// machine is then told why, in `queue`).
     pub(super) async fn finish_upgrade(
         &mut self,
         checked: Result<(), String>,
-        m: &Machine,
-        sockets: &[HeldSocket],
-        notify: &WorkerNotifySocket,
-        signals: &mut Signals,
-        control: &mut UnboundedReceiver<Incoming>,
+        m: &mut Machine,
+        inputs: &mut impl Inputs,
         queue: &mut VecDeque<Event>,
     ) {
         if let Err(why) = checked {
-            return self.end_upgrade(&why, queue);
+            return give_up(why, queue);
         }
         // The exec closes every connection the takeover holds: what it holds now is
         // answered first, or given up after a moment (see crate::takeover).
-        self.takeover.settle(crate::takeover::UPGRADE_SETTLE).await;
+        self.io
+            .takeover
+            .settle(crate::takeover::UPGRADE_SETTLE)
+            .await;
         // From here a signal stays pending in the kernel, and crosses the exec.
         upgrade::block_signals();
-        // Turns of the runtime until nothing new comes in: a signal whose handler ran
-        // before the block reaches its stream, a request a connection task has read
-        // reaches the channel, and the answers given here reach their clients before
-        // the exec closes their connections. A short sleep, not `yield_now`: it parks
-        // the runtime on its drivers, so the signal pipe is surely read.
-        for _ in 0..5 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            let mut came: VecDeque<Event> = signals.drain().into();
-            while let Ok(incoming) = control.try_recv() {
-                if incoming.request == Request::Upgrade {
-                    self.start_upgrade(m, sockets, notify, Some(incoming.reply));
-                } else {
-                    self.on_control(incoming, m, sockets, &mut came);
-                }
-            }
-            if came.is_empty() && !self.waiters.any() {
-                break;
-            }
-            queue.extend(came);
-            self.hold_during_upgrade(queue);
-            if self.upgrading.is_none() {
-                // Cancelled by a stop: it is in the queue.
-                return upgrade::unblock_signals();
-            }
-            if !queue.is_empty() {
-                upgrade::unblock_signals();
-                return self.end_upgrade("requests came in at the last moment: try again", queue);
-            }
-            // No client waits for a reload here: one in progress refuses the upgrade,
-            // and one asked for during it was told "busy" (requests.rs). Should one
-            // wait all the same, it is told nothing ran, which is true.
-            self.waiters
-                .fail_all("the manager is upgrading itself; nothing was queued: reload again");
+        if let Err(why) = self.last_turns(m, inputs, queue).await {
+            upgrade::unblock_signals();
+            return give_up(why, queue);
         }
         // One more turn: the answers given in the last one are written to their clients
         // (what arrives meanwhile is told "busy" right before the exec).
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        let deferred = self
-            .upgrading
-            .as_ref()
-            .map(|u| u.deferred.clone())
-            .unwrap_or_default();
-        let handoff = match self.handoff(m, sockets, notify, deferred) {
+        let handoff = match self.handoff(m, m.held()) {
             Ok(h) => h,
             Err(why) => {
                 upgrade::unblock_signals();
-                return self.end_upgrade(&why, queue);
+                return give_up(why, queue);
             }
         };
         tracing::info!("upgrading in place: exec {}", self.exe.display());
         let upgrading = format!("{}; upgrading handover in place", m.status());
-        self.systemd
+        self.io
+            .systemd
             .send(&[SdState::Reloading, SdState::Status(upgrading)]);
         // The new image starts with an empty queue: what waits goes first.
-        self.systemd.settle();
-        // A request not read yet, or read and not handled, would see its connection
-        // closed unanswered: it is told "busy", and its client asks the new image.
-        let told = crate::control::answer_busy_before_exec();
-        tracing::debug!(told, "control clients told busy before the exec");
+        self.io.systemd.settle();
+        // What is still unanswered is answered as the machine says (busy).
+        self.take(Event::Upgrade(UpgradeEvent::Exec), m, queue);
         // Returns only if the exec failed (and then unblocked the signals).
         let why = upgrade::exec(&self.exe, &handoff);
-        self.systemd
+        self.io
+            .systemd
             .send(&[SdState::Ready, SdState::Status(m.status())]);
-        self.end_upgrade(&why, queue);
+        give_up(why, queue);
+    }
+
+    /// Turns of the runtime until nothing new comes in: a signal whose handler ran before
+    /// the block reaches its stream, a request a connection task has read reaches the
+    /// channel, and the answers given here reach their clients before the exec closes
+    /// their connections. A short sleep, not `yield_now`: it parks the runtime on its
+    /// drivers, so the signal pipe is surely read. What came in and the machine holds is
+    /// held; anything else gives the upgrade up (`Err`: why), and is in `queue`.
+    async fn last_turns(
+        &mut self,
+        m: &mut Machine,
+        inputs: &mut impl Inputs,
+        queue: &mut VecDeque<Event>,
+    ) -> Result<(), String> {
+        for _ in 0..5 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let came = self.came_in(m, inputs);
+            if came.is_empty() && !self.waiters.any() {
+                break;
+            }
+            let (held, rest): (Vec<Event>, Vec<Event>) = came.into_iter().partition(|e| m.holds(e));
+            for e in held {
+                self.take(e, m, queue);
+            }
+            if !rest.is_empty() {
+                // A stop among them cancels the upgrade (the machine says so first).
+                queue.extend(rest);
+                return Err("requests came in at the last moment: try again".into());
+            }
+            // No client waits for a reload here: one in progress refuses the upgrade,
+            // and one asked for during it was told "busy" (machine/requests.rs). Should
+            // one wait all the same, it is told nothing ran, which is true.
+            self.waiters
+                .fail_all("the manager is upgrading itself; nothing was queued: reload again");
+        }
+        Ok(())
+    }
+
+    /// The events of what came in and was not handed out yet; control requests are
+    /// answered as in the loop.
+    fn came_in(&mut self, m: &Machine, inputs: &mut impl Inputs) -> VecDeque<Event> {
+        let mut came = VecDeque::new();
+        let mut sigs = Vec::new();
+        for input in inputs.drain() {
+            match input {
+                Input::Signal(sig) => sigs.push(sig),
+                Input::Control(i) if i.request == Request::Upgrade => {
+                    self.start_upgrade(m, Some(i.reply), &mut came)
+                }
+                Input::Control(i) => self.on_control(i, m, &mut came),
+                _ => {}
+            }
+        }
+        let mut events: VecDeque<Event> = drained_events(&sigs).into();
+        events.extend(came);
+        events
     }
 
     /// Everything the new image needs, as of now.
-    fn handoff(
-        &self,
-        m: &Machine,
-        sockets: &[HeldSocket],
-        notify: &WorkerNotifySocket,
-        pending: Vec<Carried>,
-    ) -> Result<upgrade::Handoff, String> {
+    fn handoff(&self, m: &Machine, pending: Vec<Carried>) -> Result<upgrade::Handoff, String> {
         let now = Instant::now();
         Ok(upgrade::Handoff {
             version: upgrade::HANDOFF_VERSION,
-            sockets: sockets
-                .iter()
+            sockets: (self.io.sockets.iter())
                 .map(|s| upgrade::SocketHandoff {
                     fd: s.fd.as_raw_fd(),
                     name: s.name.clone(),
@@ -259,27 +239,29 @@ impl Task<'_> {
                     takeover: s.takeover,
                 })
                 .collect(),
-            notify_fd: notify.as_fd().as_raw_fd(),
-            notify_dir: notify.directory().to_owned(),
-            control: self
-                .control
-                .as_ref()
-                .map(|(fd, p)| (fd.as_raw_fd(), p.clone())),
+            notify_fd: self.io.notify.as_fd().as_raw_fd(),
+            notify_dir: self.io.notify.directory().to_owned(),
+            control: (self.io.control.as_ref()).map(|(fd, p)| (fd.as_raw_fd(), p.clone())),
             supervisor: m.snapshot(now)?,
             last_reload: self.last_reload_info(now),
             upgrades: self.upgrades + 1,
             pending,
             worker_nofile: crate::fdlimit::limits().map(|l| l.worker_soft),
             log_pipes: self.outputs.handoff(),
-            takeover: self.takeover.totals(),
+            takeover: self.io.takeover.totals(),
             statuses: self.statuses.carried(),
-            guard_fd: self.guard.as_ref().map(crate::guard::Guard::raw_fd),
+            guard_fd: self.io.guard.as_ref().map(crate::guard::Guard::raw_fd),
             files: Some(upgrade::Files {
-                pid_file: self.pid_file.clone(),
-                metrics_file: (self.metrics.as_ref()).map(|p| p.file.path().to_owned()),
+                pid_file: self.io.pid_file.clone(),
+                metrics_file: (self.io.metrics.as_ref()).map(|p| p.file.path().to_owned()),
             }),
         })
     }
+}
+
+/// The upgrade will not happen: the machine is told, and gives back what it held.
+fn give_up(why: String, queue: &mut VecDeque<Event>) {
+    queue.push_back(Event::Upgrade(UpgradeEvent::Ended { why }));
 }
 
 fn refuse(why: &str, client: Option<UnboundedSender<Reply>>) {

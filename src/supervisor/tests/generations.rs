@@ -4,7 +4,7 @@
 
 use super::*;
 
-fn release_of(d: &Driver, g: Generation, slot: usize) -> Arc<Release> {
+fn release_of(d: &Driver, g: GenId, slot: usize) -> Arc<Release> {
     let p = d
         .procs
         .iter()

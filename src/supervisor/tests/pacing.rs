@@ -22,7 +22,7 @@ fn paced() -> (Driver, Vec<i32>) {
     (d, old)
 }
 
-fn measures(a: &[Action]) -> Vec<Generation> {
+fn measures(a: &[Action]) -> Vec<GenId> {
     a.iter()
         .filter_map(|a| match a {
             Action::MeasureMemory { generation } => Some(*generation),

@@ -4,6 +4,7 @@
 //! a stop while paused simply exits.
 
 use super::*;
+use crate::supervisor::Admission;
 
 fn pause(d: &mut Driver, max: Duration) -> Vec<Action> {
     d.send(Event::Pause { max })
@@ -199,7 +200,10 @@ fn a_pause_during_a_reload_is_refused() {
         refusal.as_deref(),
         Some("a reload is in progress: pause once it is done")
     );
-    assert!(pause(&mut d, secs(5)).is_empty());
+    // Nothing is done but the answer to its client (the task used to give it).
+    let why = "not paused: a reload is in progress: pause once it is done".to_owned();
+    let refused = Action::Outcome(Outcome::PauseRefused { why });
+    assert_eq!(pause(&mut d, secs(5)), [refused]);
     assert!(!d.sup.is_paused());
 }
 
@@ -223,4 +227,52 @@ fn a_stop_while_a_pause_drains_exits_once_they_are_gone() {
     let a = d.send(Event::Stop { fast: false });
     assert!(exits(&a).is_empty());
     exit_in_turn(&mut d, &old, 0);
+}
+
+#[test]
+fn a_pause_is_checked_before_it_is_queued() {
+    let d = Driver::running(settings(2));
+    assert_eq!(d.sup.check_pause(5000), Ok(secs(5)));
+    let request = crate::control::Request::Pause { max_ms: 5000 };
+    assert_eq!(d.sup.admit(&request), Admission::WaitPause(secs(5)));
+    let zero = "pause: --max-pause must be above 0";
+    assert_eq!(d.sup.check_pause(0), Err(zero.into()));
+    let over = crate::units::MAX_PAUSE.as_millis() as u64 + 1;
+    let at_most = format!(
+        "pause: --max-pause is at most {:?}",
+        crate::units::MAX_PAUSE
+    );
+    assert_eq!(d.sup.check_pause(over), Err(at_most));
+    // The machine's own refusal comes first.
+    let mut d = d;
+    d.send(Event::Reload);
+    let busy = "a reload is in progress: pause once it is done";
+    assert_eq!(d.sup.check_pause(0), Err(busy.into()));
+}
+
+#[test]
+fn a_stop_before_the_pause_took_effect_answers_its_client() {
+    let mut d = Driver::running(settings(2));
+    let old = d.pids(1);
+    assert!(outcomes(&pause(&mut d, secs(30))).is_empty(), "it waits");
+    let a = d.send(Event::Stop { fast: false });
+    let why = "not paused: the manager is stopping".to_owned();
+    assert_eq!(outcomes(&a), [Outcome::PauseRefused { why }]);
+    // Told once: nothing more when the workers are gone.
+    let a = d.exit_all(&old);
+    assert!(outcomes(&a).is_empty());
+    assert_eq!(exits(&a), [0]);
+}
+
+#[test]
+fn a_pause_that_took_effect_or_resumed_is_not_refused_after() {
+    let mut d = Driver::running(settings(1));
+    let old = d.pids(1);
+    pause(&mut d, secs(30));
+    let a = d.exit_all(&old);
+    assert_eq!(outcomes(&a), [Outcome::Paused { generation: 1 }]);
+    let a = d.send(Event::Resume);
+    assert!(matches!(outcomes(&a)[..], [Outcome::Resumed { .. }]));
+    let a = d.send(Event::Stop { fast: false });
+    assert!(outcomes(&a).is_empty(), "its client was answered already");
 }

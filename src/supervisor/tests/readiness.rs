@@ -175,3 +175,42 @@ fn an_unreadable_tree_fails_the_worker_at_once_with_the_reason() {
     );
     assert_eq!(d.sup.current_generation(), Some(1));
 }
+
+fn probed(a: &[Action]) -> Vec<i32> {
+    let lists: Vec<Vec<i32>> = pick!(a, Action::Probe(pids) => pids.clone());
+    lists.concat()
+}
+
+#[test]
+fn a_worker_pending_past_brisk_is_probed_at_one_tick_in_slow_every() {
+    use crate::supervisor::machine::{BRISK, PROBE_EVERY, SLOW_EVERY};
+    // Serving, then its one worker crashes: its successor is pending.
+    let mut d = running(Readiness::Listen, 1);
+    d.exit(d.pid(1, 0), "exit status 1");
+    assert_eq!(spawns(&d.tick()), [(1, 0)]);
+    let first = d.pid(1, 0);
+    // Worker 1 from the start; worker 2 joins when 1 is already slow.
+    let brisk_ticks = (BRISK.as_millis() / PROBE_EVERY.as_millis()) as u32;
+    for n in 0..brisk_ticks {
+        assert_eq!(probed(&d.send(Event::ProbeTick)), [first], "tick {n}");
+        d.advance(PROBE_EVERY);
+    }
+    d.send(Event::ScaleTo(2));
+    let second = d.pid(1, 1);
+    let mut probed_first = 0;
+    for _ in 0..4 * SLOW_EVERY {
+        let due = probed(&d.send(Event::ProbeTick));
+        assert!(
+            due.contains(&second),
+            "a new worker is probed at every tick"
+        );
+        probed_first += u32::from(due.contains(&first));
+        d.advance(PROBE_EVERY);
+    }
+    assert_eq!(probed_first, 4);
+    // A worker seen is no longer probed.
+    listening(&mut d, second);
+    for _ in 0..SLOW_EVERY {
+        assert!(!probed(&d.send(Event::ProbeTick)).contains(&second));
+    }
+}

@@ -5,7 +5,7 @@
 
 use super::*;
 
-fn takeovers(a: &[Action]) -> Vec<(i32, Generation)> {
+fn takeovers(a: &[Action]) -> Vec<(i32, GenId)> {
     pick!(a, Action::TakeOver { pid, generation, .. } => (*pid, *generation))
 }
 

@@ -200,3 +200,38 @@ fn at_a_stop_a_stray_found_at_the_exit_has_what_is_left_of_the_graceful_timeout(
     assert_eq!(signals(&a), signal_all(&[800], SIGTERM, false));
     assert_eq!(d.sup.next_deadline(), Some(stopped + secs(30)));
 }
+
+#[test]
+fn the_manager_exits_only_once_no_stray_is_left() {
+    let mut d = Driver::running(settings(1));
+    let pid = d.pid(1, 0);
+    d.send(Event::Stop { fast: false });
+    // Straight to the machine: the driver would answer the look for strays itself.
+    let a = d.sup.step(
+        Event::Exited {
+            pid,
+            how: "exit status 0".into(),
+            group_left: false,
+        },
+        d.now,
+    );
+    assert!(a.contains(&Action::FindStrays), "{a:?}");
+    assert!(exits(&a).is_empty(), "not before the look");
+    // A daemon of the worker re-parented to handover: stopped with its generation.
+    let stray = Event::Stray {
+        pid: 777,
+        leader: true,
+        generation: Some(1),
+    };
+    let a = d.sup.step(stray, d.now);
+    assert_eq!(signals(&a), signal_all(&[777], SIGTERM, true));
+    assert!(exits(&a).is_empty());
+    let gone = Event::Exited {
+        pid: 777,
+        how: "exit status 0".into(),
+        group_left: false,
+    };
+    let a = d.sup.step(gone, d.now);
+    assert!(a.contains(&Action::FindStrays), "looked for again: {a:?}");
+    assert_eq!(exits(&d.sup.step(Event::NoStrays, d.now)), [0]);
+}
