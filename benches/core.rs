@@ -244,7 +244,7 @@ fn start_workers(n: usize) -> Duration {
     took
 }
 
-/// Forks and execs `n` demo workers like src/spawn.rs: everything is allocated before the
+/// Forks and execs `n` demo workers like src/os/spawn.rs: everything is allocated before the
 /// fork; the child only sets PDEATHSIG, puts `fd` at 3, writes its pid into the LISTEN_PID
 /// slot and execs (async-signal-safe calls only).
 fn spawn_demo_workers(n: usize, fd: RawFd, notify: &Path) -> Workers {

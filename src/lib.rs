@@ -20,41 +20,36 @@
 //! pinned, so every later spawn for it starts the same code, and a rollback really leaves
 //! the old release serving.
 //!
-//! Modules: [`sockets`] (intake and binding), [`spawn`] (fork/exec with the fds),
-//! [`notify`] (sd_notify both ways), [`cgroup`] (a generation per cgroup), [`output`]
-//! (the workers' stdout and stderr), [`supervisor`] (the pure `Machine` + the task that
-//! executes it), [`takeover`] (the connections an old worker lets go, answered once by
-//! the serving generation), [`release`] (what a generation runs), [`units`] (leaf types and
-//! defaults), [`settings`] (each run setting defined once, for the flags and the file),
-//! [`config`], [`config_file`] and [`cli`] (flags and file), [`logging`],
-//! [`demo_worker`] (the reference worker).
+//! The tree shows the layers (README "Layout" has a line per file):
+//! - [`settings`]: what the user gives: the command line ([`settings::cli`]), each run
+//!   setting defined once for the flags and the TOML file, their values and defaults
+//!   ([`settings::values`]), and the loaded configuration.
+//! - [`supervisor`]: the decisions, in a pure `Machine::step(event, now) -> actions`
+//!   with no I/O ([`supervisor::machine`]), and the task that feeds it one stream of
+//!   inputs (signals, control requests, notify datagrams, reaped children, the clock) and
+//!   carries out its actions ([`supervisor::task`]); what a generation runs
+//!   ([`supervisor::release`]).
+//! - [`os`]: what talks to the operating system: the held sockets, fork/exec of a
+//!   worker, sd_notify both ways, readiness and memory read from /proc, cgroups, the fd
+//!   limit, the pid file, the guard, the in-place upgrade's exec.
+//! - [`interface`]: what talks to people: the control socket and its client, `init`,
+//!   the workers' output and handover's log, metrics, generated help and man pages.
+//! - [`takeover`]: the one part in the data path, and only at a stop: the connections an
+//!   old worker lets go, answered once by the serving generation.
+//! - [`run`] (the `handover run` entry that builds the rest) and [`demo_worker`] (the
+//!   reference worker).
+//!
+//! A `handover reload` end to end: `interface::client` → `interface::control` →
+//! `supervisor::task` (inputs, turn, requests) → `supervisor::machine` (requests,
+//! reload) → `settings::config` (the configuration read again, the release pinned) →
+//! `supervisor::task` (hands, output) → `os::spawn` → `os::readiness` (through the
+//! task's prober) → `supervisor::machine` (ready, workers) → `takeover` → the old
+//! workers' stop signal → `supervisor::task::reap`.
 
-pub mod cgroup;
-pub mod cli;
-pub mod client;
-pub mod config;
-pub mod config_file;
-pub mod control;
 pub mod demo_worker;
-pub mod episode;
-pub mod fdlimit;
-pub mod generate;
-pub mod guard;
-pub mod init;
-pub mod logging;
-pub mod metrics;
-pub mod metrics_file;
-pub mod notify;
-pub mod output;
-pub mod pidfile;
-pub mod procs;
-pub mod readiness;
-pub mod release;
+pub mod interface;
+pub mod os;
 pub mod run;
 pub mod settings;
-pub mod sockets;
-pub mod spawn;
 pub mod supervisor;
 pub mod takeover;
-pub mod units;
-pub mod upgrade;

@@ -4,16 +4,17 @@
 use std::io::Write;
 
 use clap::Parser;
-use handover::cli::{Cli, Command};
-use handover::{client, run};
+use handover::interface::client;
+use handover::run;
+use handover::settings::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::DemoWorker(args) => handover::demo_worker::run(args).map(|()| 0),
         Command::Check(args) => run::check(args),
-        Command::Init(args) => handover::init::run(args),
-        Command::GenerateDocs { dir } => handover::generate::docs(dir).map(|()| 0),
+        Command::Init(args) => handover::interface::init::run(args),
+        Command::GenerateDocs { dir } => handover::interface::generate::docs(dir).map(|()| 0),
         Command::Reload(args) => client::reload(args),
         Command::Status(args) => client::status(args),
         Command::Scale(args) => client::scale(args),
@@ -23,17 +24,17 @@ fn main() {
         Command::Resume(args) => client::resume(args),
         Command::Upgrade(args) => client::upgrade(args),
         Command::UpgradeProbe { speaks } => {
-            println!("{}", handover::upgrade::probe_answer(*speaks));
+            println!("{}", handover::os::upgrade::probe_answer(*speaks));
             Ok(0)
         }
         Command::UpgradeCheck(args) => run::upgrade_check(args),
-        Command::Guard => Ok(handover::guard::run()),
+        Command::Guard => Ok(handover::os::guard::run()),
         Command::Run(args) => {
-            handover::logging::init();
+            handover::interface::logging::init();
             run::run(args)
         }
         Command::Demo(args) => {
-            handover::logging::init();
+            handover::interface::logging::init();
             run::demo(args)
         }
     };

@@ -6,21 +6,21 @@ use anyhow::Context as _;
 
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command, DemoArgs, RunArgs, UpgradeCheckArgs};
-use crate::config::RunConfig;
-use crate::notify::{Systemd, WorkerNotifySocket};
+use crate::os::notify::{Systemd, WorkerNotifySocket};
+use crate::os::sockets::{self, HeldSocket, ListenEnv};
+use crate::os::upgrade;
 use crate::settings::RunSettings;
-use crate::sockets::{self, HeldSocket, ListenEnv};
+use crate::settings::cli::{Cli, Command, DemoArgs, RunArgs, UpgradeCheckArgs};
+use crate::settings::config::RunConfig;
 use crate::supervisor::{Machine, task};
-use crate::upgrade;
 
 /// Runs the manager until it stops; returns the process exit code.
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
-    crate::notify::drop_bad_watchdog();
+    crate::os::notify::drop_bad_watchdog();
     if let Some(handoff) = upgrade::take_from_env()? {
         return resume(args, handoff);
     }
-    crate::fdlimit::raise(None);
+    crate::os::fdlimit::raise(None);
     let config = RunConfig::load(args)?;
     // Take the fds before anything else can open (and so be confused with) fd 3, 4, ….
     let mut collected = sockets::collect(&ListenEnv::from_process(), &config.listen)?;
@@ -34,7 +34,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     }
     // Removed when this function returns: a clean exit, or a failed first generation.
     let _pid_file = match &config.pid_file {
-        Some(path) => Some(crate::pidfile::PidFile::create(path)?),
+        Some(path) => Some(crate::os::pidfile::PidFile::create(path)?),
         None => None,
     };
     let notify =
@@ -78,7 +78,7 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
             HeldSocket::adopt(fd, s.name, s.address, s.unlink, s.takeover)
         })
         .collect();
-    crate::fdlimit::raise(h.worker_nofile);
+    crate::os::fdlimit::raise(h.worker_nofile);
     let notify = WorkerNotifySocket::adopt(upgrade::adopt_fd(h.notify_fd), h.notify_dir);
     let machine = Machine::restore(h.supervisor, tokio::time::Instant::now());
     // The files the old image kept; an old image that did not say: as configured.
@@ -92,7 +92,7 @@ fn resume(args: &RunArgs, h: upgrade::Handoff) -> anyhow::Result<i32> {
         }
     });
     // Same pid: the pid file the first image wrote stays; this image removes it at exit.
-    let _pid_file = (files.pid_file.as_deref()).map(crate::pidfile::PidFile::adopt);
+    let _pid_file = (files.pid_file.as_deref()).map(crate::os::pidfile::PidFile::adopt);
     let resume = task::Resume {
         last_reload: h.last_reload,
         upgrades: h.upgrades,

@@ -90,7 +90,7 @@ pub struct Takeover {
     listeners: Arc<Listeners>,
     shared: Arc<Shared>,
     /// The process table last read, and when (see `tree`).
-    table: std::cell::RefCell<Option<(std::time::Instant, Vec<crate::procs::Proc>)>>,
+    table: std::cell::RefCell<Option<(std::time::Instant, Vec<crate::os::procs::Proc>)>>,
 }
 
 /// How long one read of the process table serves the stops that follow it.
@@ -188,10 +188,10 @@ impl Takeover {
             .as_ref()
             .is_none_or(|(read, _)| now.duration_since(*read) > TABLE_FOR)
         {
-            *table = Some((now, crate::procs::processes()));
+            *table = Some((now, crate::os::procs::processes()));
         }
         let procs = table.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
-        crate::procs::tree(procs, root)
+        crate::os::procs::tree(procs, root)
     }
 
     /// The manager stops: connections released from now on are closed, not relayed.

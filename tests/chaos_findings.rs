@@ -78,7 +78,7 @@ fn ask_across_upgrades(asks: &[&'static str]) -> Vec<(&'static str, Answers)> {
 ///    20 upgrades by hand; this test: 5 of 76 before). Such a request may change
 ///    something, so the client cannot simply ask again: the old image now writes the
 ///    answers it gave and tells every connection still unanswered "busy" before its exec
-///    (src/control/unanswered.rs), and the client asks the new image.
+///    (src/interface/control/unanswered.rs), and the client asks the new image.
 #[test]
 fn every_request_sent_during_an_upgrade_gets_an_answer() {
     for (_, answers) in ask_across_upgrades(&["resume", "resume", "resume"]) {

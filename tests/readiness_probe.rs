@@ -16,7 +16,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use handover::readiness::{How, SocketId, Waiting, socket_ids, waiting_on};
+use handover::os::readiness::{How, SocketId, Waiting, socket_ids, waiting_on};
 
 /// A child (and what it forks) with the test's socket at fd 3; killed on drop.
 struct Tree {

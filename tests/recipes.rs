@@ -685,7 +685,7 @@ fn gunicorn_sync_without_preload_and_a_slow_import() {
 #[test]
 fn gunicorn_sync_whose_workers_finish_importing_one_after_the_other() {
     // The master's first worker imports in 0.3 s, the other in 3 s: a reload returns
-    // only once both serve, not when the first does (the pool rule, src/readiness/pool.rs).
+    // only once both serve, not when the first does (the pool rule, src/os/readiness/pool.rs).
     let dir = app_dir();
     let args = ["-w", "2", "--chdir", &dir, "app:app"];
     let Some(mut s) = python_stack(

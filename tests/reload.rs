@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::load::Load;
 use common::{HANDOVER, Manager, is_dead, script, wait_for};
-use handover::notify::monotonic_usec;
+use handover::os::notify::monotonic_usec;
 
 const SEC: Duration = Duration::from_secs(1);
 

@@ -14,7 +14,7 @@ use common::upgrade::{
 use common::{HANDOVER, Manager, wait_for};
 
 const SEC: Duration = Duration::from_secs(1);
-const VERSION: u32 = handover::upgrade::HANDOFF_VERSION;
+const VERSION: u32 = handover::os::upgrade::HANDOFF_VERSION;
 
 #[test]
 fn a_binary_that_passes_the_probe_but_cannot_resume_is_refused_and_nothing_is_touched() {

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use handover::config_file::{parse, read_env_file};
+use handover::settings::config_file::{parse, read_env_file};
 use libfuzzer_sys::fuzz_target;
 
 /// `read_env_file` takes a path, so the text goes into a memfd (no file left behind, no

@@ -2,7 +2,7 @@
 //! panic; a request that parses is encoded as one line that parses back to itself.
 #![no_main]
 
-use handover::control::{encode_request, parse_request};
+use handover::interface::control::{encode_request, parse_request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

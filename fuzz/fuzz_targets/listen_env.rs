@@ -11,7 +11,7 @@
 
 use std::str::FromStr;
 
-use handover::sockets::{ListenEnv, ListenSpec, SpecKind, parse_listen_env, spec_text};
+use handover::os::sockets::{ListenEnv, ListenSpec, SpecKind, parse_listen_env, spec_text};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,7 +8,7 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use handover::notify::{SdState, encode, parse_message};
+use handover::os::notify::{SdState, encode, parse_message};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

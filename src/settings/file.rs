@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use toml::{Spanned, Value};
 
-use crate::units::{Batch, Readiness, StopTo, Warmup};
+use crate::settings::values::{Batch, Readiness, StopTo, Warmup};
 
 /// A value converter: the value as written in TOML in, the setting or a reason out.
 pub type Conv<T> = fn(&Value) -> Result<T, String>;

@@ -9,7 +9,11 @@
 //! `config` hands it, with its default, to what uses it (`config::supervisor_settings`
 //! for the supervisor's `Settings`), plus its line in `handover check`'s output.
 
+pub mod cli;
+pub mod config;
+pub mod config_file;
 pub mod file;
+pub mod values;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -21,8 +25,8 @@ use nix::sys::signal::Signal;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use toml::Value;
 
-use crate::sockets::ListenSpec;
-use crate::units::{
+use crate::os::sockets::ListenSpec;
+use crate::settings::values::{
     Batch, MAX_WORKERS, Readiness, StopTo, Warmup, parse_graceful_timeout, parse_hold,
     parse_max_lifetime, parse_probation, parse_ready_timeout, parse_reload_timeout, parse_signal,
     parse_size, parse_switch, parse_watchdog,
@@ -306,7 +310,7 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::settings::cli::{Cli, Command};
 
     fn flags(args: &[&str]) -> RunSettings {
         let argv = [&["handover", "run"][..], args, &["--", "x"]].concat();
@@ -317,7 +321,8 @@ mod tests {
     }
 
     fn file(text: &str) -> RunSettings {
-        crate::config_file::parse(text, Path::new("/h.toml")).unwrap_or_else(|e| panic!("{e}"))
+        crate::settings::config_file::parse(text, Path::new("/h.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::model::{GenId, Settings, Worker, WorkerId, WorkerPhase};
-use crate::release::Release;
+use crate::supervisor::release::Release;
 
 /// A crashed worker's slot, waiting out its backoff.
 #[derive(Debug, Clone)]

@@ -50,8 +50,8 @@ pub use super::model::{
     Ack, Action, Event, GenId, Outcome, Settings, Spec, Worker, WorkerId, WorkerPhase,
 };
 use super::notes::Note;
-use crate::notify::SdState;
-use crate::units::{MAX_WORKERS, Warmup};
+use crate::os::notify::SdState;
+use crate::settings::values::{MAX_WORKERS, Warmup};
 
 /// A reload in progress: the candidate generation of `size` is starting, `spawned` of
 /// its workers so far (batches), and `retired` old workers already stopped for ready new
@@ -131,7 +131,7 @@ pub struct Machine {
     notes: Vec<Note>,
     counters: Counters,
     /// An in-place upgrade under way, with the requests held for the new image.
-    upgrade: Option<Vec<crate::upgrade::Carried>>,
+    upgrade: Option<Vec<crate::os::upgrade::Carried>>,
     /// A pause was asked for and its client not answered yet (`pause.rs`).
     pause_unanswered: bool,
     probe_clock: ready::ProbeClock,

@@ -21,6 +21,7 @@ pub mod generation;
 pub mod machine;
 mod model;
 pub mod notes;
+pub mod release;
 pub mod task;
 mod waiters;
 

@@ -9,10 +9,10 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::machine::upgrade::{UpgradeAction, UpgradeEvent};
-use crate::notify::SdState;
-use crate::readiness::PoolGap;
-use crate::release::Release;
-use crate::units::{self, Readiness, StopTo, Warmup};
+use crate::os::notify::SdState;
+use crate::os::readiness::PoolGap;
+use crate::settings::values::{self, Readiness, StopTo, Warmup};
+use crate::supervisor::release::Release;
 
 /// The settings a generation is created with, from the configuration loaded for it. They
 /// stay with that generation for its life: its workers are readied, restarted, recycled
@@ -23,7 +23,7 @@ pub struct Settings {
     pub workers: usize,
     pub readiness: Readiness,
     pub ready_timeout: Duration,
-    #[serde(with = "units::signal_number")]
+    #[serde(with = "values::signal_number")]
     pub stop_signal: Signal,
     /// Where the stop signal goes: the worker's process group, or its main process.
     #[serde(default)]
@@ -76,18 +76,18 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            workers: units::DEFAULT_WORKERS as usize,
+            workers: values::DEFAULT_WORKERS as usize,
             readiness: Readiness::Auto,
-            ready_timeout: units::DEFAULT_READY_TIMEOUT,
-            stop_signal: units::DEFAULT_STOP_SIGNAL,
+            ready_timeout: values::DEFAULT_READY_TIMEOUT,
+            stop_signal: values::DEFAULT_STOP_SIGNAL,
             stop_to: StopTo::Group,
             warmup: Warmup::Low,
-            graceful_timeout: units::DEFAULT_GRACEFUL_TIMEOUT,
+            graceful_timeout: values::DEFAULT_GRACEFUL_TIMEOUT,
             batch: 0,
             batch_memory: false,
-            backoff_base: units::BACKOFF_BASE,
-            backoff_max: units::BACKOFF_MAX,
-            stable_after: units::STABLE_AFTER,
+            backoff_base: values::BACKOFF_BASE,
+            backoff_max: values::BACKOFF_MAX,
+            stable_after: values::STABLE_AFTER,
             max_lifetime: None,
             max_memory: None,
             watchdog: None,
@@ -151,7 +151,7 @@ pub enum Event {
         pid: i32,
     },
     /// A process of the worker's tree waits, but siblings of its pool were never seen
-    /// (`crate::readiness` pool rule): what the ready timeout's reason names.
+    /// (`crate::os::readiness` pool rule): what the ready timeout's reason names.
     PoolGap {
         pid: i32,
         gap: PoolGap,

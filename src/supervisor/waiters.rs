@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::GenId;
-use crate::control::Reply;
+use crate::interface::control::Reply;
 
 #[derive(Default)]
 pub struct Waiters {

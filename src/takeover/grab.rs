@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
-use crate::procs::{pidfd_getfd, pidfd_open};
-use crate::readiness::accepted::{serves, tcp_listeners};
+use crate::os::procs::{pidfd_getfd, pidfd_open};
+use crate::os::readiness::accepted::{serves, tcp_listeners};
 
 /// The held stream listeners, by address.
 #[derive(Debug, Default)]

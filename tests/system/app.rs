@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Output;
 use std::time::Duration;
 
-use handover::control::StatusReport;
+use handover::interface::control::StatusReport;
 
 use crate::container::{Container, describe};
 

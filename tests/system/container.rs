@@ -217,7 +217,7 @@ impl OwnCgroup {
     /// None, said once per container, where it cannot be made (no cgroup2 mount, not
     /// root): the container then shares the test's cgroup, as before.
     fn create(name: &str) -> Option<OwnCgroup> {
-        let made = handover::cgroup::own_dir()
+        let made = handover::os::cgroup::own_dir()
             .map_err(str::to_owned)
             .and_then(|(_, own)| {
                 let dir = own.join(format!("handover-test-{name}-{}", std::process::id()));

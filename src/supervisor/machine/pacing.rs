@@ -130,7 +130,7 @@ impl Machine {
             source: figures.map_or_else(|| "not measured".to_owned(), |f| f.source),
         }));
         for slot in start..start + batch {
-            out.extend(self.spawn(generation, slot, 0, now));
+            out.extend(self.new_worker(generation, slot, 0, now));
         }
     }
 

@@ -135,7 +135,7 @@ impl Machine {
             slot,
             why,
         });
-        let Some(spawn) = self.spawn(g, slot, restarts, now) else {
+        let Some(spawn) = self.new_worker(g, slot, restarts, now) else {
             return;
         };
         self.counters.worker_recycles += 1;

@@ -114,7 +114,7 @@ impl Machine {
         };
         let end = (spawned + batch).min(size);
         for slot in spawned..end {
-            out.extend(self.spawn(candidate, slot, 0, now));
+            out.extend(self.new_worker(candidate, slot, 0, now));
         }
         if let Phase::Rolling(r) = &mut self.phase {
             r.spawned = end;

@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use crate::control::Request;
-use crate::units;
+use crate::interface::control::Request;
+use crate::settings::values;
 
 use super::{Event, Machine};
 
@@ -45,7 +45,7 @@ impl Machine {
             Request::Status | Request::Metrics | Request::Upgrade => Admission::Task,
             _ if self.is_stopping() => Refused("the manager is stopping".into()),
             Request::Reload { wait } => self.admit_reload(wait),
-            Request::Scale { workers } => match units::check_workers(u64::from(workers)) {
+            Request::Scale { workers } => match values::check_workers(u64::from(workers)) {
                 Ok(n) => Taken(
                     Event::ScaleTo(n),
                     format!(
@@ -101,10 +101,10 @@ impl Machine {
         if max_ms == 0 {
             return Err("pause: --max-pause must be above 0".into());
         }
-        if u128::from(max_ms) > units::MAX_PAUSE.as_millis() {
+        if u128::from(max_ms) > values::MAX_PAUSE.as_millis() {
             return Err(format!(
                 "pause: --max-pause is at most {:?}",
-                units::MAX_PAUSE
+                values::MAX_PAUSE
             ));
         }
         Ok(Duration::from_millis(max_ms))

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use super::{
     Ack, Counters, GenId, Machine, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase,
 };
-use crate::release::Release;
 use crate::supervisor::generation::{Generation, PendingRestart};
+use crate::supervisor::release::Release;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -272,7 +272,7 @@ mod tests {
     fn a_steady_machine_round_trips_through_json() {
         let now = Instant::now();
         let notify = Settings {
-            readiness: crate::units::Readiness::Notify,
+            readiness: crate::settings::values::Readiness::Notify,
             ..Settings::default()
         };
         let mut m = Machine::new(notify.clone());

@@ -112,7 +112,8 @@ impl Machine {
     /// A generation to hold strays of one whose settings are no longer known.
     fn orphans(&self, g: GenId) -> Generation {
         let release = (self.generations.values().next()).map(|x| Arc::clone(&x.release));
-        let release = release.unwrap_or_else(|| Arc::new(crate::release::Release::none()));
+        let release =
+            release.unwrap_or_else(|| Arc::new(crate::supervisor::release::Release::none()));
         Generation::new(g, release, self.initial.clone())
     }
 }

@@ -9,7 +9,7 @@
 //! These are decisions, so they live here, with stories (`tests/upgrade.rs`); the task
 //! only tells the machine the upgrade began, ended or is about to exec.
 
-use crate::upgrade::Carried;
+use crate::os::upgrade::Carried;
 
 use super::{Action, Event, Machine};
 

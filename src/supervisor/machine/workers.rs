@@ -12,15 +12,15 @@ use tokio::time::Instant;
 use super::{
     Action, GenId, Machine, Outcome, Phase, Scaled, Settings, Worker, WorkerId, WorkerPhase,
 };
-use crate::notify::SdState;
+use crate::os::notify::SdState;
+use crate::settings::values::{Readiness, StopTo};
 use crate::supervisor::generation::{Generation, PendingRestart};
 use crate::supervisor::model::OOM_KILLED;
 use crate::supervisor::notes::Note;
-use crate::units::{Readiness, StopTo};
 
 impl Machine {
     /// A new worker of generation `g` in `slot`, started from `g`'s own release.
-    pub(super) fn spawn(
+    pub(super) fn new_worker(
         &mut self,
         g: GenId,
         slot: usize,
@@ -389,7 +389,7 @@ impl Machine {
         generation.pending = waiting;
         for p in due {
             self.counters.worker_restarts += 1;
-            out.extend(self.spawn(g, p.slot, p.restarts, now));
+            out.extend(self.new_worker(g, p.slot, p.restarts, now));
         }
     }
 
@@ -472,7 +472,7 @@ impl Machine {
             let Some(slot) = self.generations.get(&g).map(Generation::free_slot) else {
                 return;
             };
-            out.extend(self.spawn(g, slot, 0, now));
+            out.extend(self.new_worker(g, slot, 0, now));
             have += 1;
         }
         while have > want {

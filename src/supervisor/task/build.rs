@@ -14,14 +14,14 @@ use tokio::time::Instant;
 use super::inputs::Sources;
 use super::signals::Signals;
 use super::{Context, Io, Resume, Task, cgroups, hands, intake, metrics, readiness, reap};
-use crate::config::RunConfig;
-use crate::control::{self, ControlServer, Incoming};
-use crate::notify::SdState;
-use crate::spawn::WorkerEnv;
+use crate::interface::control::{self, ControlServer, Incoming};
+use crate::os::notify::SdState;
+use crate::os::spawn::WorkerEnv;
+use crate::os::upgrade as self_upgrade;
+use crate::settings::config::RunConfig;
 use crate::supervisor::machine::upgrade::carried_event;
 use crate::supervisor::{Event, Machine};
 use crate::takeover::Takeover;
-use crate::upgrade as self_upgrade;
 
 /// Builds the manager's task and runs it until it decides to exit.
 pub(super) async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Result<i32> {
@@ -32,7 +32,7 @@ pub(super) async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Resul
     let notify_socket = ctx.notify_socket;
     // SAFETY: the AsyncFd owns this duplicate OwnedFd, which stays open until it drops.
     let notify_fd = unsafe { AsyncFd::register(notify_socket.as_fd().try_clone_to_owned()?)? };
-    let start_time = crate::metrics::process_start_time();
+    let start_time = crate::interface::metrics::process_start_time();
     let published = metrics_file(&ctx.files, ctx.resume.is_none(), &machine, start_time)?;
     let mut resume = ctx.resume;
     let (control_dup, control_rx) = control_server(&mut resume, &ctx.args)?;
@@ -64,7 +64,7 @@ pub(super) async fn run(mut machine: Machine, ctx: Context<'_>) -> anyhow::Resul
         start_time,
         takeover: Takeover::new(
             &takeover_fds,
-            Takeover::cap(crate::fdlimit::limits().map_or(1024, |l| l.soft)),
+            Takeover::cap(crate::os::fdlimit::limits().map_or(1024, |l| l.soft)),
         ),
         guard: guard(resume.as_mut().and_then(|r| r.guard.take())),
         hands: Box::new(hands::Os),
@@ -113,13 +113,13 @@ fn metrics_file(
     start_time: Option<f64>,
 ) -> anyhow::Result<Option<metrics::Published>> {
     let published = (files.metrics_file.clone()).map(|p| metrics::Published {
-        file: crate::metrics_file::MetricsFile::new(&p),
+        file: crate::interface::metrics::file::MetricsFile::new(&p),
         shown: None,
     });
     if let Some(p) = &published {
         if fresh {
             let view = metrics::view(machine, 0, start_time, None, Default::default());
-            p.file.write(&crate::metrics::render(&view))?;
+            p.file.write(&crate::interface::metrics::render(&view))?;
         }
         tracing::info!("metrics file: {}", p.file.path().display());
     }
@@ -131,7 +131,7 @@ fn metrics_file(
 #[allow(clippy::type_complexity)]
 fn control_server(
     resume: &mut Option<Resume>,
-    args: &crate::cli::RunArgs,
+    args: &crate::settings::cli::RunArgs,
 ) -> anyhow::Result<(Option<(OwnedFd, PathBuf)>, UnboundedReceiver<Incoming>)> {
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let server = match resume.as_mut().map(|r| r.control.take()) {
@@ -157,11 +157,11 @@ fn control_server(
 
 /// The guard an old image started, or a new one (started after the cgroup move, so it
 /// sits in the manager's cgroup); none if it cannot start, which is said once.
-fn guard(carried: Option<OwnedFd>) -> Option<crate::guard::Guard> {
+fn guard(carried: Option<OwnedFd>) -> Option<crate::os::guard::Guard> {
     if let Some(pipe) = carried {
-        return Some(crate::guard::Guard::adopt(pipe));
+        return Some(crate::os::guard::Guard::adopt(pipe));
     }
-    crate::guard::Guard::spawn()
+    crate::os::guard::Guard::start()
         .inspect_err(|e| {
             tracing::warn!(
                 "cannot start the guard ({e}): a worker's children may outlive a killed manager"

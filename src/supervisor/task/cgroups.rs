@@ -17,8 +17,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::cgroup::{self, Delegated, LOW_WEIGHT, NORMAL_WEIGHT};
-use crate::spawn::Placement;
+use crate::os::cgroup::{self, Delegated, LOW_WEIGHT, NORMAL_WEIGHT};
+use crate::os::spawn::Placement;
 use crate::supervisor::model::OOM_KILLED;
 use crate::supervisor::{Event, GenId, Machine};
 
@@ -198,13 +198,13 @@ impl Cgroups {
 
     /// Every thread of every process of `g`'s workers' trees back at the manager's nice.
     fn renice_generation(&self, g: GenId, m: &Machine) {
-        let table = crate::procs::processes();
+        let table = crate::os::procs::processes();
         for pid in m
             .workers()
             .filter(|(gen_id, _, _)| *gen_id == g)
             .filter_map(|(_, _, w)| w.pid)
         {
-            for p in crate::procs::tree(&table, pid) {
+            for p in crate::os::procs::tree(&table, pid) {
                 for tid in threads(p) {
                     // SAFETY: setpriority has no memory-safety preconditions; the ids are
                     // this generation's processes and their threads, just read.

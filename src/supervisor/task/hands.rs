@@ -6,8 +6,8 @@
 use nix::sys::signal::Signal;
 
 use super::output::{Outputs, Who};
-use crate::release::Release;
-use crate::spawn::{Placement, WorkerEnv};
+use crate::os::spawn::{Placement, WorkerEnv};
+use crate::supervisor::release::Release;
 
 /// One worker to start.
 pub(super) struct Spawn<'s, 'a> {
@@ -21,7 +21,7 @@ pub(super) struct Spawn<'s, 'a> {
 
 pub(super) trait Hands {
     /// Starts a worker: its pid, or why it could not start.
-    fn spawn(&mut self, spawn: Spawn<'_, '_>) -> Result<i32, String>;
+    fn start_worker(&mut self, spawn: Spawn<'_, '_>) -> Result<i32, String>;
 
     /// Sends `signal` to `pid`, or with `group` to its process group.
     fn signal(&mut self, pid: i32, signal: Signal, group: bool);
@@ -31,9 +31,9 @@ pub(super) trait Hands {
 pub(super) struct Os;
 
 impl Hands for Os {
-    fn spawn(&mut self, s: Spawn<'_, '_>) -> Result<i32, String> {
+    fn start_worker(&mut self, s: Spawn<'_, '_>) -> Result<i32, String> {
         (s.outputs)
-            .spawn(s.env, s.release, s.placement, s.who, s.log_prefix)
+            .start_wired(s.env, s.release, s.placement, s.who, s.log_prefix)
             .map_err(|e| e.to_string())
     }
 

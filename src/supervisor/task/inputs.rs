@@ -18,7 +18,7 @@ use tokio::time::{Instant, Interval, interval, sleep_until};
 use super::signals::{Sig, Signals};
 use super::upgrade::{self, Upgrading};
 use super::{cgroups, intake, readiness};
-use crate::control::Incoming;
+use crate::interface::control::Incoming;
 use crate::supervisor::Event;
 
 /// One thing that came in.
@@ -117,7 +117,7 @@ impl Inputs for Sources {
     ) -> anyhow::Result<Input> {
         self.set_clocks(wants);
         let deadline = wants.deadline;
-        let flush = crate::notify::FLUSH_EVERY;
+        let flush = crate::os::notify::FLUSH_EVERY;
         Ok(tokio::select! {
             sig = self.signals.recv() => Input::Signal(sig),
             Some(incoming) = self.control.recv() => Input::Control(incoming),

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::notify::WorkerNotifySocket;
+use crate::os::notify::WorkerNotifySocket;
 use crate::supervisor::{Event, Machine};
 
 /// Each worker's last `STATUS=`, shown per worker by `handover status`.
@@ -53,13 +53,13 @@ pub const MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// gunicorn master is small; its workers are what grows), from one scan of /proc and
 /// each process's smaps_rollup.
 pub fn sample_memory(m: &Machine, queue: &mut VecDeque<Event>) {
-    let table = crate::procs::processes();
+    let table = crate::os::procs::processes();
     for pid in m
         .workers()
         .filter(|(_, _, w)| !w.adopted && !w.remnant)
         .filter_map(|(_, _, w)| w.pid)
     {
-        let bytes = crate::procs::tree_usage(&table, pid).uss;
+        let bytes = crate::os::procs::tree_usage(&table, pid).uss;
         if bytes > 0 {
             queue.push_back(Event::Memory {
                 pid,

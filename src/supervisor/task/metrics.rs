@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::Task;
 use super::cgroups::Cgroups;
-use crate::metrics::{self, View};
-use crate::metrics_file::MetricsFile;
+use crate::interface::metrics::file::MetricsFile;
+use crate::interface::metrics::{self, View};
 use crate::supervisor::machine::WorkerPhase;
 use crate::supervisor::{GenId, Machine};
 
@@ -30,15 +30,18 @@ pub(super) fn state_name(phase: &WorkerPhase) -> &'static str {
 /// controller is delegated (everything of the generation, detached processes and page
 /// cache included), else the sum of its workers' process trees' PSS (what they cost:
 /// RSS would count each shared page once per process); beside it, the trees' figures.
-type Memory = (BTreeMap<GenId, u64>, BTreeMap<GenId, crate::procs::Usage>);
+type Memory = (
+    BTreeMap<GenId, u64>,
+    BTreeMap<GenId, crate::os::procs::Usage>,
+);
 
 fn generation_memory(m: &Machine, cgroups: &Cgroups) -> Memory {
-    let table = crate::procs::processes();
-    let mut trees: BTreeMap<GenId, crate::procs::Usage> = BTreeMap::new();
+    let table = crate::os::procs::processes();
+    let mut trees: BTreeMap<GenId, crate::os::procs::Usage> = BTreeMap::new();
     for (g, _, w) in m.workers() {
-        let usage = w
-            .pid
-            .map_or_else(Default::default, |p| crate::procs::tree_usage(&table, p));
+        let usage = w.pid.map_or_else(Default::default, |p| {
+            crate::os::procs::tree_usage(&table, p)
+        });
         *trees.entry(g).or_default() += usage;
     }
     let memory = trees

@@ -49,14 +49,14 @@ use tokio::time::Instant;
 
 use super::Machine;
 use super::waiters::Waiters;
-use crate::cli::RunArgs;
-use crate::config::RunConfig;
-use crate::control;
-use crate::notify::{self, WorkerNotifySocket};
-use crate::sockets::{HeldSocket, ListenSpec};
-use crate::spawn::WorkerEnv;
+use crate::interface::control;
+use crate::os::notify::{self, WorkerNotifySocket};
+use crate::os::sockets::{HeldSocket, ListenSpec};
+use crate::os::spawn::WorkerEnv;
+use crate::os::upgrade as self_upgrade;
+use crate::settings::cli::RunArgs;
+use crate::settings::config::RunConfig;
 use crate::takeover::{self, Takeover};
-use crate::upgrade as self_upgrade;
 
 /// Everything the task needs, prepared by `run`.
 pub struct Context<'a> {
@@ -123,8 +123,8 @@ struct Io<'a> {
     start_time: Option<f64>,
     /// The connections stopping workers let go (crate::takeover): its own tasks.
     takeover: Takeover,
-    /// What kills the workers' groups should this manager be killed (crate::guard).
-    guard: Option<crate::guard::Guard>,
+    /// What kills the workers' groups should this manager be killed (crate::os::guard).
+    guard: Option<crate::os::guard::Guard>,
     /// Starting and signalling workers (hands.rs).
     hands: Box<dyn hands::Hands>,
     /// Reads starting workers' trees (readiness.rs).

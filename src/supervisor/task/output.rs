@@ -1,4 +1,4 @@
-//! The workers' stdout and stderr (see `crate::output`): picks each spawn's output and,
+//! The workers' stdout and stderr (see `crate::interface::output`): picks each spawn's output and,
 //! for `log_prefix`, runs the copiers that read a worker's pipes and write its lines,
 //! prefixed, to handover's own stdout and stderr.
 //!
@@ -19,12 +19,12 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinSet;
 
-use crate::output::journal::Journal;
-use crate::output::lines::Lines;
-use crate::output::{Output, Pipes};
-use crate::release::Release;
-use crate::spawn::{self, Placement, SpawnError, WorkerEnv};
-use crate::upgrade::LogPipe;
+use crate::interface::output::journal::Journal;
+use crate::interface::output::lines::Lines;
+use crate::interface::output::{Output, Pipes};
+use crate::os::spawn::{self, Placement, SpawnError, WorkerEnv};
+use crate::os::upgrade::LogPipe;
+use crate::supervisor::release::Release;
 
 /// How long the manager waits at exit for copiers to write what the pipes still hold.
 const DRAIN_AT_EXIT: Duration = Duration::from_secs(2);
@@ -66,7 +66,7 @@ impl Outputs {
     /// In the new image after an upgrade: copies on from the old image's pipes.
     pub(super) fn adopt(&mut self, pipes: Vec<LogPipe>) {
         for p in pipes {
-            let fd = crate::upgrade::adopt_fd(p.fd);
+            let fd = crate::os::upgrade::adopt_fd(p.fd);
             self.copy_from(fd, p.to, p.prefix);
         }
     }
@@ -94,7 +94,7 @@ impl Outputs {
 
     /// Spawns a worker with its output as configured (`log_prefix`: copied, prefixed,
     /// unless a journal stream of its own already tells the workers apart).
-    pub(super) fn spawn(
+    pub(super) fn start_wired(
         &mut self,
         env: &WorkerEnv<'_>,
         release: &Release,
@@ -102,7 +102,7 @@ impl Outputs {
         who: Who,
         log_prefix: bool,
     ) -> Result<i32, SpawnError> {
-        let spawn = |output| spawn::spawn(env, release, who.generation, placement, output);
+        let spawn = |output| spawn::fork_exec(env, release, who.generation, placement, output);
         if let Some(journal) = &self.journal {
             let plan = journal.plan(who.generation, &release.program);
             return spawn(Output::Journal(&plan));

@@ -26,12 +26,12 @@ const RESERVE_DIVISOR: u64 = 20;
 /// so that its first batch is capped too).
 pub fn measure(m: &Machine, candidate: GenId, cgroups: &mut Cgroups) -> Option<MemoryFigures> {
     let current = m.current_generation()?;
-    let table = crate::procs::processes();
+    let table = crate::os::procs::processes();
     let ready_pss = |generation: GenId| -> Vec<u64> {
         m.workers()
             .filter(|(g, _, w)| *g == generation && w.phase == WorkerPhase::Ready)
             .filter_map(|(_, _, w)| w.pid)
-            .map(|pid| crate::procs::tree_usage(&table, pid).pss)
+            .map(|pid| crate::os::procs::tree_usage(&table, pid).pss)
             .filter(|pss| *pss > 0)
             .collect()
     };
@@ -55,19 +55,20 @@ pub fn measure(m: &Machine, candidate: GenId, cgroups: &mut Cgroups) -> Option<M
 fn headroom() -> Option<(u64, String)> {
     if let Some(given) = std::env::var(HEADROOM_ENV)
         .ok()
-        .and_then(|v| crate::units::parse_size(&v).ok())
+        .and_then(|v| crate::settings::values::parse_size(&v).ok())
     {
         return Some((given, format!("{HEADROOM_ENV}, for tests")));
     }
-    let machine = crate::procs::mem_available().map(|(available, total)| {
+    let machine = crate::os::procs::mem_available().map(|(available, total)| {
         let reserve = (total / RESERVE_DIVISOR).max(RESERVE_MIN);
         (
             available.saturating_sub(reserve),
             "MemAvailable less a reserve".to_owned(),
         )
     });
-    let cgroup = crate::cgroup::headroom().map(|(left, at)| (left, format!("memory.max of {at}")));
-    let v1 = crate::cgroup::headroom_v1()
+    let cgroup =
+        crate::os::cgroup::headroom().map(|(left, at)| (left, format!("memory.max of {at}")));
+    let v1 = crate::os::cgroup::headroom_v1()
         .map(|(left, at)| (left, format!("memory.limit_in_bytes of {at}")));
     [machine, cgroup, v1]
         .into_iter()

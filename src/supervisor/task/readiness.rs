@@ -2,7 +2,7 @@
 //! workers whose readiness mode reads the kernel (`auto`, `listen`) and that have not yet
 //! been seen, the task's probe clock ticks every `PROBE_EVERY`; the machine says which
 //! of them are due at each tick (`machine/ready.rs`: slow starters less often), and
-//! this probes their trees (`crate::readiness` does the reading: waiting on a held
+//! this probes their trees (`crate::os::readiness` does the reading: waiting on a held
 //! socket, or holding a connection accepted from one; for a pool of processes, each of
 //! them) and feeds `Listening` or `ProbeFailed` back. With nothing pending there is no
 //! interval at all, so an idle manager never wakes up for this.
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 
-use crate::readiness::{Memory, PoolGap, Served, SocketId, waiting_on_each};
+use crate::os::readiness::{Memory, PoolGap, Served, SocketId, waiting_on_each};
 use crate::supervisor::{Event, Machine};
 
 pub use crate::supervisor::machine::PROBE_EVERY;
@@ -29,8 +29,8 @@ pub struct Prober {
 impl Prober {
     pub fn new(fds: &[BorrowedFd<'_>]) -> std::io::Result<Prober> {
         Ok(Prober {
-            sockets: crate::readiness::socket_ids(fds)?,
-            listeners: crate::readiness::tcp_listeners(fds),
+            sockets: crate::os::readiness::socket_ids(fds)?,
+            listeners: crate::os::readiness::tcp_listeners(fds),
             memory: Memory::default(),
             told: HashMap::new(),
         })

@@ -28,7 +28,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
-use crate::procs::processes;
+use crate::os::procs::processes;
 use crate::supervisor::machine::WorkerPhase;
 use crate::supervisor::{Event, Machine};
 

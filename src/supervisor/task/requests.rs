@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use tokio::time::Instant;
 
 use super::Task;
-use crate::control::{self, Incoming, Reply, Request, StatusReport};
+use crate::interface::control::{self, Incoming, Reply, Request, StatusReport};
 use crate::supervisor::{Admission, Event, Machine, Outcome};
 
 impl Task<'_> {
@@ -54,15 +54,15 @@ impl Task<'_> {
 
     fn report(&self, m: &Machine) -> StatusReport {
         let now = Instant::now();
-        let table = crate::procs::processes();
+        let table = crate::os::procs::processes();
         // smaps_rollup where it can be read, else VmRSS alone.
         let usage = |pid: Option<i32>| {
             let pid = pid?;
-            let u = crate::procs::tree_usage(&table, pid);
+            let u = crate::os::procs::tree_usage(&table, pid);
             Some(if u.rss > 0 {
                 (u.rss, Some(u.pss), Some(u.uss))
             } else {
-                (crate::procs::tree_rss(&table, pid), None, None)
+                (crate::os::procs::tree_rss(&table, pid), None, None)
             })
         };
         let workers = m

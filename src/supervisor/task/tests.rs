@@ -19,11 +19,11 @@ use super::inputs::{Input, Inputs, Wants};
 use super::signals::Sig;
 use super::upgrade::Upgrading;
 use super::{Io, Task, cgroups, readiness};
-use crate::cli::{Cli, Command, RunArgs};
-use crate::config::RunConfig;
-use crate::control::{Incoming, Reply, Request};
-use crate::notify::{Systemd, WorkerNotifySocket};
-use crate::spawn::WorkerEnv;
+use crate::interface::control::{Incoming, Reply, Request};
+use crate::os::notify::{Systemd, WorkerNotifySocket};
+use crate::os::spawn::WorkerEnv;
+use crate::settings::cli::{Cli, Command, RunArgs};
+use crate::settings::config::RunConfig;
 use crate::supervisor::{Event, GenId, Machine};
 use crate::takeover::Takeover;
 
@@ -49,7 +49,7 @@ impl World {
 struct Fake(Rc<RefCell<World>>);
 
 impl Hands for Fake {
-    fn spawn(&mut self, s: Spawn<'_, '_>) -> Result<i32, String> {
+    fn start_worker(&mut self, s: Spawn<'_, '_>) -> Result<i32, String> {
         let mut w = self.0.borrow_mut();
         let pid = FIRST_PID + w.spawned.len() as i32;
         w.spawned.push((s.who.generation, s.who.slot, pid));

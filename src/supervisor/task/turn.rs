@@ -15,9 +15,9 @@ use super::intake::{read_notifications, sample_memory};
 use super::reap::{emptied_groups, reap, strays};
 use super::signals::Sig;
 use super::{Task, output, pacing};
-use crate::config::RunConfig;
-use crate::control::Request;
-use crate::notify::SdState;
+use crate::interface::control::Request;
+use crate::os::notify::SdState;
+use crate::settings::config::RunConfig;
 use crate::supervisor::machine::UpgradeAction;
 use crate::supervisor::{Action, Event, GenId, Machine, Spec};
 use crate::takeover;
@@ -160,7 +160,7 @@ impl Task<'_> {
         };
         let log_prefix = m.generation(g).is_some_and(|g| g.settings.log_prefix);
         let placement = self.io.cgroups.placement(g);
-        let spawned = self.io.hands.spawn(Spawn {
+        let spawned = self.io.hands.start_worker(Spawn {
             outputs: &mut self.outputs,
             env: &self.io.env,
             release: &release,
@@ -199,7 +199,7 @@ impl Task<'_> {
             UpgradeAction::TellBusy(message) => {
                 // A request not read yet, or read and not handled, would see its
                 // connection closed unanswered: its client asks the new image.
-                let told = crate::control::answer_busy_before_exec(&message);
+                let told = crate::interface::control::answer_busy_before_exec(&message);
                 tracing::debug!(told, "control clients told busy before the exec");
             }
         }

@@ -1,5 +1,5 @@
 //! The task's side of an in-place upgrade: check the new binary off the event loop, then
-//! hand everything over and exec (`crate::upgrade` judges the checks and does the exec
+//! hand everything over and exec (`crate::os::upgrade` judges the checks and does the exec
 //! itself; the machine decides what is held meanwhile: `machine/upgrade.rs`).
 //!
 //! An upgrade has two halves:
@@ -48,12 +48,12 @@ use super::Task;
 use super::inputs::{Input, Inputs};
 use super::reap;
 use super::signals::drained_events;
-use crate::config::RunConfig;
-use crate::control::{Reply, Request};
-use crate::notify::SdState;
+use crate::interface::control::{Reply, Request};
+use crate::os::notify::SdState;
+use crate::os::upgrade::{self, Carried, Ended};
+use crate::settings::config::RunConfig;
 use crate::supervisor::machine::UpgradeEvent;
 use crate::supervisor::{Event, Machine};
-use crate::upgrade::{self, Carried, Ended};
 
 /// An upgrade under way: its check, who asked, and what waits for it.
 pub(super) struct Upgrading {
@@ -246,11 +246,11 @@ impl Task<'_> {
             last_reload: self.last_reload_info(now),
             upgrades: self.upgrades + 1,
             pending,
-            worker_nofile: crate::fdlimit::limits().map(|l| l.worker_soft),
+            worker_nofile: crate::os::fdlimit::limits().map(|l| l.worker_soft),
             log_pipes: self.outputs.handoff(),
             takeover: self.io.takeover.totals(),
             statuses: self.statuses.carried(),
-            guard_fd: self.io.guard.as_ref().map(crate::guard::Guard::raw_fd),
+            guard_fd: self.io.guard.as_ref().map(crate::os::guard::Guard::raw_fd),
             files: Some(upgrade::Files {
                 pid_file: self.io.pid_file.clone(),
                 metrics_file: (self.io.metrics.as_ref()).map(|p| p.file.path().to_owned()),

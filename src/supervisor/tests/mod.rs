@@ -9,9 +9,9 @@ use tokio::time::Instant;
 use std::sync::Arc;
 
 use super::machine::{Action, Event, GenId, Machine, Outcome, Settings, Spec, WorkerId};
-use crate::notify::SdState;
-use crate::release::Release;
-use crate::units::Readiness;
+use crate::os::notify::SdState;
+use crate::settings::values::Readiness;
+use crate::supervisor::release::Release;
 
 /// A worker the fake spawner was asked for; `pid` once the spawn was answered.
 struct Proc {

@@ -233,14 +233,14 @@ fn a_stop_while_a_pause_drains_exits_once_they_are_gone() {
 fn a_pause_is_checked_before_it_is_queued() {
     let d = Driver::running(settings(2));
     assert_eq!(d.sup.check_pause(5000), Ok(secs(5)));
-    let request = crate::control::Request::Pause { max_ms: 5000 };
+    let request = crate::interface::control::Request::Pause { max_ms: 5000 };
     assert_eq!(d.sup.admit(&request), Admission::WaitPause(secs(5)));
     let zero = "pause: --max-pause must be above 0";
     assert_eq!(d.sup.check_pause(0), Err(zero.into()));
-    let over = crate::units::MAX_PAUSE.as_millis() as u64 + 1;
+    let over = crate::settings::values::MAX_PAUSE.as_millis() as u64 + 1;
     let at_most = format!(
         "pause: --max-pause is at most {:?}",
-        crate::units::MAX_PAUSE
+        crate::settings::values::MAX_PAUSE
     );
     assert_eq!(d.sup.check_pause(over), Err(at_most));
     // The machine's own refusal comes first.

@@ -142,7 +142,7 @@ fn a_pool_whose_sibling_never_serves_times_out_naming_that_sibling() {
     d.send(Event::Reload);
     let new = d.pid(2, 0);
     d.send(Event::Ready { pid: new });
-    let gap = crate::readiness::PoolGap {
+    let gap = crate::os::readiness::PoolGap {
         waiting: 4101,
         unseen: 4102,
         more: 1,

@@ -15,7 +15,7 @@ fn group_exit(d: &mut Driver, pid: i32) -> Vec<Action> {
 #[test]
 fn the_stop_signal_goes_to_the_process_group_unless_main_is_asked_for() {
     let mut d = Driver::running(Settings {
-        stop_to: crate::units::StopTo::Group,
+        stop_to: crate::settings::values::StopTo::Group,
         ..settings(1)
     });
     let old = d.pid(1, 0);
@@ -24,7 +24,7 @@ fn the_stop_signal_goes_to_the_process_group_unless_main_is_asked_for() {
     assert_eq!(signals(&a), signal_all(&[old], SIGTERM, true));
 
     let mut d = Driver::running(Settings {
-        stop_to: crate::units::StopTo::Main,
+        stop_to: crate::settings::values::StopTo::Main,
         ..settings(1)
     });
     let old = d.pid(1, 0);

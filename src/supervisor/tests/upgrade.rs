@@ -5,11 +5,11 @@
 //! meanwhile.
 
 use super::*;
-use crate::control::Request;
+use crate::interface::control::Request;
+use crate::os::upgrade::Carried;
 use crate::supervisor::machine::requests::UPGRADING;
 use crate::supervisor::machine::upgrade::{BUSY_AT_EXEC, CANCELLED};
 use crate::supervisor::machine::{Admission, UpgradeAction, UpgradeEvent};
-use crate::upgrade::Carried;
 
 fn upgrading() -> Driver {
     let mut d = Driver::running(settings(2));

@@ -5,7 +5,7 @@
 //! timeout.
 
 use super::*;
-use crate::units::Warmup;
+use crate::settings::values::Warmup;
 
 fn priorities(a: &[Action]) -> Vec<Action> {
     pick!(a, p @ Action::Priority { .. } => p.clone())
