@@ -17,8 +17,9 @@ pub(super) enum Tcp {
     Unanswered,
 }
 
-/// The connection's byte counts when it was taken: how much the worker had read (what
-/// came in, less what waits unread) and sent.
+/// The connection's byte counts at a moment: how much the worker had read (what came in,
+/// less what waits unread) and written (what the client acknowledged, and what waits in
+/// the send queue: a response written is counted before it is on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Mark {
     read: u64,
@@ -30,7 +31,7 @@ pub(super) fn mark(fd: &OwnedFd) -> Option<Mark> {
     let info = info(fd)?;
     Some(Mark {
         read: info.tcpi_bytes_received.saturating_sub(unread(fd)?),
-        sent: info.tcpi_bytes_sent,
+        sent: info.tcpi_bytes_acked.saturating_add(unsent(fd)?),
     })
 }
 
@@ -82,6 +83,14 @@ fn info(fd: &OwnedFd) -> Option<libc::tcp_info> {
         )
     };
     (r == 0).then_some(info)
+}
+
+/// Bytes written and not yet acknowledged by the client (the send queue).
+fn unsent(fd: &OwnedFd) -> Option<u64> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int into the live variable.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    (r == 0).then(|| u64::try_from(queued).unwrap_or(0))
 }
 
 /// Bytes waiting unread in the receive queue.
