@@ -364,6 +364,34 @@ mod tests {
         assert_eq!(by_flags, in_file);
     }
 
+    /// The README's options table and the example config file list every setting: a
+    /// setting added to the table above and not to them fails here.
+    #[test]
+    fn the_readme_and_the_example_file_list_every_setting() {
+        let readme = include_str!("../../README.md");
+        let example = include_str!("../../examples/handover.toml");
+        for key in RunSettings::FIELDS {
+            let in_file = [
+                format!("\n{key} = "),
+                format!("\n# {key} = "),
+                format!("\n[{key}]"),
+            ];
+            assert!(
+                in_file.iter().any(|k| example.contains(k.as_str())),
+                "examples/handover.toml: no `{key} = …` line"
+            );
+            if ["command", "args", "env"].contains(key) {
+                continue;
+            }
+            let flag = key.replace('_', "-");
+            assert!(
+                readme.contains(&format!("| `--{flag}"))
+                    || readme.contains(&format!(", --{flag} ")),
+                "README.md: no row for --{flag} in the options table"
+            );
+        }
+    }
+
     /// Every key of the file but the worker command and the `[env]` table is a flag of
     /// `handover run` (and so in `--help`, the man page and the completions).
     #[test]
