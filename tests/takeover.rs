@@ -61,6 +61,8 @@ mod http;
 mod nginx;
 #[path = "takeover/no_generation.rs"]
 mod no_generation;
+#[path = "takeover/races.rs"]
+mod races;
 #[path = "takeover/refused.rs"]
 mod refused;
 #[path = "takeover/sha256.rs"]

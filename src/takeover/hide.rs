@@ -55,17 +55,22 @@ pub(super) enum Hidden {
 /// the worker is reading a request on it.
 pub(super) fn step(fd: &OwnedFd, state: Hidden, hide: bool, settle: bool) -> Hidden {
     match state {
-        Hidden::Yes if settle || reading(fd) => show(fd, Hidden::Never),
-        Hidden::Yes if !hide => show(fd, Hidden::No),
+        Hidden::Yes if settle || reading(fd) => {
+            show(fd);
+            Hidden::Never
+        }
+        Hidden::Yes if !hide => {
+            show(fd);
+            Hidden::No
+        }
         Hidden::No if hide && !settle && set_lowat(fd, i32::MAX) => Hidden::Yes,
         state => state,
     }
 }
 
-/// Shown again (for the relay, which reads it now, or for good).
-pub(super) fn show(fd: &OwnedFd, then: Hidden) -> Hidden {
+/// Shown again: a waiter is woken at once if a request is there.
+pub(super) fn show(fd: &OwnedFd) {
     set_lowat(fd, 1);
-    then
 }
 
 /// The socket is in blocking mode: its worker reads it with blocking calls.

@@ -80,7 +80,7 @@ async fn relay_next(
 
 fn tcp(fd: OwnedFd) -> io::Result<tokio::net::TcpStream> {
     // Its requests may have been hidden from the worker: not from the relay.
-    super::hide::show(&fd, super::hide::Hidden::Never);
+    super::hide::show(&fd);
     let std = std::net::TcpStream::from(fd);
     // Only now: O_NONBLOCK is shared with every duplicate, and the worker's are gone.
     std.set_nonblocking(true)?;

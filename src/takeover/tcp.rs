@@ -57,8 +57,9 @@ pub(super) fn judge(fd: &OwnedFd, taken: Option<Mark>) -> Option<Tcp> {
         return Some(Tcp::Open);
     }
     // Read since it was taken, and nothing sent since: a request read at its stop.
-    let now = mark(fd)?;
-    let read_unanswered = taken.is_some_and(|t| now.read > t.read && now.sent == t.sent);
+    let read_unanswered = taken
+        .and_then(|t| since(fd, t))
+        .is_some_and(|(read, sent)| read > 0 && sent == 0);
     // Or the last bytes came in after the last went out (milliseconds apart at least:
     // the kernel keeps both times in jiffies).
     let last_was_in = info.tcpi_last_data_recv < info.tcpi_last_data_sent;

@@ -13,13 +13,12 @@
 //! at a quicker pace.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::grab::{Held, sockets_of};
-use std::sync::atomic::Ordering;
-
 use super::{Accepting, Batch, Claim, Params, copy, hide, relay};
 
 /// How often a batch's tree is looked at while it still holds some of the connections.
@@ -79,7 +78,7 @@ pub(super) async fn watch(
             // some process still has them, keep the connections open, shown to it) and
             // counts them unused.
             for (held, _) in &waiting {
-                hide::show(&held.fd, hide::Hidden::Never);
+                hide::show(&held.fd);
             }
             return;
         }
@@ -103,7 +102,8 @@ pub(super) fn look_after(
 ) {
     let settle = batch.shared.settling.load(Ordering::Relaxed);
     for (held, _) in waiting.iter_mut().filter(|(h, _)| h.mark.is_some()) {
-        batch.blocking |= hide::blocking(&held.fd);
+        // One connection seen in blocking mode tells of the whole worker.
+        batch.blocking = batch.blocking || hide::blocking(&held.fd);
         held.copy = copy::refresh(&held.fd, held.copy.take());
     }
     let hide = hide::wanted(elapsed, bound) && !batch.blocking;

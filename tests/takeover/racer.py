@@ -1,6 +1,6 @@
-# A worker with the races real servers run at their stop (tests/takeover_races.rs), made
+# A worker with the races real servers run at their stop (tests/takeover/races.rs), made
 # certain instead of rare. It serves GET on keep-alive connections from the socket on
-# fd 3, answering "pid N" after WORK_MS, and on SIGTERM does what MODE says:
+# fd 3, answering "pid N" (and X-Worker-Pid) after WORK_MS, and on SIGTERM does what MODE says:
 #
 #   read-and-drop        reads whatever waits on each connection and closes them all
 #                        unanswered: Go's Shutdown, which closes as idle a connection
@@ -50,7 +50,10 @@ def drop_all():
 def answer(s, c):
     body = f"pid {os.getpid()}\n".encode()
     close = "Connection: close\r\n" if c["close"] else ""
-    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{close}\r\n".encode()
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n"
+        f"X-Worker-Pid: {os.getpid()}\r\n{close}\r\n"
+    ).encode()
     s.sendall(head + body)
     c["due"] = None
     if c["close"]:

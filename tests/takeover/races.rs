@@ -7,20 +7,19 @@
 //!   timeout (Node's `server.close()`): handover hides their next requests from it just
 //!   before the kill, so the kill finds nothing half answered and the relay answers them.
 //!
-//! Real processes, real sockets on 127.0.0.1, a client that never retries.
+//! Real processes, real sockets on 127.0.0.1, a client that never retries; the
+//! responses read by `http`.
 //! `RACES_HANDOVER=path` runs another build (an older one, to see the races lost).
 
-mod common;
-
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{HANDOVER, Manager, wait_for};
-
-const SEC: Duration = Duration::from_secs(1);
+use super::SEC;
+use super::common::{self, HANDOVER, Manager, wait_for};
+use super::http::{Response, read_response};
 
 fn racer(mode: &str, env: &[&str], opts: &[&str], workers: usize) -> Manager {
     let app = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/takeover/racer.py");
@@ -37,16 +36,9 @@ fn racer(mode: &str, env: &[&str], opts: &[&str], workers: usize) -> Manager {
     m
 }
 
-/// One keep-alive connection and what its answers said.
+/// One keep-alive connection to the racer.
 struct Client {
     stream: BufReader<TcpStream>,
-}
-
-/// An answer: its status, its `pid N` body and whether it closes the connection.
-#[derive(Debug)]
-struct Answer {
-    pid: i32,
-    close: bool,
 }
 
 impl Client {
@@ -64,34 +56,13 @@ impl Client {
             .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     }
 
-    fn answer(&mut self) -> std::io::Result<Answer> {
-        let (mut line, mut length, mut close) = (String::new(), 0usize, false);
-        if self.stream.read_line(&mut line)? == 0 || !line.starts_with("HTTP/1.1 200") {
-            return Err(std::io::Error::other(format!("no answer: {line:?}")));
+    /// The next answer, a 200 from a worker.
+    fn answer(&mut self) -> std::io::Result<Response> {
+        let r = read_response(&mut self.stream)?;
+        match (r.status, r.pid()) {
+            (200, Some(_)) => Ok(r),
+            _ => Err(std::io::Error::other(format!("no answer: {}", r.status))),
         }
-        loop {
-            line.clear();
-            self.stream.read_line(&mut line)?;
-            let l = line.trim_end().to_ascii_lowercase();
-            if l.is_empty() {
-                break;
-            }
-            if let Some(n) = l.strip_prefix("content-length:") {
-                length = n.trim().parse().unwrap_or(0);
-            }
-            close |= l == "connection: close";
-        }
-        let mut body = vec![0u8; length];
-        std::io::Read::read_exact(&mut self.stream, &mut body)?;
-        let body = String::from_utf8_lossy(&body);
-        let pid = body
-            .trim()
-            .strip_prefix("pid ")
-            .and_then(|p| p.parse().ok());
-        Ok(Answer {
-            pid: pid.unwrap_or(0),
-            close,
-        })
     }
 }
 
@@ -104,7 +75,7 @@ fn a_request_the_stopping_worker_reads_and_drops_is_answered_from_the_copy() {
     let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(m.addr)).collect();
     for c in &mut clients {
         c.send().expect("send");
-        assert_eq!(c.answer().expect("first answer").pid, old);
+        assert_eq!(c.answer().expect("first answer").pid(), Some(old));
         c.send().expect("send the next");
     }
     let out = m.ctl(&["reload"]);
@@ -116,7 +87,10 @@ fn a_request_the_stopping_worker_reads_and_drops_is_answered_from_the_copy() {
                 m.log()
             )
         });
-        assert!(a.pid != old && a.pid > 0, "client {i}: answered by {a:?}");
+        assert!(
+            a.pid() != Some(old),
+            "client {i}: answered by the old worker again"
+        );
     }
     // Counted once each relay has closed its connection.
     wait_for(5 * SEC, "the relays counted in status", || {
@@ -153,7 +127,7 @@ fn a_worker_serving_until_it_is_killed_loses_no_request_at_the_kill() {
                 while !stop.load(Ordering::Relaxed) {
                     let a = c.send().and_then(|()| c.answer());
                     match a {
-                        Ok(a) if a.close => c = Client::connect(addr),
+                        Ok(a) if a.close() => c = Client::connect(addr),
                         Ok(_) => {}
                         Err(_) => {
                             failed.fetch_add(1, Ordering::Relaxed);
